@@ -1,0 +1,22 @@
+"""cgraph: graph-based automatic differentiation with serializable computation graphs.
+
+Build a static graph (`Graph`, ops as functions and operators), run it with separate
+executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new graphs
+(`gradient_graph`), and check derivatives (`jacobian`, `gradcheck`). See shared/API.md.
+"""
+
+from cgraph.autodiff import gradient_graph
+from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
+from cgraph.executors import Evaluator, ForwardMode, ReverseMode
+from cgraph.graph import Graph, GraphError, Node, Tensor
+from cgraph.jacobian import gradcheck, jacobian
+from cgraph.ops import *  # noqa: F403  (the op functions: cg.add, cg.matmul, ...)
+from cgraph.ops import __all__ as _ops_all
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
+    "GraphError", "GraphFormatError", "Node", "ReverseMode", "ShapeError", "Tensor",
+    "gradcheck", "gradient_graph", "jacobian", *[n for n in _ops_all if n not in ("OPS", "OpDef")],
+]

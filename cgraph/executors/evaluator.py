@@ -1,0 +1,32 @@
+"""Evaluation: run a graph's outputs for many feeds, freeing each intermediate after its last
+reader."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cgraph.autodiff import output_nodes
+from cgraph.executors.base import Executor
+from cgraph.graph import Graph
+from cgraph.schedule import Plan
+
+
+class Evaluator(Executor):
+    """`Evaluator(g)` computes every output of `g`; `Evaluator(g, outputs=[...])` some.
+
+    >>> out = Evaluator(g).run({"x": X})      # {"loss": ..., "logits": ...}
+    """
+
+    def __init__(self, graph: Graph, outputs: Sequence[str] | None = None) -> None:
+        super().__init__(graph)
+        names = list(graph._outputs) if outputs is None else [outputs] if isinstance(outputs, str) else list(outputs)
+        self.outputs = names
+        self.plan = Plan(graph, output_nodes(graph, names))
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The outputs for these feeds (a dict of input name to array)."""
+        vals = self._run(self.plan, feeds)
+        return {o: np.asarray(vals[self.graph._outputs[o]]) for o in self.outputs}

@@ -1,0 +1,358 @@
+"""The graph builder: an explicit, static graph of named nodes, and Tensor handles to them.
+
+A `Graph` holds nodes in the order they were built (always a topological order), the values
+of its params and constants, and its named outputs. Leaves are inputs (fed at run time),
+params (trainable, value stored here) and constants (stored, not trainable); every other node
+applies an op from `cgraph.ops` to earlier nodes. Shapes and dtypes are inferred, and checked,
+as each node is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from cgraph.errors import CgraphError, ShapeError
+
+Shape = tuple[int | None, ...]
+LEAF_OPS = ("input", "param", "constant")
+DTYPES = tuple(np.dtype(d) for d in ("float64", "float32", "int64", "bool"))
+
+
+class GraphError(CgraphError, ValueError):
+    """A graph is built wrongly: a duplicate name, tensors of two graphs, an unknown name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node: a leaf (input, param, constant) or an op applied to earlier nodes by name."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    shape: Shape
+    dtype: np.dtype
+    index: int  # creation order; a topological order of the graph
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.op in LEAF_OPS
+
+
+def as_dtype(dtype: Any) -> np.dtype:
+    """The numpy dtype for `dtype`, if cgraph supports it (float64, float32, int64, bool)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise ShapeError(f"unknown dtype {dtype!r}") from e
+    if dt not in DTYPES:
+        raise ShapeError(f"unsupported dtype {dt}; cgraph supports {', '.join(map(str, DTYPES))}")
+    return dt
+
+
+def format_shape(shape: Shape) -> str:
+    """A shape as users write it, with None for sizes known only at run time."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class Graph:
+    """A static computation graph, built from Python and run by the executors.
+
+    >>> g = Graph("demo")
+    >>> x = g.input("x", shape=(None, 3))
+    >>> g.output("y", x * 2.0)
+    """
+
+    def __init__(self, name: str = "graph") -> None:
+        self.name = name
+        self.metadata: dict[str, str] = {}  # free key/values, saved with the model
+        self._nodes: dict[str, Node] = {}
+        self._values: dict[str, np.ndarray] = {}  # params and constants
+        self._outputs: dict[str, str] = {}  # output name -> node name
+        self._scopes: list[str] = []
+        self._version = 0  # bumped on every structural change; executors cache on it
+
+    # ---- leaves ---------------------------------------------------------------------------
+
+    def input(self, name: str, shape: Sequence[int | None], dtype: Any = "float64") -> Tensor:
+        """A value fed at run time; None in `shape` is a size known only then."""
+        shape = _check_shape(shape, name)
+        return self._add_leaf("input", name, shape, as_dtype(dtype), None)
+
+    def param(self, name: str, value: Any, dtype: Any = None) -> Tensor:
+        """A trainable value stored in the graph (copied); float64 unless given float32."""
+        arr = np.array(value, dtype=dtype, copy=True)
+        if dtype is None and not np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float64)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ShapeError(f"param {name!r}: params must be float32 or float64, not {arr.dtype}")
+        arr = arr.astype(as_dtype(arr.dtype), copy=False)
+        return self._add_leaf("param", name, arr.shape, arr.dtype, arr)
+
+    def constant(self, name: str, value: Any, dtype: Any = None) -> Tensor:
+        """A stored value that is not trained (copied)."""
+        arr = np.array(value, dtype=dtype, copy=True)
+        if dtype is None and arr.dtype.kind in "iu":
+            arr = arr.astype(np.int64)
+        elif dtype is None and arr.dtype.kind == "f" and arr.dtype not in DTYPES:
+            arr = arr.astype(np.float64)
+        arr = arr.astype(as_dtype(arr.dtype), copy=False)
+        return self._add_leaf("constant", name, arr.shape, arr.dtype, arr)
+
+    def output(self, name: str, tensor: Tensor) -> Tensor:
+        """Name `tensor` as an output of the graph."""
+        tensor = self._own(tensor, f"output {name!r}")
+        if name in self._outputs:
+            raise GraphError(f"output {name!r} is already defined")
+        self._outputs[name] = tensor.name
+        self._version += 1
+        return tensor
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Prefix the names of nodes built inside with `name/` (scopes nest)."""
+        if not name or "/" in name:
+            raise GraphError(f"scope name {name!r} must be non-empty and contain no '/'")
+        self._scopes.append(name)
+        try:
+            yield
+        finally:
+            self._scopes.pop()
+
+    # ---- params ---------------------------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, np.ndarray]:
+        """The current param values, read-only (use `set_param` to change one)."""
+        views = {}
+        for name, node in self._nodes.items():
+            if node.op == "param":
+                v = self._values[name].view()
+                v.flags.writeable = False
+                views[name] = v
+        return types.MappingProxyType(views)
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Replace a param's value (copied); its shape must stay and its dtype be castable."""
+        node = self._nodes.get(name)
+        if node is None or node.op != "param":
+            raise GraphError(f"{name!r} is not a param of graph {self.name!r}")
+        arr = np.asarray(value)
+        if arr.shape != node.shape:
+            raise ShapeError(
+                f"param {name!r}: new value has shape {format_shape(arr.shape)}, "
+                f"the param has {format_shape(node.shape)}"
+            )
+        if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
+            raise ShapeError(f"param {name!r}: cannot cast {arr.dtype} to {node.dtype}")
+        self._values[name] = np.array(arr, dtype=node.dtype, copy=True)
+
+    # ---- reading --------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> Mapping[str, Node]:
+        """All nodes by name, in creation (topological) order."""
+        return types.MappingProxyType(self._nodes)
+
+    @property
+    def outputs(self) -> dict[str, Tensor]:
+        """The named outputs."""
+        return {k: Tensor(self, v) for k, v in self._outputs.items()}
+
+    @property
+    def inputs(self) -> dict[str, Tensor]:
+        """The input leaves, by name."""
+        return {n.name: Tensor(self, n.name) for n in self._nodes.values() if n.op == "input"}
+
+    def value(self, name: str) -> np.ndarray:
+        """The stored value of a param or constant (not a copy: do not write to it)."""
+        return self._values[name]
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._nodes:
+            raise GraphError(f"graph {self.name!r} has no node {name!r}")
+        return Tensor(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self._nodes)} nodes, outputs={list(self._outputs)})"
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """The graph as networkx: one node per graph node (op, shape, dtype, attrs), one edge
+        per input with `index` its position (a MultiDiGraph, so `mul(x, x)` keeps both edges)."""
+        G = nx.MultiDiGraph(name=self.name, outputs=dict(self._outputs))
+        for n in self._nodes.values():
+            G.add_node(n.name, op=n.op, shape=n.shape, dtype=str(n.dtype), attrs=dict(n.attrs))
+        for n in self._nodes.values():
+            for i, src in enumerate(n.inputs):
+                G.add_edge(src, n.name, key=i, index=i)
+        return G
+
+    # ---- building (used by cgraph.ops, the transforms and the file loader) ------------------
+
+    def add_node(self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None = None,
+                 name: str | None = None) -> Tensor:
+        """Append `op` applied to the named nodes; its shape and dtype are inferred and checked.
+
+        `name` defaults to a fresh name from the op and the current scope.
+        """
+        from cgraph.ops.registry import get_op  # the registry imports this module
+
+        opdef = get_op(op)
+        attrs = dict(attrs or {})
+        name = self._fresh(op) if name is None else name
+        if name in self._nodes:
+            raise GraphError(f"node name {name!r} is already used")
+        metas = []
+        for src in inputs:
+            if src not in self._nodes:
+                raise GraphError(f"{name} ({op}): input {src!r} is not a node of graph {self.name!r}")
+            metas.append(self._nodes[src])
+        try:
+            shape, dtype = opdef.infer(*[Meta(m.shape, m.dtype) for m in metas], **attrs)
+        except ShapeError as e:
+            shapes = ", ".join(f"{m.name} {format_shape(m.shape)} {m.dtype}" for m in metas)
+            raise ShapeError(f"{name} ({op}): {e} [inputs: {shapes}]") from None
+        except TypeError as e:  # wrong attributes or arity
+            raise ShapeError(f"{name} ({op}): bad arguments: {e}") from None
+        node = Node(name, op, tuple(inputs), types.MappingProxyType(attrs), tuple(shape),
+                    np.dtype(dtype), len(self._nodes))
+        self._nodes[name] = node
+        self._version += 1
+        return Tensor(self, name)
+
+    def _add_leaf(self, kind: str, name: str, shape: Shape, dtype: np.dtype,
+                  value: np.ndarray | None) -> Tensor:
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"{kind} name must be a non-empty string, got {name!r}")
+        full = "/".join([*self._scopes, name])
+        if full in self._nodes:
+            raise GraphError(f"node name {full!r} is already used")
+        self._nodes[full] = Node(full, kind, (), types.MappingProxyType({}), tuple(shape), dtype,
+                                 len(self._nodes))
+        if value is not None:
+            self._values[full] = value
+        self._version += 1
+        return Tensor(self, full)
+
+    def _fresh(self, base: str) -> str:
+        stem = "/".join([*self._scopes, base])
+        if stem not in self._nodes:
+            return stem
+        i = 1
+        while f"{stem}_{i}" in self._nodes:
+            i += 1
+        return f"{stem}_{i}"
+
+    def _own(self, x: Any, what: str) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise GraphError(f"{what}: expected a Tensor of graph {self.name!r}, got {type(x).__name__}")
+        if x.graph is not self:
+            raise GraphError(f"{what}: tensor {x.name!r} belongs to graph {x.graph.name!r}, not {self.name!r}")
+        return x
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What shape rules see of an input: its static shape and dtype."""
+
+    shape: Shape
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _check_shape(shape: Any, name: str) -> Shape:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"input {name!r}: shape must be a sequence of ints or None, got {shape!r}") from None
+    for d in dims:
+        if d is not None and (not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0):
+            raise ShapeError(f"input {name!r}: bad size {d!r} in shape {shape!r}")
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+class Tensor:
+    """A handle to one node of a graph; operators build new nodes in the same graph."""
+
+    __slots__ = ("graph", "name")
+    __array_ufunc__ = None  # numpy arrays on the left defer to our reflected operators
+
+    def __init__(self, graph: Graph, name: str) -> None:
+        self.graph = graph
+        self.name = name
+
+    @property
+    def node(self) -> Node:
+        return self.graph._nodes[self.name]
+
+    @property
+    def shape(self) -> Shape:
+        return self.node.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.node.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.node.shape)
+
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    @property
+    def T(self) -> Tensor:
+        return _ops.transpose(self)
+
+    def __repr__(self) -> str:
+        n = self.node
+        return f"<Tensor {n.name!r} {n.op} {format_shape(n.shape)} {n.dtype}>"
+
+    def __hash__(self) -> int:
+        return hash((id(self.graph), self.name))
+
+    def __bool__(self) -> bool:
+        raise CgraphError(f"tensor {self.name!r} has no truth value while the graph is built; "
+                          "use cg.where for a choice that depends on values")
+
+    def __add__(self, o: Any) -> Tensor: return _ops.add(self, o)
+    def __radd__(self, o: Any) -> Tensor: return _ops.add(o, self)
+    def __sub__(self, o: Any) -> Tensor: return _ops.sub(self, o)
+    def __rsub__(self, o: Any) -> Tensor: return _ops.sub(o, self)
+    def __mul__(self, o: Any) -> Tensor: return _ops.mul(self, o)
+    def __rmul__(self, o: Any) -> Tensor: return _ops.mul(o, self)
+    def __truediv__(self, o: Any) -> Tensor: return _ops.div(self, o)
+    def __rtruediv__(self, o: Any) -> Tensor: return _ops.div(o, self)
+    def __pow__(self, o: Any) -> Tensor: return _ops.pow(self, o)
+    def __rpow__(self, o: Any) -> Tensor: return _ops.pow(o, self)
+    def __matmul__(self, o: Any) -> Tensor: return _ops.matmul(self, o)
+    def __rmatmul__(self, o: Any) -> Tensor: return _ops.matmul(o, self)
+    def __neg__(self) -> Tensor: return _ops.neg(self)
+    def __pos__(self) -> Tensor: return self
+    def __abs__(self) -> Tensor: return _ops.abs(self)
+    def __lt__(self, o: Any) -> Tensor: return _ops.less(self, o)
+    def __le__(self, o: Any) -> Tensor: return _ops.less_equal(self, o)
+    def __gt__(self, o: Any) -> Tensor: return _ops.greater(self, o)
+    def __ge__(self, o: Any) -> Tensor: return _ops.greater_equal(self, o)
+    def __eq__(self, o: Any) -> Tensor: return _ops.equal(self, o)  # type: ignore[override]
+    def __getitem__(self, index: Any) -> Tensor: return _ops.getitem(self, index)
+
+
+from cgraph import ops as _ops  # noqa: E402  (the ops build on Graph and Tensor above)

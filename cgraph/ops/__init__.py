@@ -1,0 +1,62 @@
+"""The ops: functions that build nodes (`cg.add`, `cg.matmul`, ...), one definition each in
+the registry (`cgraph.ops.registry.OPS`) with its kernel, shape rule and derivative rules."""
+
+from cgraph.ops.array import (
+    broadcast_to,
+    concat,
+    expand_dims,
+    getitem,
+    matmul,
+    reshape,
+    squeeze,
+    transpose,
+)
+from cgraph.ops.elementwise import (
+    abs,
+    add,
+    cast,
+    cos,
+    div,
+    equal,
+    exp,
+    greater,
+    greater_equal,
+    less,
+    less_equal,
+    log,
+    logistic,
+    maximum,
+    minimum,
+    mul,
+    neg,
+    pow,
+    relu,
+    sign,
+    sin,
+    softplus,
+    sqrt,
+    square,
+    sub,
+    tanh,
+    where,
+)
+from cgraph.ops.nn import (
+    batch_norm,
+    binary_cross_entropy,
+    log_softmax,
+    logsumexp,
+    mse,
+    softmax,
+    softmax_cross_entropy,
+)
+from cgraph.ops.reduce import max, mean, sum
+from cgraph.ops.registry import OPS, OpDef
+
+__all__ = [
+    "OPS", "OpDef", "abs", "add", "batch_norm", "binary_cross_entropy", "broadcast_to", "cast",
+    "concat", "cos", "div", "equal", "exp", "expand_dims", "getitem", "greater", "greater_equal",
+    "less", "less_equal", "log", "log_softmax", "logistic", "logsumexp", "matmul", "max",
+    "maximum", "mean", "minimum", "mse", "mul", "neg", "pow", "relu", "reshape", "sign", "sin",
+    "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "sub", "sum",
+    "tanh", "transpose", "where",
+]

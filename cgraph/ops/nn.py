@@ -1,0 +1,157 @@
+"""The ops of neural networks: softmax, log_softmax, logsumexp (stable, with the max trick),
+the losses (a scalar: the mean over rows, axis 0, of a per-row sum) and batch normalisation.
+
+softmax_cross_entropy is a primitive so that its gradient is the lecture's `softmax(u) - y`
+in one rule; binary_cross_entropy, mse and batch_norm are built from other ops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cgraph.errors import ShapeError
+from cgraph.graph import Meta, Shape, Tensor
+from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
+from cgraph.ops.reduce import count, sum, unreduce
+from cgraph.ops.reduce import mean as _mean
+from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
+
+
+def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """x minus its max over `axes` (0 where the max is not finite), so exp cannot overflow."""
+    m = np.max(x, axis=axes, keepdims=True)
+    return x - np.where(np.isfinite(m), m, 0)
+
+
+def _softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
+    e = np.exp(_shifted(x, axes))
+    e /= np.sum(e, axis=axes, keepdims=True)
+    return e
+
+
+def _log_softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
+    s = _shifted(x, axes)
+    s -= np.log(np.sum(np.exp(s), axis=axes, keepdims=True))
+    return s
+
+
+def _logsumexp(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    r = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return r if keepdims else np.squeeze(r, axis=axes)
+
+
+def _same_float(x: Meta, **_: Any) -> tuple[Shape, np.dtype]:
+    check_float(x)
+    return x.shape, x.dtype
+
+
+def _lse_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
+    check_float(x)
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype
+
+
+define("softmax", _softmax, _same_float,
+       jvp=(lambda t, out, x, *, axes: mul(out, sub(t, sum(mul(t, out), axes, keepdims=True))),),
+       vjp=(lambda g, out, x, *, axes: mul(out, sub(g, sum(mul(g, out), axes, keepdims=True))),))
+define("log_softmax", _log_softmax, _same_float,
+       jvp=(lambda t, out, x, *, axes: sub(t, sum(mul(exp(out), t), axes, keepdims=True)),),
+       vjp=(lambda g, out, x, *, axes: sub(g, mul(exp(out), sum(g, axes, keepdims=True))),))
+define("logsumexp", _logsumexp, _lse_infer,
+       jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, softmax(x, axes)), axes, keepdims),),
+       vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),))
+
+
+# ---- softmax cross-entropy: -sum(y * log_softmax(u)) / rows --------------------------------
+
+def _rows_infer(u: Meta, y: Meta) -> tuple[Shape, np.dtype]:
+    check_float(u)
+    if u.ndim < 2:
+        raise ShapeError("logits need a batch axis and a class axis (N, C)")
+    if y.ndim != u.ndim or any(a is not None and b is not None and a != b for a, b in zip(u.shape, y.shape)):
+        raise ShapeError("targets must have the shape of the logits")
+    return (), u.dtype
+
+
+def _sce(u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.asarray(-np.sum(y * _log_softmax(u, axes=(-1 % u.ndim,))) / u.shape[0], dtype=u.dtype)
+
+
+def _sce_du(u: Tensor, y: Tensor) -> Tensor:
+    """d loss / d u times the number of rows: softmax(u) * (row sum of y) - y, which is the
+    lecture's softmax(u) - y for one-hot (or any probability) rows."""
+    last = (u.ndim - 1,)
+    return sub(mul(softmax(u, last), sum(y, last, keepdims=True)), y)
+
+
+def _sce_dy(u: Tensor) -> Tensor:
+    return neg(log_softmax(u, (u.ndim - 1,)))
+
+
+define("softmax_cross_entropy", _sce, _rows_infer,
+       jvp=(lambda t, out, u, y: div(sum(mul(t, _sce_du(u, y))), count(u, (0,))),
+            lambda t, out, u, y: div(sum(mul(t, _sce_dy(u))), count(u, (0,)))),
+       vjp=(lambda g, out, u, y: mul(_sce_du(u, y), div(g, count(u, (0,)))),
+            lambda g, out, u, y: mul(_sce_dy(u), div(g, count(u, (0,))))),
+       doc="mean over rows of -sum_c y_c log softmax(u)_c, i.e. -y.u + logsumexp(u)")
+
+
+# ---- the functions users call -------------------------------------------------------------
+
+def softmax(x: Tensor, axis: Any = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) over `axis`, computed with the max trick."""
+    return apply("softmax", x, axes=normalize_axes(axis, x.ndim))
+
+
+def log_softmax(x: Tensor, axis: Any = -1) -> Tensor:
+    """x - logsumexp(x) over `axis`, computed stably."""
+    return apply("log_softmax", x, axes=normalize_axes(axis, x.ndim))
+
+
+def logsumexp(x: Tensor, axis: Any = -1, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) over `axis`, with the max trick."""
+    return apply("logsumexp", x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def softmax_cross_entropy(logits: Tensor, onehot: Any) -> Tensor:
+    """Mean over rows of the cross-entropy between softmax(logits) and the target rows."""
+    return apply("softmax_cross_entropy", logits, onehot)
+
+
+def _per_row_mean(per_element: Tensor) -> Tensor:
+    """Sum of every element divided by the number of rows (axis 0)."""
+    if per_element.ndim == 0:
+        raise ShapeError(f"{per_element.name}: losses need a batch axis (axis 0)")
+    return div(sum(per_element), count(per_element, (0,)))
+
+
+def binary_cross_entropy(logits: Tensor, y: Any) -> Tensor:
+    """Mean over rows of sum over columns of y log(1+e^-u) + (1-y) log(1+e^u), from logits:
+    written softplus(u) - y u, which never overflows."""
+    return _per_row_mean(sub(softplus(logits), mul(y, logits)))
+
+
+def mse(pred: Tensor, y: Any) -> Tensor:
+    """Mean over rows of 0.5 * the row's sum of (pred - y)^2 (the lecture's L)."""
+    return mul(0.5, _per_row_mean(square(sub(pred, y))))
+
+
+def batch_norm(x: Tensor, gamma: Any, beta: Any, training: bool = True, eps: float = 1e-5,
+               mean: Any = None, var: Any = None) -> Tensor:
+    """gamma * (x - mu) / sqrt(var + eps) + beta over axis 0. Training: mu and the biased var
+    are the batch's (and gradients flow through them); else the given `mean` and `var`."""
+    if training:
+        mu = _mean(x, 0, keepdims=True)
+        centred = sub(x, mu)
+        var = _mean(square(centred), 0, keepdims=True)
+    else:
+        if mean is None or var is None:
+            raise ShapeError(f"{x.name}: batch_norm with training=False needs mean= and var=")
+        centred = sub(x, mean)
+        var = lift(x.graph, var, x.dtype)
+    return add(mul(gamma, div(centred, sqrt(add(var, float(eps))))), beta)

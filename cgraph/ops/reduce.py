@@ -1,0 +1,84 @@
+"""Reductions: sum, mean, max over axes (None, an int or a tuple), with numpy's keepdims."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cgraph.graph import Meta, Shape, Tensor
+from cgraph.ops.array import broadcast_to, expand_dims, shape_like
+from cgraph.ops.elementwise import cast, div, equal, mul
+from cgraph.ops.registry import ZERO, apply, define, normalize_axes
+
+
+def _reduce_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
+    normalize_axes(axes, x.ndim)  # checks range
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype
+
+
+def _float_reduce_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
+    shape, dtype = _reduce_infer(x, axes=axes, keepdims=keepdims)
+    return shape, (dtype if dtype.kind == "f" else np.dtype(np.float64))
+
+
+def unreduce(g: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
+    """g, the result of reducing x over `axes`, with the reduced axes put back as size 1."""
+    return g if keepdims or not axes else expand_dims(g, axes)
+
+
+def count(x: Tensor, axes: tuple[int, ...]) -> float | Tensor:
+    """How many elements of x each reduction over `axes` sees: a number when the sizes are
+    static, else a `dim_size` node computed at run time."""
+    sizes = [x.shape[a] for a in axes]
+    if None in sizes:
+        return apply("dim_size", x, axes=axes)
+    return float(np.prod(sizes))
+
+
+define("dim_size", lambda x, *, axes: np.array(np.prod([x.shape[a] for a in axes]), dtype=x.dtype),
+       lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
+       doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
+
+define("sum", lambda x, *, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims), _reduce_infer,
+       jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
+       vjp=(lambda g, out, x, *, axes, keepdims: broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),))
+
+define("mean", lambda x, *, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims), _float_reduce_infer,
+       jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
+       vjp=(lambda g, out, x, *, axes, keepdims:
+            broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),))
+
+
+def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
+    """1/k at each of the k elements that reach the max (ties share), 0 elsewhere."""
+    hit = cast(equal(x, unreduce(out, x, axes, keepdims)), x.dtype)
+    return div(hit, sum(hit, axes, keepdims=True))
+
+
+define("max", lambda x, *, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), _reduce_infer,
+       jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
+       vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
+                                                     _max_share(out, x, axes, keepdims)),),
+       doc="the largest element; where several tie, they share the derivative equally")
+
+
+def _reduction(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
+    return apply(op, x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+
+
+def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over `axis` (None: all), as numpy.sum."""
+    return _reduction("sum", x, axis, keepdims)
+
+
+def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Mean over `axis` (None: all), as numpy.mean."""
+    return _reduction("mean", x, axis, keepdims)
+
+
+def max(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Max over `axis` (None: all), as numpy.max; ties share the derivative."""
+    return _reduction("max", x, axis, keepdims)

@@ -1,0 +1,200 @@
+"""Schedules: the order in which a graph's nodes run, and after each step what can be freed.
+
+A `Plan` is compiled once per graph and set of targets. Its order is networkx's
+lexicographical topological sort keyed by creation order, so a graph built in one sweep (the
+forward-mode graph builds each value and then its tangent) runs in that sweep, and the
+reverse-mode graph runs all forward steps, then the backward steps in the order the backward
+sweep made them. Ops marked `eager` (a shape, a count: tiny outputs) run right after their
+inputs, so that a big input need not live on just for its size. Liveness analysis gives, for
+each step, the values whose last reader it is; `run_plan` drops them there.
+
+Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
+buffer already counted; feeds, params and constants are not counted (they live anyway).
+`Plan.predict_peak` gives the same number from shapes alone, before any run.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from cgraph.errors import CgraphError, ShapeError
+from cgraph.graph import Graph, Meta, format_shape
+from cgraph.ops.registry import get_op
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One kernel call: `name = fn(*args)`, then drop the values in `free`."""
+
+    name: str
+    op: str
+    fn: Callable[..., Any]
+    args: tuple[str, ...]
+    view: bool
+    free: tuple[str, ...]
+
+
+@dataclass
+class Stats:
+    """What an executor measured in its last run."""
+
+    peak_bytes: int = 0  # intermediate bytes alive at once, at the peak (feeds, params excluded)
+    steps: int = 0
+    predictor: Callable[[], int] | None = None
+
+    @property
+    def predicted_peak_bytes(self) -> int | None:
+        """What the plan predicts for the last run's shapes (computed when asked)."""
+        return None if self.predictor is None else self.predictor()
+
+    def __repr__(self) -> str:
+        return f"Stats(peak_bytes={self.peak_bytes}, steps={self.steps})"
+
+
+def schedule_order(graph: Graph, targets: Sequence[str]) -> list[str]:
+    """The nodes `targets` need, in the order they should run (see the module docstring)."""
+    dag = nx.DiGraph()
+    nodes = graph.nodes
+    for n in nodes.values():
+        dag.add_node(n.name)
+        dag.add_edges_from((src, n.name) for src in n.inputs)
+    needed = set(targets)
+    for t in targets:
+        needed |= nx.ancestors(dag, t)
+    key: dict[str, float] = {}
+    for n in nodes.values():  # creation order: inputs get their keys first
+        if get_eager(n.op) and n.inputs:
+            key[n.name] = max(key[i] for i in n.inputs) + 0.5
+        else:
+            key[n.name] = float(n.index)
+    return list(nx.lexicographical_topological_sort(dag.subgraph(needed), key=key.__getitem__))
+
+
+def get_eager(op: str) -> bool:
+    return op not in ("input", "param", "constant") and get_op(op).eager
+
+
+class Plan:
+    """An executable schedule of `graph` for the nodes `targets` (kept to the end)."""
+
+    def __init__(self, graph: Graph, targets: Sequence[str]) -> None:
+        self.graph = graph
+        self.targets = tuple(dict.fromkeys(targets))
+        order = schedule_order(graph, self.targets)
+        nodes = graph.nodes
+        self.leaves = tuple(n for n in order if nodes[n].is_leaf)
+        ops = [n for n in order if not nodes[n].is_leaf]
+        last_use: dict[str, int] = {}
+        for i, name in enumerate(ops):
+            for src in nodes[name].inputs:
+                last_use[src] = i
+        keep = set(self.targets)
+        frees: list[list[str]] = [[] for _ in ops]
+        for name, i in last_use.items():
+            if name not in keep:
+                frees[i].append(name)
+        steps = []
+        for i, name in enumerate(ops):
+            node = nodes[name]
+            opdef = get_op(node.op)
+            fn = functools.partial(opdef.kernel, **node.attrs) if node.attrs else opdef.kernel
+            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, tuple(sorted(frees[i]))))
+        self.steps = tuple(steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Plan({self.graph.name!r}, {len(self.steps)} steps, targets={list(self.targets)})"
+
+    def predict_peak(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> int:
+        """The peak bytes a run will measure when the leaves have these concrete shapes, from
+        shape inference and liveness alone."""
+        nodes = self.graph.nodes
+        meta = {n: Meta(tuple(leaf_shapes[n]), nodes[n].dtype) for n in self.leaves}
+        shape_value: dict[str, tuple[int, ...]] = {}
+        owner: dict[str, str] = {}
+        refs: dict[str, int] = {}
+        size: dict[str, int] = {}
+        live = peak = 0
+        for step in self.steps:
+            node = nodes[step.name]
+            opdef = get_op(node.op)
+            attrs = dict(node.attrs)
+            if opdef.shape_arg and len(node.inputs) > 1:
+                attrs["shape"] = shape_value[node.inputs[1]]
+            shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
+            meta[step.name] = Meta(tuple(shape), np.dtype(dtype))
+            if opdef.gives_shape:
+                shape_value[step.name] = meta[node.inputs[0]].shape
+            if step.view:
+                src = owner.get(node.inputs[0])
+                if src is not None:
+                    owner[step.name] = src
+                    refs[src] += 1
+            else:
+                owner[step.name] = step.name
+                refs[step.name] = 1
+                size[step.name] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+                live += size[step.name]
+                peak = max(peak, live)
+            for f in step.free:
+                live -= _release(f, owner, refs, size)
+        return peak
+
+
+def _release(name: str, owner: dict[str, str], refs: dict[str, int], size: dict[str, int]) -> int:
+    """Forget `name`; the bytes freed if it held the last reference to its buffer."""
+    src = owner.pop(name, None)
+    if src is None:
+        return 0
+    refs[src] -= 1
+    if refs[src]:
+        return 0
+    del refs[src]
+    return size.pop(src)
+
+
+def run_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> dict[str, Any]:
+    """Run `plan` with `values` holding every leaf; returns the targets. Measures peak bytes."""
+    owner: dict[str, str] = {}
+    refs: dict[str, int] = {}
+    size: dict[str, int] = {}
+    live = peak = 0
+    for step in plan.steps:
+        args = [values[a] for a in step.args]
+        try:
+            out = step.fn(*args)
+        except CgraphError:
+            raise
+        except Exception as e:  # a size known only at run time disagrees, or numpy refused
+            shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(step.args, args, strict=True))
+            raise ShapeError(f"{step.name} ({step.op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
+        values[step.name] = out
+        if step.view and np.may_share_memory(out, args[0]):
+            src = owner.get(step.args[0])
+            if src is not None:
+                owner[step.name] = src
+                refs[src] += 1
+        else:
+            owner[step.name] = step.name
+            refs[step.name] = 1
+            size[step.name] = nbytes = out.nbytes
+            live += nbytes
+            if live > peak:
+                peak = live
+        for f in step.free:
+            del values[f]
+            live -= _release(f, owner, refs, size)
+    stats.peak_bytes = peak
+    stats.steps = len(plan.steps)
+    return {t: values[t] for t in plan.targets}
+
+
+__all__ = ["Plan", "Stats", "Step", "run_plan", "schedule_order"]
