@@ -50,7 +50,7 @@ def _copy(g: Graph, d: Graph, node: Node, share_params: bool) -> None:
         value = g._values.get(node.name)
         if value is not None and not share_params:
             value = value.copy()
-        d._add_leaf(node.op, node.name, node.shape, node.dtype, value)
+        d._add_leaf(node.op, node.name, node.shape, node.dtype, value, node.attrs)
     else:
         d.add_node(node.op, node.inputs, node.attrs, name=node.name)
 

@@ -73,6 +73,8 @@ class Graph:
     def __init__(self, name: str = "graph") -> None:
         self.name = name
         self.metadata: dict[str, str] = {}  # free key/values, saved with the model
+        self.state: dict[str, np.ndarray] = {}  # named arrays outside the graph, saved with the
+        #                                         model (an optimizer's moments, say)
         self._nodes: dict[str, Node] = {}
         self._values: dict[str, np.ndarray] = {}  # params and constants
         self._outputs: dict[str, str] = {}  # output name -> node name
@@ -86,15 +88,18 @@ class Graph:
         shape = _check_shape(shape, name)
         return self._add_leaf("input", name, shape, as_dtype(dtype), None)
 
-    def param(self, name: str, value: Any, dtype: Any = None) -> Tensor:
-        """A trainable value stored in the graph (copied); float64 unless given float32."""
+    def param(self, name: str, value: Any, dtype: Any = None, trainable: bool = True) -> Tensor:
+        """A value stored in the graph (copied) that `set_param` can change; float64 unless
+        given float32. `trainable=False` marks state that training updates by other means
+        than gradients (batch norm's running statistics): `fit` leaves it out of `wrt`."""
         arr = np.array(value, dtype=dtype, copy=True)
         if dtype is None and not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float64)
         if not np.issubdtype(arr.dtype, np.floating):
             raise ShapeError(f"param {name!r}: params must be float32 or float64, not {arr.dtype}")
         arr = arr.astype(as_dtype(arr.dtype), copy=False)
-        return self._add_leaf("param", name, arr.shape, arr.dtype, arr)
+        attrs = {} if trainable else {"trainable": False}
+        return self._add_leaf("param", name, arr.shape, arr.dtype, arr, attrs)
 
     def constant(self, name: str, value: Any, dtype: Any = None) -> Tensor:
         """A stored value that is not trained (copied)."""
@@ -155,6 +160,11 @@ class Graph:
         self._values[name] = np.array(arr, dtype=node.dtype, copy=True)
 
     # ---- reading --------------------------------------------------------------------------
+
+    @property
+    def trainable(self) -> list[str]:
+        """The names of the params that training changes by their gradients."""
+        return [n.name for n in self._nodes.values() if n.op == "param" and n.attrs.get("trainable", True)]
 
     @property
     def nodes(self) -> Mapping[str, Node]:
@@ -234,14 +244,14 @@ class Graph:
         return Tensor(self, name)
 
     def _add_leaf(self, kind: str, name: str, shape: Shape, dtype: np.dtype,
-                  value: np.ndarray | None) -> Tensor:
+                  value: np.ndarray | None, attrs: Mapping[str, Any] | None = None) -> Tensor:
         if not isinstance(name, str) or not name:
             raise GraphError(f"{kind} name must be a non-empty string, got {name!r}")
         full = "/".join([*self._scopes, name])
         if full in self._nodes:
             raise GraphError(f"node name {full!r} is already used")
-        self._nodes[full] = Node(full, kind, (), types.MappingProxyType({}), tuple(shape), dtype,
-                                 len(self._nodes))
+        self._nodes[full] = Node(full, kind, (), types.MappingProxyType(dict(attrs or {})), tuple(shape),
+                                 dtype, len(self._nodes))
         if value is not None:
             self._values[full] = value
         self._version += 1

@@ -25,7 +25,7 @@ def check_feed(graph: Graph, name: str, value: Any) -> np.ndarray:
         if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
             raise FeedError(f"feed {name!r}: cannot cast {arr.dtype} to the input's {node.dtype}")
         arr = arr.astype(node.dtype)
-    if arr.ndim != len(node.shape) or any(d is not None and d != s for d, s in zip(node.shape, arr.shape)):
+    if arr.ndim != len(node.shape) or any(d is not None and d != s for d, s in zip(node.shape, arr.shape, strict=True)):
         raise FeedError(f"feed {name!r}: shape {format_shape(arr.shape)} does not match the "
                         f"input's {format_shape(node.shape)}")
     return arr

@@ -23,7 +23,6 @@ from cgraph.ops.registry import (
     static_with_sentinels,
 )
 
-
 # ---- matmul -------------------------------------------------------------------------------
 
 def _matmul_infer(a: Meta, b: Meta) -> tuple[Shape, np.dtype]:

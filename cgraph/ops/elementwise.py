@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cgraph.errors import ShapeError
 from cgraph.graph import Meta, Tensor
 from cgraph.ops.registry import (
     NONDIFF,
@@ -20,8 +21,6 @@ from cgraph.ops.registry import (
     elementwise_infer,
     float_infer,
 )
-from cgraph.errors import ShapeError
-
 
 # ---- arithmetic -------------------------------------------------------------------------
 

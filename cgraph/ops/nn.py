@@ -73,7 +73,8 @@ def _rows_infer(u: Meta, y: Meta) -> tuple[Shape, np.dtype]:
     check_float(u)
     if u.ndim < 2:
         raise ShapeError("logits need a batch axis and a class axis (N, C)")
-    if y.ndim != u.ndim or any(a is not None and b is not None and a != b for a, b in zip(u.shape, y.shape)):
+    if y.ndim != u.ndim or any(a is not None and b is not None and a != b
+                               for a, b in zip(u.shape, y.shape, strict=True)):
         raise ShapeError("targets must have the shape of the logits")
     return (), u.dtype
 
