@@ -55,7 +55,7 @@ def _copy(g: Graph, d: Graph, node: Node, share_params: bool) -> None:
         d.add_node(node.op, node.inputs, node.attrs, name=node.name)
 
 
-def _check_wrt(g: Graph, wrt: Sequence[str]) -> None:
+def check_wrt(g: Graph, wrt: Sequence[str]) -> None:
     for w in wrt:
         node = g.nodes.get(w)
         if node is None or node.op not in ("input", "param"):
@@ -84,15 +84,16 @@ def _fit(x: Tensor, like: Tensor, down: bool) -> Tensor:
 
 
 def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: bool = True) -> Graph:
-    """A graph with outputs `of` and `tangent:<o>` for each, taking inputs `tangent:<w>`.
+    """A graph with outputs `of` and then `tangent:<o>` for each, in that order, taking
+    inputs `tangent:<w>`.
 
     Values and tangents are built in one sweep, so the schedule interleaves them."""
-    _check_wrt(g, wrt)
+    check_wrt(g, wrt)
     targets = output_nodes(g, of)
     d = Graph(f"{g.name}/jvp")
     d.metadata = dict(g.metadata)
     tangent: dict[str, Tensor] = {}
-    for node in _needed(g, targets):
+    for node in _needed(g, [*targets, *wrt]):
         _copy(g, d, node, share_params)
         if node.is_leaf:
             if node.name in wrt:
@@ -132,16 +133,17 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
 
 def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "input",
               share_params: bool = True, grad_prefix: str = "grad/") -> Graph:
-    """A graph with outputs `of` and `<grad_prefix><w>` for each wrt name.
+    """A graph with outputs `of` and then `<grad_prefix><w>` for each wrt name, in that order
+    (the prefix grows to `grad/grad/` when `of` already holds such names).
 
     `seed="input"`: inputs `cotangent:<o>` carry the output cotangents (a VJP);
     `seed="ones"`: the single output `of` must be a scalar, and its cotangent is 1 (a gradient).
     """
-    _check_wrt(g, wrt)
+    check_wrt(g, wrt)
     targets = output_nodes(g, of)
     d = Graph(f"{g.name}/vjp")
     d.metadata = dict(g.metadata)
-    forward = _needed(g, targets)
+    forward = _needed(g, [*targets, *wrt])
     for node in forward:
         _copy(g, d, node, share_params)
     for o, t in zip(of, targets, strict=True):
@@ -188,6 +190,8 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "inpu
                 c = _fit(rule(g_out, out, *xs, **node.attrs), xs[i], down=True)
                 cot[src] = c if src not in cot else add(cot[src], c)
         grads = {w: cot[w] if w in cot else zeros_like(d[w]) for w in wrt}
+    while any(grad_prefix + w in of for w in wrt):  # differentiating a gradient graph again
+        grad_prefix = "grad/" + grad_prefix
     for w in wrt:
         d.output(grad_prefix + w, grads[w])
     return d

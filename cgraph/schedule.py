@@ -85,7 +85,7 @@ class Plan:
 
     def __init__(self, graph: Graph, targets: Sequence[str]) -> None:
         self.graph = graph
-        self.targets = tuple(dict.fromkeys(targets))
+        self.targets = tuple(targets)
         order = schedule_order(graph, self.targets)
         nodes = graph.nodes
         self.leaves = tuple(n for n in order if nodes[n].is_leaf)

@@ -32,7 +32,7 @@ class ForwardMode(Executor):
         plan = self._plans.get(given)
         if plan is None:
             d = jvp_graph(self.graph, self.of, [w for w in self.wrt if w in given])
-            plan = Plan(d, [d._outputs[o] for o in self.of] + [d._outputs[TANGENT + o] for o in self.of])
+            plan = Plan(d, list(d._outputs.values()))  # the outputs, then their tangents
             self._plans[given] = plan
         return plan
 
@@ -44,7 +44,6 @@ class ForwardMode(Executor):
             raise FeedError(f"tangent for {unknown[0]!r}, which is not among wrt {self.wrt}")
         plan = self._plan(frozenset(tangents))
         vals = self._run(plan, feeds, {TANGENT + k: v for k, v in tangents.items()})
-        d = plan.graph
-        outs = {o: np.asarray(vals[d._outputs[o]]) for o in self.of}
-        tans = {o: np.asarray(vals[d._outputs[TANGENT + o]]) for o in self.of}
-        return outs, tans
+        arrays = [np.asarray(vals[t]) for t in plan.targets]
+        n = len(self.of)
+        return dict(zip(self.of, arrays[:n], strict=True)), dict(zip(self.of, arrays[n:], strict=True))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cgraph.autodiff import COTANGENT, output_nodes, vjp_graph
+from cgraph.autodiff import COTANGENT, check_wrt, output_nodes, vjp_graph
 from cgraph.errors import FeedError
 from cgraph.executors.base import Executor
 from cgraph.graph import Graph
@@ -26,13 +26,14 @@ class ReverseMode(Executor):
         self.of = of
         self.wrt = [wrt] if isinstance(wrt, str) else list(wrt)
         output_nodes(graph, [of])
+        check_wrt(graph, self.wrt)
         self._plans: dict[str, Plan] = {}
 
     def _plan(self, seed: str) -> Plan:
         plan = self._plans.get(seed)
         if plan is None:
             d = vjp_graph(self.graph, [self.of], self.wrt, seed=seed)
-            plan = Plan(d, [d._outputs[self.of]] + [d._outputs["grad/" + w] for w in self.wrt])
+            plan = Plan(d, list(d._outputs.values()))  # the output, then a gradient per wrt
             self._plans[seed] = plan
         return plan
 
@@ -45,9 +46,8 @@ class ReverseMode(Executor):
         """(value of the scalar output, {wrt name: gradient})."""
         plan = self._plan("ones")
         vals = self._run(plan, feeds)
-        d = plan.graph
-        return np.asarray(vals[d._outputs[self.of]]), {w: np.asarray(vals[d._outputs["grad/" + w]])
-                                                       for w in self.wrt}
+        value, *grads = (np.asarray(vals[t]) for t in plan.targets)
+        return value, dict(zip(self.wrt, grads, strict=True))
 
     def vjp(self, feeds: Mapping[str, Any], cotangents: Mapping[str, Any]
             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -55,7 +55,6 @@ class ReverseMode(Executor):
         if set(cotangents) != {self.of}:
             raise FeedError(f"vjp needs exactly one cotangent, for {self.of!r}; got {sorted(cotangents)}")
         plan = self._plan("input")
-        d = plan.graph
         vals = self._run(plan, feeds, {COTANGENT + self.of: cotangents[self.of]})
-        return ({self.of: np.asarray(vals[d._outputs[self.of]])},
-                {w: np.asarray(vals[d._outputs["grad/" + w]]) for w in self.wrt})
+        value, *cots = (np.asarray(vals[t]) for t in plan.targets)
+        return {self.of: value}, dict(zip(self.wrt, cots, strict=True))
