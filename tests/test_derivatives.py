@@ -141,7 +141,8 @@ def test_missing_rule_is_an_error_naming_op_and_input():
 
 def test_no_path_gives_zero_and_bad_wrt_is_an_error():
     g = cg.Graph()
-    x, z = g.input("x", (None, 2)), g.input("z", (3,))
+    x = g.input("x", (None, 2))
+    g.input("z", (3,))
     lab = g.input("lab", (3,), "int64")
     g.output("y", cg.sum(x * 2.0))
     g.output("v", x * 2.0)

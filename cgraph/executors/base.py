@@ -55,14 +55,15 @@ class Executor:
                 what = f"a {node.op}, not an input" if node is not None else "not an input"
                 raise FeedError(f"feed {name!r} is {what} of graph {model.name!r} "
                                 f"(inputs: {', '.join(model.inputs) or 'none'})")
+        checked = {name: check_feed(model, name, v) for name, v in feeds.items()}  # even unused ones
         values: dict[str, Any] = {}
         for name in plan.leaves:
             node = d.nodes[name]
             if node.op == "input":
                 if name in extra:
                     values[name] = check_feed(d, name, extra[name])
-                elif name in feeds:
-                    values[name] = check_feed(d, name, feeds[name])
+                elif name in checked:
+                    values[name] = checked[name]
                 else:
                     raise FeedError(f"missing feed for input {name!r} {format_shape(node.shape)} "
                                     f"of graph {model.name!r}")
