@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
@@ -28,8 +28,7 @@ from cgraph.graph import Graph, Meta, format_shape
 from cgraph.ops.registry import get_op
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One kernel call: `name = fn(*args)`, then drop the values in `free`."""
 
     name: str
@@ -162,36 +161,45 @@ def _release(name: str, owner: dict[str, str], refs: dict[str, int], size: dict[
 
 
 def run_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> dict[str, Any]:
-    """Run `plan` with `values` holding every leaf; returns the targets. Measures peak bytes."""
-    owner: dict[str, str] = {}
-    refs: dict[str, int] = {}
-    size: dict[str, int] = {}
+    """Run `plan` with `values` holding every leaf; returns the targets. Measures peak bytes.
+
+    This is the hot loop of every executor: it calls kernels and keeps the books, nothing else.
+    """
+    owner: dict[str, str] = {}  # counted value -> the value that owns its buffer
+    refs: dict[str, int] = {}  # buffer owner -> how many live values use the buffer
+    size: dict[str, int] = {}  # buffer owner -> bytes
     live = peak = 0
-    for step in plan.steps:
-        args = [values[a] for a in step.args]
+    for name, op, fn, args, view, free in plan.steps:
+        ins = [values[a] for a in args]
         try:
-            out = step.fn(*args)
+            out = fn(*ins)
         except CgraphError:
             raise
         except Exception as e:  # a size known only at run time disagrees, or numpy refused
-            shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(step.args, args, strict=True))
-            raise ShapeError(f"{step.name} ({step.op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
-        values[step.name] = out
-        if step.view and np.may_share_memory(out, args[0]):
-            src = owner.get(step.args[0])
+            shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(args, ins, strict=True))
+            raise ShapeError(f"{name} ({op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
+        values[name] = out
+        if view and np.may_share_memory(out, ins[0]):
+            src = owner.get(args[0])
             if src is not None:
-                owner[step.name] = src
+                owner[name] = src
                 refs[src] += 1
         else:
-            owner[step.name] = step.name
-            refs[step.name] = 1
-            size[step.name] = nbytes = out.nbytes
+            owner[name] = name
+            refs[name] = 1
+            size[name] = nbytes = out.nbytes
             live += nbytes
             if live > peak:
                 peak = live
-        for f in step.free:
+        for f in free:
             del values[f]
-            live -= _release(f, owner, refs, size)
+            src = owner.pop(f, None)
+            if src is not None:
+                if refs[src] == 1:
+                    del refs[src]
+                    live -= size.pop(src)
+                else:
+                    refs[src] -= 1
     stats.peak_bytes = peak
     stats.steps = len(plan.steps)
     return {t: values[t] for t in plan.targets}

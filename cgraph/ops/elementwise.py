@@ -63,9 +63,11 @@ def _linear_unary(name: str, kernel: Any, fn: Any, infer: Any = elementwise_infe
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
-    # exp of -|x| never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) below.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+    # For x < -709, e^-x overflows to inf and the result is its limit, 0: no NaN, no warning.
+    with np.errstate(over="ignore"):
+        e = np.exp(-x)
+    e += 1.0
+    return np.reciprocal(e, out=e)
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:

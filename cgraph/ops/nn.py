@@ -21,26 +21,29 @@ from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
 
 def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """x minus its max over `axes` (0 where the max is not finite), so exp cannot overflow."""
-    m = np.max(x, axis=axes, keepdims=True)
-    return x - np.where(np.isfinite(m), m, 0)
+    m = x.max(axis=axes, keepdims=True)
+    if not np.isfinite(m).all():
+        m[~np.isfinite(m)] = 0
+    return x - m
 
 
 def _softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
     e = np.exp(_shifted(x, axes))
-    e /= np.sum(e, axis=axes, keepdims=True)
+    e /= e.sum(axis=axes, keepdims=True)
     return e
 
 
 def _log_softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
     s = _shifted(x, axes)
-    s -= np.log(np.sum(np.exp(s), axis=axes, keepdims=True))
+    s -= np.log(np.exp(s).sum(axis=axes, keepdims=True))
     return s
 
 
 def _logsumexp(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    m = np.max(x, axis=axes, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
-    r = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    m = x.max(axis=axes, keepdims=True)
+    if not np.isfinite(m).all():
+        m[~np.isfinite(m)] = 0
+    r = np.log(np.exp(x - m).sum(axis=axes, keepdims=True)) + m
     return r if keepdims else np.squeeze(r, axis=axes)
 
 

@@ -42,7 +42,7 @@ define("dim_size", lambda x, *, axes: np.array(np.prod([x.shape[a] for a in axes
        lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
        doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
-define("sum", lambda x, *, axes, keepdims: np.sum(x, axis=axes, keepdims=keepdims), _reduce_infer,
+define("sum", lambda x, *, axes, keepdims: np.add.reduce(x, axis=axes, keepdims=keepdims), _reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims: broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),))
 
@@ -58,7 +58,7 @@ def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) ->
     return div(hit, sum(hit, axes, keepdims=True))
 
 
-define("max", lambda x, *, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), _reduce_infer,
+define("max", lambda x, *, axes, keepdims: np.maximum.reduce(x, axis=axes, keepdims=keepdims), _reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
                                                      _max_share(out, x, axes, keepdims)),),
@@ -70,7 +70,9 @@ def _reduction(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
 
 
 def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over `axis` (None: all), as numpy.sum."""
+    """Sum over `axis` (None: all), as numpy.sum (bools are counted as int64)."""
+    if x.dtype == np.bool_:
+        x = cast(x, np.int64)
     return _reduction("sum", x, axis, keepdims)
 
 
