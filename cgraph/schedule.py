@@ -26,6 +26,7 @@ import numpy as np
 from cgraph.errors import CgraphError, ShapeError
 from cgraph.graph import Graph, Meta, format_shape
 from cgraph.ops.registry import get_op
+from cgraph.simplify import DEFAULT, simplify
 
 
 class Step(NamedTuple):
@@ -82,7 +83,9 @@ def get_eager(op: str) -> bool:
 class Plan:
     """An executable schedule of `graph` for the nodes `targets` (kept to the end)."""
 
-    def __init__(self, graph: Graph, targets: Sequence[str]) -> None:
+    def __init__(self, graph: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT) -> None:
+        self.source = graph  # the graph as built; `graph` is what runs, after `passes`
+        graph, targets = simplify(graph, targets, passes) if passes else (graph, list(targets))
         self.graph = graph
         self.targets = tuple(targets)
         order = schedule_order(graph, self.targets)

@@ -1,0 +1,151 @@
+"""Graph simplification: small passes that every plan goes through before it is scheduled.
+
+Derivative rules are written once per op and know nothing of their neighbours, so a derivative
+graph repeats work (forward mode's `cos(a)` when `cos(a)` is already an output), multiplies by
+ones and adds zeros. Each pass rebuilds the graph node by node (so shapes are re-inferred and
+checked) and returns where each old node went:
+
+- `fold`: an op whose inputs are all constants becomes a constant (small results only, so a
+  broadcast zero is never materialised).
+- `identities`: `x * 1`, `1 * x`, `x + 0`, `0 + x`, `x - 0`, `x / 1`, `neg(neg(x))`, a transpose
+  of a transpose, a cast or a reshape that changes nothing: each becomes `x` when that has the
+  result's shape and dtype.
+- `cse`: two nodes with the same op, inputs and attributes become one; so do equal small
+  constants.
+
+Dead code needs no pass: a plan only schedules what its targets depend on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cgraph.graph import Graph, Node
+from cgraph.ops.registry import get_op
+
+FOLD_LIMIT = 1024  # the most elements a folded constant may have
+
+Rewrite = Callable[[Graph, Node, list[str]], "str | None"]
+
+
+def _rebuild(g: Graph, rewrite: Rewrite) -> tuple[Graph, dict[str, str]]:
+    """A copy of g where `rewrite(new_graph, node, new_inputs)` may return the name of an
+    existing node of the new graph to stand for `node` (None: copy the node)."""
+    d = Graph(g.name)
+    d.metadata, d.state = dict(g.metadata), dict(g.state)
+    where: dict[str, str] = {}
+    for node in g.nodes.values():
+        inputs = [where[s] for s in node.inputs]
+        to = rewrite(d, node, inputs)
+        if to is not None:
+            where[node.name] = to
+            continue
+        if node.is_leaf:
+            d._add_leaf(node.op, node.name, node.shape, node.dtype, g._values.get(node.name), node.attrs)
+        else:
+            d.add_node(node.op, inputs, node.attrs, name=node.name)
+        where[node.name] = node.name
+    for out, name in g._outputs.items():
+        d._outputs[out] = where[name]
+    return d, where
+
+
+def _const(d: Graph, name: str) -> np.ndarray | None:
+    node = d.nodes[name]
+    return d._values[name] if node.op == "constant" else None
+
+
+def _same(d: Graph, name: str, node: Node) -> bool:
+    """Can `name` stand for `node`: same static shape and dtype."""
+    other = d.nodes[name]
+    return other.shape == node.shape and other.dtype == node.dtype
+
+
+def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
+    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        if node.is_leaf or not inputs or None in node.shape:
+            return None
+        if int(np.prod(node.shape)) > FOLD_LIMIT:
+            return None
+        values = [_const(d, s) for s in inputs]
+        if any(v is None for v in values):
+            return None
+        result = np.array(get_op(node.op).kernel(*values, **node.attrs), dtype=node.dtype)
+        return d._add_leaf("constant", d._fresh("folded"), result.shape, result.dtype, result).name
+
+    return _rebuild(g, rewrite)
+
+
+def _is(d: Graph, name: str, value: float) -> bool:
+    v = _const(d, name)
+    return v is not None and v.size <= FOLD_LIMIT and bool(np.all(v == value))
+
+
+def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
+    def keep(d: Graph, node: Node, name: str) -> str | None:
+        return name if _same(d, name, node) else None
+
+    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        op, a = node.op, inputs[0] if inputs else None
+        if op in ("mul", "add") and len(inputs) == 2:
+            unit = 1 if op == "mul" else 0
+            b = inputs[1]
+            if _is(d, b, unit):
+                return keep(d, node, a)
+            if _is(d, a, unit):
+                return keep(d, node, b)
+        if op in ("sub", "div") and _is(d, inputs[1], 1 if op == "div" else 0):
+            return keep(d, node, a)
+        src = d.nodes[a] if a is not None else None
+        if op == "neg" and src.op == "neg":
+            return keep(d, node, src.inputs[0])
+        if op == "transpose" and src.op == "transpose":
+            perm = tuple(src.attrs["axes"][i] for i in node.attrs["axes"])
+            if perm == tuple(range(len(perm))):
+                return keep(d, node, src.inputs[0])
+        if op in ("cast", "reshape") and len(inputs) == 1 and None not in node.shape:
+            return keep(d, node, a)
+        return None
+
+    return _rebuild(g, rewrite)
+
+
+def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
+    seen: dict[Any, str] = {}
+
+    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        if node.op in ("input", "param"):
+            return None
+        if node.op == "constant":
+            v = g._values[node.name]
+            if v.size > FOLD_LIMIT:
+                return None
+            key: Any = ("constant", v.dtype.str, v.shape, v.tobytes())
+        else:
+            key = (node.op, tuple(inputs), repr(sorted(node.attrs.items())))
+        if key in seen:
+            return seen[key]
+        seen[key] = node.name
+        return None
+
+    return _rebuild(g, rewrite)
+
+
+PASSES: dict[str, Callable[[Graph], tuple[Graph, dict[str, str]]]] = {
+    "fold": fold, "identities": identities, "cse": cse}
+DEFAULT = ("fold", "identities", "cse")
+
+
+def simplify(g: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT
+             ) -> tuple[Graph, list[str]]:
+    """Run `passes` in order; returns the new graph and where each target went."""
+    where = {t: t for t in targets}
+    for name in passes:
+        if name not in PASSES:
+            raise ValueError(f"unknown pass {name!r}; passes: {', '.join(PASSES)}")
+        g, moved = PASSES[name](g)
+        where = {t: moved[w] for t, w in where.items()}
+    return g, [where[t] for t in targets]
