@@ -70,7 +70,7 @@ def gradcheck(g: Graph, feeds: Mapping[str, Any], of: str, wrt: Sequence[str] | 
                 x[k] += sign * h
                 x = x.reshape(base.shape).astype(base.dtype)
                 if g.nodes[w].op == "param":
-                    f.append(float(ev._run(ev.plan, feeds, params={w: x})[ev.plan.targets[0]]))
+                    f.append(float(ev._run(ev.plan, feeds, params={w: x})[0]))
                 else:
                     f.append(float(ev.run({**feeds, w: x})[of]))
             numeric[k] = (f[0] - f[1]) / (2 * h)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import networkx as nx
 import numpy as np
 
+from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, ShapeError
 from cgraph.graph import Graph, Meta, format_shape
 from cgraph.ops.registry import get_op
@@ -91,6 +92,7 @@ class Plan:
         order = schedule_order(graph, self.targets)
         nodes = graph.nodes
         self.leaves = tuple(n for n in order if nodes[n].is_leaf)
+        self.leaf_kinds = tuple(nodes[n].op for n in self.leaves)
         ops = [n for n in order if not nodes[n].is_leaf]
         last_use: dict[str, int] = {}
         for i, name in enumerate(ops):
@@ -108,6 +110,11 @@ class Plan:
             fn = functools.partial(opdef.kernel, **node.attrs) if node.attrs else opdef.kernel
             steps.append(Step(name, node.op, fn, node.inputs, opdef.view, tuple(sorted(frees[i]))))
         self.steps = tuple(steps)
+
+    @functools.cached_property
+    def runner(self) -> Runner:
+        """The plan as straight-line code, compiled when first run."""
+        return compile_plan(self)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -163,11 +170,22 @@ def _release(name: str, owner: dict[str, str], refs: dict[str, int], size: dict[
     return size.pop(src)
 
 
-def run_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> dict[str, Any]:
-    """Run `plan` with `values` holding every leaf; returns the targets. Measures peak bytes.
+def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]:
+    """Run `plan` with the values of `plan.leaves`, in order; returns the targets' values in
+    order and measures the peak bytes. Runs the plan's compiled straight-line code
+    (cgraph.codegen); if a kernel fails, runs the plan step by step to name the failing node."""
+    try:
+        outs, peak = plan.runner(leaves)
+    except Exception:
+        return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats)
+    stats.peak_bytes = peak
+    stats.steps = len(plan.steps)
+    return outs
 
-    This is the hot loop of every executor: it calls kernels and keeps the books, nothing else.
-    """
+
+def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[Any, ...]:
+    """`run_plan` one step at a time, in a loop over the plan: the reference the generated code
+    is tested against, and the path that names a failing node."""
     owner: dict[str, str] = {}  # counted value -> the value that owns its buffer
     refs: dict[str, int] = {}  # buffer owner -> how many live values use the buffer
     size: dict[str, int] = {}  # buffer owner -> bytes
@@ -205,7 +223,7 @@ def run_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> dict[str, Any]
                     refs[src] -= 1
     stats.peak_bytes = peak
     stats.steps = len(plan.steps)
-    return {t: values[t] for t in plan.targets}
+    return tuple(values[t] for t in plan.targets)
 
 
-__all__ = ["Plan", "Stats", "Step", "run_plan", "schedule_order"]
+__all__ = ["Plan", "Stats", "Step", "interpret_plan", "run_plan", "schedule_order"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import cgraph as cg
+from cgraph.ops.registry import apply
 
 
 @dataclass
@@ -138,6 +139,8 @@ SPECS: list[Spec] = [
          torch=lambda u, y: __import__("torch").nn.functional.cross_entropy(u, y)),
     Spec("softmax_cross_entropy_soft", cg.softmax_cross_entropy,
          lambda u, y: -np.sum(y * (u - _np_lse(u, -1, True))) / u.shape[0], [((4, 3), (4, 3))]),
+    Spec("softmax_cross_entropy_grad", lambda u, y: apply("softmax_cross_entropy_grad", u, y),
+         lambda u, y: _np_softmax(u) * y.sum(-1, keepdims=True) - y, [((4, 3), (4, 3))]),
     Spec("binary_cross_entropy", cg.binary_cross_entropy,
          lambda u, y: np.sum(y * np.log1p(np.exp(-u)) + (1 - y) * np.log1p(np.exp(u))) / u.shape[0],
          [((6,), (6,)), ((4, 2), (4, 2))], domain=("real", "pos"),

@@ -13,20 +13,20 @@ from typing import Any
 import numpy as np
 
 from cgraph.errors import FeedError
-from cgraph.graph import Graph, format_shape
+from cgraph.graph import Graph, Node, format_shape
 from cgraph.schedule import Plan, Stats, run_plan
 
 
-def check_feed(graph: Graph, name: str, value: Any) -> np.ndarray:
-    """`value` as an array of input `name`'s dtype and shape, or FeedError saying why not."""
-    node = graph.nodes[name]
-    arr = np.asarray(value)
+def check_feed(node: Node, value: Any) -> np.ndarray:
+    """`value` as an array of input `node`'s dtype and shape, or FeedError saying why not."""
+    arr = value if type(value) is np.ndarray else np.asarray(value)
     if arr.dtype != node.dtype:
         if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
-            raise FeedError(f"feed {name!r}: cannot cast {arr.dtype} to the input's {node.dtype}")
+            raise FeedError(f"feed {node.name!r}: cannot cast {arr.dtype} to the input's {node.dtype}")
         arr = arr.astype(node.dtype)
-    if arr.ndim != len(node.shape) or any(d is not None and d != s for d, s in zip(node.shape, arr.shape, strict=True)):
-        raise FeedError(f"feed {name!r}: shape {format_shape(arr.shape)} does not match the "
+    shape = arr.shape
+    if len(shape) != len(node.shape) or any(d is not None and d != s for d, s in zip(node.shape, shape, strict=True)):
+        raise FeedError(f"feed {node.name!r}: shape {format_shape(shape)} does not match the "
                         f"input's {format_shape(node.shape)}")
     return arr
 
@@ -42,36 +42,37 @@ class Executor:
         self.stats = Stats()
 
     def _run(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
-             params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             params: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
         """Run `plan` (of the model or a graph derived from it) with the model's feeds, `extra`
         leaves the derived graph adds (tangents, cotangents), and the model's current params
-        (or `params`, for gradcheck's perturbations)."""
+        (or `params`, for gradcheck's perturbations). Returns the values of `plan.targets`."""
         model, d = self.graph, plan.graph
         if not isinstance(feeds, Mapping):
             raise FeedError(f"feeds must be a dict of input name to array, got {type(feeds).__name__}")
-        for name in feeds:
-            node = model.nodes.get(name)
+        nodes = model._nodes
+        checked = {}
+        for name, value in feeds.items():  # every feed is checked, even one this plan ignores
+            node = nodes.get(name)
             if node is None or node.op != "input":
                 what = f"a {node.op}, not an input" if node is not None else "not an input"
                 raise FeedError(f"feed {name!r} is {what} of graph {model.name!r} "
                                 f"(inputs: {', '.join(model.inputs) or 'none'})")
-        checked = {name: check_feed(model, name, v) for name, v in feeds.items()}  # even unused ones
-        values: dict[str, Any] = {}
-        for name in plan.leaves:
-            node = d.nodes[name]
-            if node.op == "input":
+            checked[name] = check_feed(node, value)
+        leaves = []
+        for name, kind in zip(plan.leaves, plan.leaf_kinds, strict=True):
+            if kind == "input":
                 if name in extra:
-                    values[name] = check_feed(d, name, extra[name])
+                    leaves.append(check_feed(d._nodes[name], extra[name]))
                 elif name in checked:
-                    values[name] = checked[name]
+                    leaves.append(checked[name])
                 else:
-                    raise FeedError(f"missing feed for input {name!r} {format_shape(node.shape)} "
+                    raise FeedError(f"missing feed for input {name!r} {format_shape(d._nodes[name].shape)} "
                                     f"of graph {model.name!r}")
-            elif node.op == "param" and name in model.nodes:
-                values[name] = model._values[name] if params is None or name not in params else params[name]
+            elif kind == "param" and name in nodes:
+                leaves.append(model._values[name] if params is None or name not in params else params[name])
             else:
-                values[name] = d._values[name]
-        shapes = {n: np.shape(values[n]) for n in plan.leaves}
-        out = run_plan(plan, values, self.stats)
-        self.stats.predictor = lambda: plan.predict_peak(shapes)
+                leaves.append(d._values[name])
+        out = run_plan(plan, leaves, self.stats)
+        shapes = [v.shape for v in leaves]
+        self.stats.predictor = lambda: plan.predict_peak(dict(zip(plan.leaves, shapes, strict=True)))
         return out

@@ -29,4 +29,4 @@ class Evaluator(Executor):
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The outputs for these feeds (a dict of input name to array)."""
         vals = self._run(self.plan, feeds)
-        return {o: np.asarray(vals[t]) for o, t in zip(self.outputs, self.plan.targets, strict=True)}
+        return {o: np.asarray(v) for o, v in zip(self.outputs, vals, strict=True)}

@@ -44,6 +44,6 @@ class ForwardMode(Executor):
             raise FeedError(f"tangent for {unknown[0]!r}, which is not among wrt {self.wrt}")
         plan = self._plan(frozenset(tangents))
         vals = self._run(plan, feeds, {TANGENT + k: v for k, v in tangents.items()})
-        arrays = [np.asarray(vals[t]) for t in plan.targets]
+        arrays = [np.asarray(v) for v in vals]
         n = len(self.of)
         return dict(zip(self.of, arrays[:n], strict=True)), dict(zip(self.of, arrays[n:], strict=True))

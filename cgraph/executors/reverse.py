@@ -46,7 +46,7 @@ class ReverseMode(Executor):
         """(value of the scalar output, {wrt name: gradient})."""
         plan = self._plan("ones")
         vals = self._run(plan, feeds)
-        value, *grads = (np.asarray(vals[t]) for t in plan.targets)
+        value, *grads = (np.asarray(v) for v in vals)
         return value, dict(zip(self.wrt, grads, strict=True))
 
     def vjp(self, feeds: Mapping[str, Any], cotangents: Mapping[str, Any]
@@ -56,5 +56,5 @@ class ReverseMode(Executor):
             raise FeedError(f"vjp needs exactly one cotangent, for {self.of!r}; got {sorted(cotangents)}")
         plan = self._plan("input")
         vals = self._run(plan, feeds, {COTANGENT + self.of: cotangents[self.of]})
-        value, *cots = (np.asarray(vals[t]) for t in plan.targets)
+        value, *cots = (np.asarray(v) for v in vals)
         return {self.of: value}, dict(zip(self.wrt, cots, strict=True))

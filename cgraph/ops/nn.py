@@ -20,11 +20,8 @@ from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
 
 
 def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """x minus its max over `axes` (0 where the max is not finite), so exp cannot overflow."""
-    m = x.max(axis=axes, keepdims=True)
-    if not np.isfinite(m).all():
-        m[~np.isfinite(m)] = 0
-    return x - m
+    """x minus its max over `axes`, so that exp cannot overflow (the max trick)."""
+    return x - x.max(axis=axes, keepdims=True)
 
 
 def _softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
@@ -41,8 +38,6 @@ def _log_softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
 
 def _logsumexp(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
     m = x.max(axis=axes, keepdims=True)
-    if not np.isfinite(m).all():
-        m[~np.isfinite(m)] = 0
     r = np.log(np.exp(x - m).sum(axis=axes, keepdims=True)) + m
     return r if keepdims else np.squeeze(r, axis=axes)
 
@@ -86,11 +81,42 @@ def _sce(u: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(-np.sum(y * _log_softmax(u, axes=(-1 % u.ndim,))) / u.shape[0], dtype=u.dtype)
 
 
+def _sce_grad(u: np.ndarray, y: np.ndarray) -> np.ndarray:
+    s = _softmax(u, axes=(u.ndim - 1,))
+    s *= y.sum(axis=-1, keepdims=True)
+    s -= y
+    return s
+
+
+def _sce_grad_rules() -> tuple[tuple, tuple]:
+    """softmax(u) r - y with r the row sums of y: its derivative is softmax's times r in u,
+    and softmax(u) sum(t) - t in y (linear; its transpose sums g * softmax(u) over the row)."""
+    def du(t: Tensor, u: Tensor, y: Tensor) -> Tensor:
+        last = (u.ndim - 1,)
+        s = softmax(u, last)
+        return mul(mul(s, sub(t, sum(mul(t, s), last, keepdims=True))), sum(y, last, keepdims=True))
+
+    def dy(t: Tensor, u: Tensor) -> Tensor:
+        last = (u.ndim - 1,)
+        return sub(mul(softmax(u, last), sum(t, last, keepdims=True)), t)
+
+    def dy_transposed(g: Tensor, u: Tensor) -> Tensor:
+        last = (u.ndim - 1,)
+        return sub(sum(mul(g, softmax(u, last)), last, keepdims=True), g)
+
+    # softmax's Jacobian is symmetric and r is constant along a row, so `du` is its own transpose.
+    return ((lambda t, out, u, y: du(t, u, y), lambda t, out, u, y: dy(t, u)),
+            (lambda g, out, u, y: du(g, u, y), lambda g, out, u, y: dy_transposed(g, u)))
+
+
+_jvp, _vjp = _sce_grad_rules()
+define("softmax_cross_entropy_grad", _sce_grad, lambda u, y: (u.shape, u.dtype), jvp=_jvp, vjp=_vjp,
+       doc="rows * d softmax_cross_entropy / d u = softmax(u) * rowsum(y) - y, in one kernel: "
+           "the lecture's softmax(u) - y for one-hot (or any probability) rows")
+
+
 def _sce_du(u: Tensor, y: Tensor) -> Tensor:
-    """d loss / d u times the number of rows: softmax(u) * (row sum of y) - y, which is the
-    lecture's softmax(u) - y for one-hot (or any probability) rows."""
-    last = (u.ndim - 1,)
-    return sub(mul(softmax(u, last), sum(y, last, keepdims=True)), y)
+    return apply("softmax_cross_entropy_grad", u, y)
 
 
 def _sce_dy(u: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ def count(x: Tensor, axes: tuple[int, ...]) -> float | Tensor:
     return float(np.prod(sizes))
 
 
-define("dim_size", lambda x, *, axes: np.array(np.prod([x.shape[a] for a in axes]), dtype=x.dtype),
+define("dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a in axes])),
        lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
        doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
