@@ -53,10 +53,24 @@ def compile_plan(plan: Plan) -> Runner:
     for i, step in enumerate(plan.steps):
         ns[f"f{i}"] = step.fn
         v = var[step.name]
-        body.append(f"    {v} = f{i}({', '.join(var[a] for a in step.args)})  # {step.name} ({step.op})")
+        args = ", ".join(var[a] for a in step.args)
+        if step.inplace >= 0:
+            src = step.args[step.inplace]
+            body.append(f"    {v} = f{i}({args}, out={var[src]})  # {step.name} ({step.op}, in place)")
+            # the result owns the dying input's buffer: no new bytes, none freed with the input
+            if step.name in shared:
+                body.append(f"    owner[{step.name!r}] = {step.name!r}; refs[{step.name!r}] = 1; "
+                            f"size[{step.name!r}] = n{var[src][1:]}")
+            else:
+                body.append(f"    n{i} = n{var[src][1:]}")
+                counted.add(step.name)
+            counted.discard(src)
+            body += _frees(step.free, var, counted, shared)
+            continue
+        body.append(f"    {v} = f{i}({args})  # {step.name} ({step.op})")
         if step.view:
             src = step.args[0]
-            body += [f"    if _share({v}, {var[src]}):",
+            body += [f"    if {var[src]}.ndim and _share({v}, {var[src]}):",
                      f"        o = owner.get({src!r})",
                      "        if o is not None:",
                      f"            owner[{step.name!r}] = o; refs[o] += 1",
@@ -72,17 +86,24 @@ def compile_plan(plan: Plan) -> Runner:
             body += [f"    n{i} = {v}.nbytes; live += n{i}",
                      "    if live > peak: peak = live"]
             counted.add(step.name)
-        for f in step.free:
-            body.append(f"    del {var[f]}")
-            if f in counted:
-                body.append(f"    live -= n{var[f][1:]}")
-            elif f in shared:
-                body += [f"    o = owner.pop({f!r}, None)",
-                         "    if o is not None:",
-                         "        if refs[o] == 1: del refs[o]; live -= size.pop(o)",
-                         "        else: refs[o] -= 1"]
+        body += _frees(step.free, var, counted, shared)
     targets = ", ".join(var[t] for t in plan.targets)
     body.append(f"    return ({targets}{',' if len(plan.targets) == 1 else ''}), peak")
     source = "\n".join(body) + "\n"
     exec(compile(source, f"<cgraph plan {plan.graph.name}>", "exec"), ns)  # noqa: S102  (our own code)
     return Runner(ns["run"], source)
+
+
+def _frees(free: Sequence[str], var: dict[str, str], counted: set[str], shared: set[str]) -> list[str]:
+    """The lines that drop `free` and take their bytes off the books."""
+    lines = []
+    for f in free:
+        lines.append(f"    del {var[f]}")
+        if f in counted:
+            lines.append(f"    live -= n{var[f][1:]}")
+        elif f in shared:
+            lines += [f"    o = owner.pop({f!r}, None)",
+                      "    if o is not None:",
+                      "        if refs[o] == 1: del refs[o]; live -= size.pop(o)",
+                      "        else: refs[o] -= 1"]
+    return lines

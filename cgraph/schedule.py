@@ -8,8 +8,13 @@ sweep made them. Ops marked `eager` (a shape, a count: tiny outputs) run right a
 inputs, so that a big input need not live on just for its size. Liveness analysis gives, for
 each step, the values whose last reader it is; `run_plan` drops them there.
 
+An elementwise step whose input dies at that step, and is nobody's view, writes its result over
+that input (`out=`), so the buffer is reused instead of a new one allocated.
+
 Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
-buffer already counted; feeds, params and constants are not counted (they live anyway).
+buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
+numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
+not counted (they live anyway).
 `Plan.predict_peak` gives the same number from shapes alone, before any run.
 """
 
@@ -39,6 +44,7 @@ class Step(NamedTuple):
     args: tuple[str, ...]
     view: bool
     free: tuple[str, ...]
+    inplace: int = -1  # which input the result is written over (`out=`), or -1
 
 
 @dataclass
@@ -103,12 +109,21 @@ class Plan:
         for name, i in last_use.items():
             if name not in keep:
                 frees[i].append(name)
+        viewed = {nodes[n].inputs[0] for n in ops if get_op(nodes[n].op).view}
         steps = []
         for i, name in enumerate(ops):
             node = nodes[name]
             opdef = get_op(node.op)
             fn = functools.partial(opdef.kernel, **node.attrs) if node.attrs else opdef.kernel
-            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, tuple(sorted(frees[i]))))
+            inplace = -1
+            if opdef.inplace and node.shape:
+                for k, src in enumerate(node.inputs):
+                    arg = nodes[src]
+                    if (src in frees[i] and not arg.is_leaf and src not in viewed
+                            and not get_op(arg.op).view and arg.shape == node.shape and arg.dtype == node.dtype):
+                        inplace = k
+                        break
+            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, tuple(sorted(frees[i])), inplace))
         self.steps = tuple(steps)
 
     @functools.cached_property
@@ -142,11 +157,13 @@ class Plan:
             meta[step.name] = Meta(tuple(shape), np.dtype(dtype))
             if opdef.gives_shape:
                 shape_value[step.name] = meta[node.inputs[0]].shape
-            if step.view:
+            if step.view and meta[node.inputs[0]].shape != ():
                 src = owner.get(node.inputs[0])
                 if src is not None:
                     owner[step.name] = src
                     refs[src] += 1
+            elif step.inplace >= 0:  # the dying input's buffer passes to the result
+                owner[step.name] = owner.pop(node.inputs[step.inplace])
             else:
                 owner[step.name] = step.name
                 refs[step.name] = 1
@@ -190,21 +207,23 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
     refs: dict[str, int] = {}  # buffer owner -> how many live values use the buffer
     size: dict[str, int] = {}  # buffer owner -> bytes
     live = peak = 0
-    for name, op, fn, args, view, free in plan.steps:
+    for name, op, fn, args, view, free, inplace in plan.steps:
         ins = [values[a] for a in args]
         try:
-            out = fn(*ins)
+            out = fn(*ins) if inplace < 0 else fn(*ins, out=ins[inplace])
         except CgraphError:
             raise
         except Exception as e:  # a size known only at run time disagrees, or numpy refused
             shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(args, ins, strict=True))
             raise ShapeError(f"{name} ({op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
         values[name] = out
-        if view and np.may_share_memory(out, ins[0]):
+        if view and ins[0].ndim and np.may_share_memory(out, ins[0]):
             src = owner.get(args[0])
             if src is not None:
                 owner[name] = src
                 refs[src] += 1
+        elif inplace >= 0:
+            owner[name] = owner.pop(args[inplace])
         else:
             owner[name] = name
             refs[name] = 1

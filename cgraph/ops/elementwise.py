@@ -24,16 +24,16 @@ from cgraph.ops.registry import (
 
 # ---- arithmetic -------------------------------------------------------------------------
 
-define("add", np.add, elementwise_infer,
+define("add", np.add, elementwise_infer, inplace=True,
        jvp=(lambda t, out, a, b: t, lambda t, out, a, b: t),
        vjp=(lambda g, out, a, b: g, lambda g, out, a, b: g))
-define("sub", np.subtract, elementwise_infer,
+define("sub", np.subtract, elementwise_infer, inplace=True,
        jvp=(lambda t, out, a, b: t, lambda t, out, a, b: neg(t)),
        vjp=(lambda g, out, a, b: g, lambda g, out, a, b: neg(g)))
-define("mul", np.multiply, elementwise_infer,
+define("mul", np.multiply, elementwise_infer, inplace=True,
        jvp=(lambda t, out, a, b: mul(t, b), lambda t, out, a, b: mul(a, t)),
        vjp=(lambda g, out, a, b: mul(g, b), lambda g, out, a, b: mul(a, g)))
-define("div", np.divide, float_infer,
+define("div", np.divide, float_infer, inplace=True,
        jvp=(lambda t, out, a, b: div(t, b), lambda t, out, a, b: neg(div(mul(t, out), b))),
        vjp=(lambda g, out, a, b: div(g, b), lambda g, out, a, b: neg(div(mul(g, out), b))))
 
@@ -42,7 +42,7 @@ def _pow_da(a: Tensor, b: Tensor) -> Tensor:
     return mul(b, pow(a, sub(b, 1)))
 
 
-define("pow", np.power, float_infer,
+define("pow", np.power, float_infer, inplace=True,
        jvp=(lambda t, out, a, b: mul(t, _pow_da(a, b)), lambda t, out, a, b: mul(t, mul(out, log(a)))),
        vjp=(lambda g, out, a, b: mul(g, _pow_da(a, b)), lambda g, out, a, b: mul(g, mul(out, log(a)))),
        doc="a ** b; the derivative wrt b is out * log(a), so it needs a > 0 where it is used")
@@ -50,16 +50,18 @@ define("pow", np.power, float_infer,
 
 def _unary(name: str, kernel: Any, deriv: Any, infer: Any = float_infer, doc: str = "") -> None:
     """An elementwise op whose JVP is `t * deriv(x, out)` and VJP `g * deriv(x, out)`."""
+    inplace = isinstance(kernel, np.ufunc)
     if deriv is ZERO:
-        define(name, kernel, infer, jvp=(ZERO,), vjp=(ZERO,), doc=doc)
+        define(name, kernel, infer, jvp=(ZERO,), vjp=(ZERO,), doc=doc, inplace=inplace)
         return
     define(name, kernel, infer,
            jvp=(lambda t, out, x: mul(t, deriv(x, out)),),
-           vjp=(lambda g, out, x: mul(g, deriv(x, out)),), doc=doc)
+           vjp=(lambda g, out, x: mul(g, deriv(x, out)),), doc=doc, inplace=inplace)
 
 
 def _linear_unary(name: str, kernel: Any, fn: Any, infer: Any = elementwise_infer) -> None:
-    define(name, kernel, infer, jvp=(lambda t, out, x: fn(t),), vjp=(lambda g, out, x: fn(g),))
+    define(name, kernel, infer, jvp=(lambda t, out, x: fn(t),), vjp=(lambda g, out, x: fn(g),),
+           inplace=isinstance(kernel, np.ufunc))
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
@@ -109,7 +111,7 @@ def _extremum(name: str, kernel: Any, wins: Any) -> None:
     def weight_b(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _share(wins(b, a), equal(a, b), out.dtype)
 
-    define(name, kernel, elementwise_infer,
+    define(name, kernel, elementwise_infer, inplace=True,
            jvp=(lambda t, out, a, b: mul(t, weight_a(out, a, b)),
                 lambda t, out, a, b: mul(t, weight_b(out, a, b))),
            vjp=(lambda g, out, a, b: mul(g, weight_a(out, a, b)),

@@ -59,6 +59,8 @@ class OpDef:
     shape_arg: bool = False  # an optional input 1 is a run-time shape (from shape_of) that
     #                          stands for the attribute `shape`
     gives_shape: bool = False  # the output is the run-time shape of input 0 (shape_of)
+    inplace: bool = False  # the kernel takes `out=` (a numpy ufunc): a plan may write the
+    #                        result over an input that dies at that step
     doc: str = ""
 
     def vjp_rule(self, i: int, node: str) -> Any:
