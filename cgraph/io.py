@@ -180,7 +180,7 @@ def _dtype_code(dtype: np.dtype, what: str) -> int:
 def _little_endian(value: Any, what: str) -> np.ndarray:
     arr = np.asarray(value)
     _dtype_code(arr.dtype, what)
-    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
@@ -284,7 +284,7 @@ class _BytesSource:
         return bytes(self.view[offset:offset + n])
 
     def readinto(self, offset: int, out: memoryview) -> None:
-        out[:] = self.view[offset:offset + len(out)]
+        np.frombuffer(out, np.uint8)[:] = np.frombuffer(self.view[offset:offset + len(out)], np.uint8)
 
 
 class _FileSource:
@@ -324,8 +324,8 @@ def _read_checked(src: _BytesSource | _FileSource) -> ModelFile:
     _check_versions(model)
     _check_graph(model)
     tensors = _tensor_slots(model)
-    _check_tensor_layout(tensors, p_len)
-    values = [_read_tensor(src, msg, what, m_len) for msg, what in tensors]
+    inline = _check_tensor_layout(tensors, p_len)
+    values = [_read_tensor(src, msg, raw, what, m_len) for (msg, what), raw in zip(tensors, inline, strict=True)]
     g = _build(model, iter(values))
     producer = " ".join(s for s in (model.producer_name, model.producer_version) if s) or "unknown"
     return ModelFile(g, model.format_version, model.min_reader_version, producer, src.size, p_len)
@@ -466,17 +466,20 @@ def _tensor_bytes(msg: pb.Tensor, what: str) -> tuple[np.dtype, tuple[int, ...],
     return dtype, dims, count * dtype.itemsize
 
 
-def _check_tensor_layout(tensors: list[tuple[pb.Tensor, str]], payload_length: int) -> None:
-    """Byte counts match dtype and dims; payload ranges tile the payload exactly."""
-    offset = 0
+def _check_tensor_layout(tensors: list[tuple[pb.Tensor, str]], payload_length: int) -> list[bytes | None]:
+    """Byte counts match dtype and dims; payload ranges tile the payload exactly. Returns the
+    inline bytes of each tensor (None for payload ones): reading them from the message copies."""
+    offset, inline = 0, []
     for msg, what in tensors:
         dtype, dims, nbytes = _tensor_bytes(msg, what)
         kind = msg.WhichOneof("data")
         shape = format_shape(dims)
         if kind is None:
             raise _Fail(f"{what}: the tensor has no data")
-        if kind == "raw_data" and len(msg.raw_data) != nbytes:
-            raise _Fail(f"{what}: {dtype} {shape} needs {nbytes} bytes, the file has {len(msg.raw_data)}")
+        raw = msg.raw_data if kind == "raw_data" else None
+        inline.append(raw)
+        if raw is not None and len(raw) != nbytes:
+            raise _Fail(f"{what}: {dtype} {shape} needs {nbytes} bytes, the file has {len(raw)}")
         if kind == "payload":
             ref = msg.payload
             if ref.length != nbytes:
@@ -487,19 +490,21 @@ def _check_tensor_layout(tensors: list[tuple[pb.Tensor, str]], payload_length: i
             offset += ref.length
     if offset != payload_length:
         raise _Fail(f"the payload has {payload_length} bytes, its tensors cover {offset}")
+    return inline
 
 
-def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, what: str, payload_start: int) -> np.ndarray:
+def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | None, what: str,
+                 payload_start: int) -> np.ndarray:
     dtype, dims, nbytes = _tensor_bytes(msg, what)  # checked against the file: safe to allocate
     arr = np.empty(nbytes // dtype.itemsize, dtype=dtype.newbyteorder("<"))
-    view = _byte_view(arr)
-    if msg.WhichOneof("data") == "raw_data":
-        view[:] = msg.raw_data
+    if raw is not None:
+        arr.view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
     else:
+        view = _byte_view(arr)
         src.readinto(payload_start + msg.payload.offset, view)
         if zlib.crc32(view) != msg.payload.crc32:
             raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
-    if dtype == np.bool_ and np.any(view > 1):
+    if dtype == np.bool_ and np.any(arr.view(np.uint8) > 1):
         raise _Fail(f"{what}: bool elements must be bytes 0 or 1")
     return arr.astype(dtype, copy=False).reshape(dims)
 
