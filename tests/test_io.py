@@ -246,7 +246,7 @@ def test_a_model_over_2_gib_saves_reloads_and_evaluates(tmp_path):
     expected = run(g, feeds)["y"]
     path = tmp_path / "big.pb"
     cg.save(g, path)
-    del g, W, w
+    del g, W, w, x  # every Tensor handle keeps its graph (and the 2 GiB param) alive
     gc.collect()
     size = path.stat().st_size
     assert size > 2**31 + 2**27
