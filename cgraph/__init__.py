@@ -9,6 +9,7 @@ from cgraph.autodiff import gradient_graph
 from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
 from cgraph.graph import Graph, GraphError, Node, Tensor
+from cgraph.io import dumps, load, loads, save
 from cgraph.jacobian import gradcheck, jacobian
 from cgraph.ops import *  # noqa: F403  (the op functions: cg.add, cg.matmul, ...)
 from cgraph.ops import __all__ as _ops_all
@@ -20,3 +21,4 @@ __all__ = [
     "GraphError", "GraphFormatError", "Node", "ReverseMode", "ShapeError", "Tensor",
     "gradcheck", "gradient_graph", "jacobian", *[n for n in _ops_all if n not in ("OPS", "OpDef")],
 ]
+__all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format

@@ -17,8 +17,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgraph", description="Inspect, check and draw cgraph models (.pb files).")
     parser.add_argument("--version", action="version", version=f"cgraph {cgraph.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_io_commands(sub)
     return parser
+
+
+def _add_io_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a model's inputs, outputs, params, op counts and format version")
+    p.add_argument("model", help="a cgraph model file (.pb)")
+    p.set_defaults(handler=_info)
+    p = sub.add_parser("check", help="validate a model file: exit 0, or print what is wrong and exit 1")
+    p.add_argument("model", help="a cgraph model file (.pb)")
+    p.set_defaults(handler=_check)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from cgraph.graph import format_shape
+    from cgraph.io import read_model
+
+    mf = read_model(args.model)
+    g = mf.graph
+    nodes = list(g.nodes.values())
+    layout = "plain protobuf" if not mf.payload_bytes else f"{mf.payload_bytes:,} bytes in the payload section"
+    print(f"{args.model}: cgraph model {g.name!r}, format version {mf.format_version} "
+          f"(readers from version {mf.min_reader_version}), written by {mf.producer}")
+    print(f"  {mf.file_bytes:,} bytes ({layout}), {len(nodes)} nodes")
+
+    def section(title: str, rows: list[str]) -> None:
+        print(f"{title}:" + ("" if rows else " none"))
+        for r in rows:
+            print(f"  {r}")
+
+    section("inputs", [f"{n.name}  {format_shape(n.shape)} {n.dtype}" for n in nodes if n.op == "input"])
+    section("outputs", [f"{k}  {format_shape(t.shape)} {t.dtype}  (node {t.name})" for k, t in g.outputs.items()])
+    params = [n for n in nodes if n.op == "param"]
+    total = sum(g.value(n.name).nbytes for n in params)
+    section(f"params ({len(params)}, {total:,} bytes)",
+            [f"{n.name}  {format_shape(n.shape)} {n.dtype}  {g.value(n.name).nbytes:,} bytes"
+             + ("" if n.attrs.get("trainable", True) else "  (not trainable)") for n in params])
+    consts = [n for n in nodes if n.op == "constant"]
+    print(f"constants: {len(consts)} ({sum(g.value(n.name).nbytes for n in consts):,} bytes)")
+    if g.state:
+        section("state", [f"{k}  {format_shape(v.shape)} {v.dtype}  {v.nbytes:,} bytes" for k, v in g.state.items()])
+    ops = Counter(n.op for n in nodes if not n.is_leaf)
+    section("ops", [f"{op}  {k}" for op, k in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))])
+    section("metadata", [f"{k}: {v}" for k, v in g.metadata.items()])
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from cgraph.io import read_model
+
+    mf = read_model(args.model)
+    print(f"{args.model}: ok (format version {mf.format_version}, {len(mf.graph)} nodes, "
+          f"{mf.file_bytes:,} bytes)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

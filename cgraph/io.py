@@ -1,0 +1,619 @@
+"""Saving and loading models: the file format of `proto/cgraph.proto` (read it for the layout).
+
+A file is a protobuf `Model` message, then a payload section of large tensors (empty for
+models whose tensors total at most `INLINE_LIMIT` bytes, so that the file is plain protobuf),
+then a 30-byte footer with both lengths and a CRC-32 of the message. Tensors in the payload are
+found by (offset, length, CRC-32), so a model of any size stays one file with no 2 GiB wall.
+
+Loading never runs code from the file and validates everything before building the graph:
+any problem is a `GraphFormatError` of one line, never another exception, a hang, or an
+allocation larger than the file justifies. Saving is atomic: a temporary file in the same
+folder, flushed to disk, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import secrets
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import networkx as nx
+import numpy as np
+
+from cgraph._proto import cgraph_pb2 as pb
+from cgraph.errors import CgraphError, GraphFormatError
+from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
+from cgraph.ops.registry import OPS
+
+__all__ = ["FORMAT_VERSION", "INLINE_LIMIT", "READER_VERSION", "ModelFile", "dumps", "load", "loads",
+           "read_model", "save"]
+
+FORMAT_VERSION = 1  # the FormatVersion this module writes
+READER_VERSION = 1  # the newest min_reader_version this module can read
+MIN_READER_VERSION = 1  # what files written by this module need
+INLINE_LIMIT = 256 * 2**20  # tensors stay inline (plain protobuf) while they total at most this
+MAGIC = b"CGPB"
+FOOTER_SIZE = 30
+_FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
+_MAX_NDIM = 64  # numpy's limit
+_CHUNK = 64 * 2**20  # read and write large payload tensors in pieces of this size
+
+_DTYPES: dict[np.dtype, int] = {
+    np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
+    np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
+    np.dtype(np.int64): pb.DATA_TYPE_INT64,
+    np.dtype(np.bool_): pb.DATA_TYPE_BOOL,
+}
+_FROM_CODE: dict[int, np.dtype] = {code: dt for dt, code in _DTYPES.items()}
+
+
+# ---- public API ---------------------------------------------------------------------------
+
+def save(g: Graph, path: str | os.PathLike[str], *, inline_limit: int = INLINE_LIMIT) -> None:
+    """Write `g` (nodes, params, constants, outputs, metadata, state) to `path`, atomically:
+    a crash or error midway leaves any previous file at `path` as it was."""
+    message, payload = _encode(g, inline_limit)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask
+    try:
+        with open(fd, "wb") as f:
+            for piece in _file_pieces(message, payload):
+                _write(f, piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def dumps(g: Graph, *, inline_limit: int = INLINE_LIMIT) -> bytes:
+    """The bytes `save` would write."""
+    message, payload = _encode(g, inline_limit)
+    return b"".join(_file_pieces(message, payload))
+
+
+def load(path: str | os.PathLike[str]) -> Graph:
+    """The graph saved at `path`; GraphFormatError if the file is not a valid model."""
+    return read_model(path).graph
+
+
+def loads(data: bytes | bytearray | memoryview) -> Graph:
+    """The graph in `data` (the bytes of a model file)."""
+    return _read(_BytesSource(data), "").graph
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A loaded model with what its file says about itself (for `cgraph info`)."""
+
+    graph: Graph
+    format_version: int
+    min_reader_version: int
+    producer: str  # name and version of the program that wrote it
+    file_bytes: int
+    payload_bytes: int  # bytes of tensors stored after the message (0: a plain protobuf file)
+
+
+def read_model(path: str | os.PathLike[str]) -> ModelFile:
+    """Load and validate the model at `path`, with its format version and producer. A file that
+    cannot be opened or read raises OSError (FileNotFoundError, ...) as `open` does."""
+    with open(path, "rb", buffering=0) as f:
+        return _read(_FileSource(f), f"{os.fspath(path)}: ")
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
+    """The message section and the arrays of the payload section, in order."""
+    from cgraph import __version__
+
+    model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
+                     producer_name="cgraph", producer_version=__version__)
+    for k, v in g.metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
+        model.metadata[k] = v
+    model.graph.SetInParent()
+    model.graph.name = g.name
+    slots: list[tuple[pb.Tensor, np.ndarray]] = []
+    for node in g.nodes.values():
+        msg = model.graph.node.add(name=node.name, op=node.op, input=node.inputs,
+                                   dtype=_dtype_code(node.dtype, f"node {node.name!r} ({node.op})"))
+        _encode_shape(msg.shape, node.shape)
+        if node.op == "param":
+            msg.trainable = bool(node.attrs.get("trainable", True))
+        attrs = {k: v for k, v in node.attrs.items() if not (node.op == "param" and k == "trainable")}
+        for k, v in attrs.items():
+            _encode_attr(msg.attr.add(name=k).value, v, f"node {node.name!r} ({node.op}) attribute {k!r}")
+        if node.op in ("param", "constant"):
+            slots.append((msg.value, _little_endian(g.value(node.name), f"{node.op} {node.name!r}")))
+    for out, src in g._outputs.items():
+        model.graph.output.add(name=out, node=src)
+    for k, v in g.state.items():
+        if not isinstance(k, str) or not k:
+            raise GraphError(f"cannot save graph {g.name!r}: state names must be non-empty str, got {k!r}")
+        slots.append((model.state.add(name=k), _little_endian(v, f"state {k!r}")))
+
+    in_payload = _choose_payload([a.nbytes for _, a in slots], inline_limit)
+    payload, offset = [], 0
+    for i, (msg, arr) in enumerate(slots):
+        msg.dtype = _dtype_code(arr.dtype, "")
+        msg.dims.extend(arr.shape)
+        if i in in_payload:
+            msg.payload.offset, msg.payload.length = offset, arr.nbytes
+            msg.payload.crc32 = zlib.crc32(_byte_view(arr))
+            offset += arr.nbytes
+            payload.append(arr)
+        else:
+            msg.raw_data = arr.tobytes()
+    return model.SerializeToString(deterministic=True), payload
+
+
+def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
+    """Which tensors go to the payload: none if all fit under the limit, else the largest
+    first until the rest do."""
+    total, chosen = sum(sizes), set()
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        if total <= inline_limit:
+            break
+        chosen.add(i)
+        total -= sizes[i]
+    return chosen
+
+
+def _dtype_code(dtype: np.dtype, what: str) -> int:
+    code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
+    if code is None:
+        raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
+    return code
+
+
+def _little_endian(value: Any, what: str) -> np.ndarray:
+    arr = np.asarray(value)
+    _dtype_code(arr.dtype, what)
+    return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")  # (ascontiguousarray makes 0-d 1-d)
+
+
+def _byte_view(arr: np.ndarray) -> memoryview:
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _file_pieces(message: bytes, payload: list[np.ndarray]) -> Iterator[bytes | memoryview]:
+    yield message
+    for arr in payload:
+        yield _byte_view(arr)
+    yield _footer(len(message), sum(a.nbytes for a in payload), zlib.crc32(message))
+
+
+def _footer(message_length: int, payload_length: int, crc: int) -> bytes:
+    footer = pb.Footer(magic=int.from_bytes(MAGIC, "little"), message_length=message_length,
+                       payload_length=payload_length, message_crc32=crc)
+    data = _FOOTER_TAG + footer.SerializeToString()
+    assert len(data) == FOOTER_SIZE, "the footer must be exactly 30 bytes"
+    return data
+
+
+def _write(f: BinaryIO, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK):
+        f.write(view[start:start + _CHUNK])
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows opening a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _encode_shape(msg: pb.Shape, shape: tuple[int | None, ...]) -> None:
+    msg.SetInParent()  # present even for a scalar's empty shape
+    for d in shape:
+        if d is None:
+            msg.dim.add(none=True)
+        else:
+            msg.dim.add(value=int(d))
+
+
+def _encode_attr(msg: pb.AttrValue, value: Any, what: str) -> None:
+    if isinstance(value, (bool, np.bool_)):
+        msg.b = bool(value)
+    elif isinstance(value, (int, np.integer)):
+        msg.i = int(value)
+    elif isinstance(value, str):
+        msg.s = value
+    elif isinstance(value, (float, np.floating)):
+        msg.f = float(value)
+    elif isinstance(value, (tuple, list)) and all(_is_opt_int(v) for v in value):
+        msg.ints.SetInParent()
+        for v in value:
+            msg.ints.item.add(**({"none": True} if v is None else {"value": int(v)}))
+    elif isinstance(value, (tuple, list)):
+        msg.index.SetInParent()
+        for v in value:
+            item = msg.index.item.add()
+            if v is None:
+                item.new_axis = True
+            elif v is Ellipsis:
+                item.ellipsis = True
+            elif _is_opt_int(v):
+                item.at = int(v)
+            elif isinstance(v, slice) and all(_is_opt_int(b) for b in (v.start, v.stop, v.step)):
+                item.slice.SetInParent()
+                for field in ("start", "stop", "step"):
+                    if getattr(v, field) is not None:
+                        setattr(item.slice, field, int(getattr(v, field)))
+            else:
+                raise GraphError(f"cannot save {what}: index entry {v!r} is not an int, slice, None or ...")
+    else:
+        raise GraphError(f"cannot save {what}: values of type {type(value).__name__} are not supported")
+
+
+def _is_opt_int(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+class _Fail(Exception):
+    """A validation failure; `_read` turns it into one GraphFormatError line."""
+
+
+class _BytesSource:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.view = memoryview(data).cast("B")
+        self.size = len(self.view)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return bytes(self.view[offset:offset + n])
+
+    def readinto(self, offset: int, out: memoryview) -> None:
+        np.frombuffer(out, np.uint8)[:] = np.frombuffer(self.view[offset:offset + len(out)], np.uint8)
+
+
+class _FileSource:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def read(self, offset: int, n: int) -> bytes:
+        out = bytearray(n)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, out: memoryview) -> None:
+        self.f.seek(offset)
+        done = 0
+        while done < len(out):
+            got = self.f.readinto(out[done:done + _CHUNK])
+            if not got:
+                raise _Fail(f"file ended at byte {offset + done} while reading {len(out)} bytes from {offset}")
+            done += got
+
+
+def _read(src: _BytesSource | _FileSource, where: str) -> ModelFile:
+    try:
+        return _read_checked(src)
+    except _Fail as e:
+        raise GraphFormatError(f"{where}{e}") from None
+    except CgraphError as e:  # shape inference while rebuilding: one line already
+        raise GraphFormatError(f"{where}{e}") from None
+
+
+def _read_checked(src: _BytesSource | _FileSource) -> ModelFile:
+    message, p_len = _check_framing(src)
+    m_len = len(message)
+    model = _parse(message)
+    del message
+    _check_versions(model)
+    _check_graph(model)
+    tensors = _tensor_slots(model)
+    inline = _check_tensor_layout(tensors, p_len)
+    values = [_read_tensor(src, msg, raw, what, m_len) for (msg, what), raw in zip(tensors, inline, strict=True)]
+    g = _build(model, iter(values))
+    producer = " ".join(s for s in (model.producer_name, model.producer_version) if s) or "unknown"
+    return ModelFile(g, model.format_version, model.min_reader_version, producer, src.size, p_len)
+
+
+def _check_framing(src: _BytesSource | _FileSource) -> tuple[bytes, int]:
+    """The message section and the payload length, once the footer and CRC-32 check out."""
+    size = src.size
+    if size == 0:
+        raise _Fail("not a cgraph model: the file is empty")
+    if size < FOOTER_SIZE:
+        raise _Fail(f"not a cgraph model: {size} bytes is shorter than the {FOOTER_SIZE}-byte footer "
+                    "(truncated?)")
+    tail = src.read(size - FOOTER_SIZE, FOOTER_SIZE)
+    fixed = {0: 0x7A, 1: 0x1C, 2: 0x0D, 7: 0x11, 16: 0x19, 25: 0x25}
+    if any(tail[i] != b for i, b in fixed.items()) or tail[3:7] != MAGIC:
+        raise _Fail("not a cgraph model, or truncated: no cgraph footer in the last 30 bytes")
+    m_len = int.from_bytes(tail[8:16], "little")
+    p_len = int.from_bytes(tail[17:25], "little")
+    crc = int.from_bytes(tail[26:30], "little")
+    if m_len + p_len + FOOTER_SIZE != size:
+        raise _Fail(f"truncated or corrupted: the footer describes {m_len + p_len + FOOTER_SIZE} bytes "
+                    f"(message {m_len}, payload {p_len}, footer {FOOTER_SIZE}), the file has {size}")
+    if m_len == 0:
+        raise _Fail("corrupted: the message section is empty")
+    message = src.read(0, m_len)
+    if zlib.crc32(message) != crc:
+        raise _Fail(f"corrupted: the CRC-32 of the message section (bytes 0-{m_len - 1}) does not match")
+    return message, p_len
+
+
+def _parse(data: bytes) -> pb.Model:
+    try:
+        model = pb.Model.FromString(data)
+    except Exception as e:  # any parser failure on untrusted bytes is a format error
+        raise _Fail(f"the message section is not a valid cgraph.Model protobuf: {e}") from None
+    if model.HasField("footer"):
+        raise _Fail("corrupted: a footer inside the message section")
+    return model
+
+
+def _check_versions(model: pb.Model) -> None:
+    from cgraph import __version__
+
+    fv, mr = model.format_version, model.min_reader_version
+    if fv < 1 or mr < 1 or mr > fv:
+        raise _Fail(f"bad versions: format_version {fv}, min_reader_version {mr}")
+    if mr > READER_VERSION:
+        raise _Fail(f"the file needs a reader of format version {mr} or newer (written as version {fv} by "
+                    f"{model.producer_name or 'unknown'} {model.producer_version}); cgraph {__version__} "
+                    f"reads format version {READER_VERSION}: upgrade cgraph")
+
+
+def _check_graph(model: pb.Model) -> None:
+    """Names, ops, attributes, references and order; no tensor data is read here."""
+    if not model.HasField("graph"):
+        raise _Fail("the model has no graph")
+    graph = model.graph
+    seen: dict[str, int] = {}
+    dag = nx.DiGraph()
+    for i, node in enumerate(graph.node):
+        at = f"node {i} ({node.name!r}, op {node.op!r})"
+        if not node.name:
+            raise _Fail(f"node {i} (op {node.op!r}) has an empty name")
+        if node.name in seen:
+            raise _Fail(f"{at}: the name is used by node {seen[node.name]} too")
+        seen[node.name] = i
+        leaf = node.op in LEAF_OPS
+        if not leaf and node.op not in OPS:
+            raise _Fail(f"{at}: unknown op {node.op!r}")
+        if node.dtype not in _FROM_CODE:
+            raise _Fail(f"{at}: unknown dtype code {node.dtype}")
+        if not node.HasField("shape"):
+            raise _Fail(f"{at}: no shape")
+        _decode_shape(node.shape, at, allow_none=True)
+        has_value = node.op in ("param", "constant")
+        if node.HasField("value") != has_value:
+            raise _Fail(f"{at}: {'no' if has_value else 'unexpected'} stored value")
+        if has_value:
+            v = node.value
+            if v.name:
+                raise _Fail(f"{at}: a node's value must not have a name")
+            if v.dtype != node.dtype or list(v.dims) != [d.value for d in node.shape.dim] \
+                    or any(d.HasField("none") for d in node.shape.dim):
+                raise _Fail(f"{at}: the node's shape and dtype differ from its value's")
+            if node.op == "param" and _FROM_CODE.get(v.dtype, np.dtype(np.float64)).kind != "f":
+                raise _Fail(f"{at}: params must be float32 or float64, not {_FROM_CODE[v.dtype]}")
+        if node.HasField("trainable") and node.op != "param":
+            raise _Fail(f"{at}: only params have a trainable flag")
+        if leaf and (node.input or node.attr):
+            raise _Fail(f"{at}: a leaf takes no inputs or attributes")
+        if not leaf:
+            _decode_attrs(node, at)
+        dag.add_node(node.name)
+        dag.add_edges_from((src, node.name) for src in node.input)
+    for node in graph.node:
+        for src in node.input:
+            if src not in seen:
+                raise _Fail(f"node {node.name!r} ({node.op}): input {src!r} is not a node of the graph")
+    if not nx.is_directed_acyclic_graph(dag):
+        cycle = [u for u, _ in nx.find_cycle(dag)]
+        raise _Fail(f"the graph has a cycle: {' -> '.join(map(repr, [*cycle, cycle[0]]))}")
+    for i, node in enumerate(graph.node):
+        late = [src for src in node.input if seen[src] >= i]
+        if late:
+            raise _Fail(f"node {node.name!r} ({node.op}): input {late[0]!r} comes later in the file "
+                        "(nodes must be in topological order)")
+    outs: set[str] = set()
+    for out in graph.output:
+        if not out.name or out.name in outs:
+            raise _Fail(f"output {out.name!r}: {'empty' if not out.name else 'duplicate'} output name")
+        outs.add(out.name)
+        if out.node not in seen:
+            raise _Fail(f"output {out.name!r}: node {out.node!r} is not a node of the graph")
+    names: set[str] = set()
+    for t in model.state:
+        if not t.name or t.name in names:
+            raise _Fail(f"state {t.name!r}: {'empty' if not t.name else 'duplicate'} state name")
+        names.add(t.name)
+
+
+def _tensor_slots(model: pb.Model) -> list[tuple[pb.Tensor, str]]:
+    """Every stored tensor in file order: node values, then state."""
+    slots = [(n.value, f"{n.op} {n.name!r}") for n in model.graph.node if n.HasField("value")]
+    return slots + [(t, f"state {t.name!r}") for t in model.state]
+
+
+def _tensor_bytes(msg: pb.Tensor, what: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    if msg.dtype not in _FROM_CODE:
+        raise _Fail(f"{what}: unknown dtype code {msg.dtype}")
+    dtype = _FROM_CODE[msg.dtype]
+    if len(msg.dims) > _MAX_NDIM:
+        raise _Fail(f"{what}: {len(msg.dims)} dimensions (at most {_MAX_NDIM})")
+    dims = tuple(int(d) for d in msg.dims)
+    count = 1
+    for d in dims:
+        count *= d  # Python ints: no overflow
+    return dtype, dims, count * dtype.itemsize
+
+
+def _check_tensor_layout(tensors: list[tuple[pb.Tensor, str]], payload_length: int) -> list[bytes | None]:
+    """Byte counts match dtype and dims; payload ranges tile the payload exactly. Returns the
+    inline bytes of each tensor (None for payload ones): reading them from the message copies."""
+    offset, inline = 0, []
+    for msg, what in tensors:
+        dtype, dims, nbytes = _tensor_bytes(msg, what)
+        kind = msg.WhichOneof("data")
+        shape = format_shape(dims)
+        if kind is None:
+            raise _Fail(f"{what}: the tensor has no data")
+        raw = msg.raw_data if kind == "raw_data" else None
+        inline.append(raw)
+        if raw is not None and len(raw) != nbytes:
+            raise _Fail(f"{what}: {dtype} {shape} needs {nbytes} bytes, the file has {len(raw)}")
+        if kind == "payload":
+            ref = msg.payload
+            if ref.length != nbytes:
+                raise _Fail(f"{what}: {dtype} {shape} needs {nbytes} bytes, its payload range has {ref.length}")
+            if ref.offset != offset or ref.offset + ref.length > payload_length:
+                raise _Fail(f"{what}: payload range {ref.offset}+{ref.length} is not at the expected offset "
+                            f"{offset} or exceeds the payload's {payload_length} bytes")
+            offset += ref.length
+    if offset != payload_length:
+        raise _Fail(f"the payload has {payload_length} bytes, its tensors cover {offset}")
+    return inline
+
+
+def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | None, what: str,
+                 payload_start: int) -> np.ndarray:
+    dtype, dims, nbytes = _tensor_bytes(msg, what)  # checked against the file: safe to allocate
+    arr = np.empty(nbytes // dtype.itemsize, dtype=dtype.newbyteorder("<"))
+    if raw is not None:
+        arr.view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+    else:
+        view = _byte_view(arr)
+        src.readinto(payload_start + msg.payload.offset, view)
+        if zlib.crc32(view) != msg.payload.crc32:
+            raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
+    if dtype == np.bool_ and np.any(arr.view(np.uint8) > 1):
+        raise _Fail(f"{what}: bool elements must be bytes 0 or 1")
+    return arr.astype(dtype, copy=False).reshape(dims)
+
+
+def _build(model: pb.Model, values: Iterator[np.ndarray]) -> Graph:
+    """The graph; `values` are the stored tensors in file order (as `_tensor_slots`)."""
+    g = Graph(model.graph.name)
+    g.metadata.update(model.metadata)
+    for node in model.graph.node:
+        at = f"node {node.name!r} ({node.op})"
+        dtype = _FROM_CODE[node.dtype]
+        shape = _decode_shape(node.shape, at, allow_none=node.op not in ("param", "constant"))
+        if node.op in LEAF_OPS:
+            value = next(values) if node.HasField("value") else None
+            frozen = node.HasField("trainable") and not node.trainable  # absent means trainable
+            attrs = {"trainable": False} if frozen else {}
+            g._add_leaf(node.op, node.name, shape, dtype, value, attrs)
+            continue
+        attrs = _decode_attrs(node, at)
+        try:
+            t = g.add_node(node.op, list(node.input), attrs, name=node.name)
+        except CgraphError as e:  # ShapeError, GraphError: one line naming the node already
+            raise _Fail(str(e)) from None
+        except Exception as e:  # an op's shape rule meeting attribute values it never expected
+            raise _Fail(f"{at}: shape inference failed: {type(e).__name__}: {e}") from None
+        if t.shape != shape or t.dtype != dtype:
+            raise _Fail(f"{at}: the file says {format_shape(shape)} {dtype}, shape inference gives "
+                        f"{format_shape(t.shape)} {t.dtype}")
+    for out in model.graph.output:
+        g.output(out.name, g[out.node])
+    for t in model.state:
+        g.state[t.name] = next(values)
+    return g
+
+
+def _decode_shape(msg: pb.Shape, at: str, allow_none: bool) -> tuple[int | None, ...]:
+    if len(msg.dim) > _MAX_NDIM:
+        raise _Fail(f"{at}: {len(msg.dim)} dimensions (at most {_MAX_NDIM})")
+    dims = _decode_ints(msg.dim, at)
+    if any(d is not None and d < 0 for d in dims) or (not allow_none and None in dims):
+        raise _Fail(f"{at}: bad shape {format_shape(dims)}")
+    return dims
+
+
+def _decode_ints(items: Any, at: str) -> tuple[int | None, ...]:
+    out: list[int | None] = []
+    for it in items:
+        kind = it.WhichOneof("kind")
+        if kind is None or (kind == "none" and not it.none):
+            raise _Fail(f"{at}: an integer entry with neither a value nor none=true")
+        out.append(None if kind == "none" else it.value)
+    return tuple(out)
+
+
+def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
+    allowed, required = _attr_names(node.op)
+    attrs: dict[str, Any] = {}
+    for a in node.attr:
+        if a.name in attrs:
+            raise _Fail(f"{at}: attribute {a.name!r} is given twice")
+        if allowed is not None and a.name not in allowed:
+            raise _Fail(f"{at}: unknown attribute {a.name!r} (the op takes {sorted(allowed) or 'none'})")
+        attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
+    missing = sorted(required - attrs.keys())
+    if missing:
+        raise _Fail(f"{at}: missing attribute {missing[0]!r}")
+    return attrs
+
+
+def _decode_attr(msg: pb.AttrValue, at: str) -> Any:
+    kind = msg.WhichOneof("value")
+    if kind is None:
+        raise _Fail(f"{at}: no value")
+    if kind == "ints":
+        return _decode_ints(msg.ints.item, at)
+    if kind == "index":
+        return tuple(_decode_index_item(it, at) for it in msg.index.item)
+    return getattr(msg, kind)
+
+
+def _decode_index_item(it: pb.IndexItem, at: str) -> Any:
+    kind = it.WhichOneof("kind")
+    if kind == "at":
+        return it.at
+    if kind == "slice":
+        s = it.slice
+        if s.HasField("step") and s.step == 0:
+            raise _Fail(f"{at}: slice step 0")
+        return slice(*(getattr(s, f) if s.HasField(f) else None for f in ("start", "stop", "step")))
+    if kind == "new_axis" and it.new_axis:
+        return None
+    if kind == "ellipsis" and it.ellipsis:
+        return Ellipsis
+    raise _Fail(f"{at}: an index entry that is not an int, slice, None or ...")
+
+
+@functools.cache
+def _attr_names(op: str) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """The attribute names `op` takes and those it requires: the keyword-only arguments of its
+    shape rule (or of its kernel, when the shape rule takes any keywords)."""
+    opdef = OPS[op]
+    fn: Callable[..., Any]
+    for fn in (opdef.infer, opdef.kernel):
+        try:
+            params = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):
+            break
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            continue
+        kw = [p for p in params if p.kind is p.KEYWORD_ONLY]
+        return frozenset(p.name for p in kw), frozenset(p.name for p in kw if p.default is p.empty)
+    return None, frozenset()
