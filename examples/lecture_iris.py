@@ -65,9 +65,9 @@ def gradients(X: np.ndarray, Y: np.ndarray, W: np.ndarray, V: np.ndarray) -> tup
 
 
 def GD(X: np.ndarray, Y: np.ndarray, W: np.ndarray, V: np.ndarray, lr: float = 0.1, eps: float = 1e-9,
-       max_iters: int = 100000, record: bool = False) -> tuple[np.ndarray, np.ndarray, list[float]]:
-    """The lecture's loop, from given initial W and V (it draws them as randn * .01); with
-    `record`, also the cost before each step (to compare trajectories), else an empty list."""
+       max_iters: int = 100000, record: bool = False) -> tuple[np.ndarray, np.ndarray, int, list[float]]:
+    """The lecture's loop, from given initial W and V (it draws them as randn * .01): the final
+    W and V, the number of steps t, and (with `record`) the cost before each step."""
     dW = np.inf * np.ones_like(W)
     t = 0
     losses = []
@@ -78,4 +78,4 @@ def GD(X: np.ndarray, Y: np.ndarray, W: np.ndarray, V: np.ndarray, lr: float = 0
         W = W - lr * dW
         V = V - lr * dV
         t += 1
-    return W, V, losses
+    return W, V, t, losses

@@ -25,7 +25,7 @@ def test_2000_gd_steps_follow_the_lecture_loop():
     g = lecture_model()
     V0, W0 = g.params["layer0/W"].copy(), g.params["layer1/W"].copy()
     h = cg.fit(g, DATA, cg.optim.GD(lr=0.1), epochs=2000, progress=False)
-    W, V, losses = GD(X, Y, W0, V0, lr=0.1, max_iters=2000, record=True)
+    W, V, _, losses = GD(X, Y, W0, V0, lr=0.1, max_iters=2000, record=True)
     assert h.steps == h.epochs == len(h.loss) == len(losses) == 2000 and not h.stopped
     np.testing.assert_allclose(h.loss, losses, rtol=0, atol=1e-8)
     np.testing.assert_allclose(g.params["layer1/W"], W, rtol=0, atol=1e-8)
@@ -41,8 +41,8 @@ def test_stop_rules():
     assert h.stopped and h.epochs < 5000
     # the lecture's loop stops at the same step
     g2 = lecture_model()
-    _, _, losses = GD(X, Y, g2.params["layer1/W"], g2.params["layer0/W"], eps=0.05, record=True)
-    assert len(losses) == h.steps
+    _, _, t, losses = GD(X, Y, g2.params["layer1/W"], g2.params["layer0/W"], eps=0.05, record=True)
+    assert t == len(losses) == h.steps
     h2 = cg.fit(lecture_model(), DATA, cg.optim.GD(lr=0.1), epochs=5000, progress=False, eps=0.05)
     assert h2.stopped and h2.steps < 5000
 
