@@ -2,9 +2,10 @@
 
 `opt.step(g, grads)` moves each param named in `grads` with `g.set_param`. An optimizer's
 state (velocities, moments, the step count) lives in the graph, in `g.state` under
-`optim/<slot>/<param>` and `optim/t`, and its settings in `g.metadata["optim"]`, so both are
-saved with the model: `from_graph(cg.load(path))` gives an optimizer that continues exactly
-where the saved one stopped.
+`optim/<kind>/<slot>/<param>` and `optim/<kind>/t`, and its settings in `g.metadata["optim"]`,
+so both are saved with the model: `from_graph(cg.load(path))` gives an optimizer that continues
+exactly where the saved one stopped. Another optimizer of the same kind continues from the same
+state (with its own settings); one of another kind drops it and starts afresh.
 """
 
 from __future__ import annotations
@@ -40,30 +41,34 @@ class Optimizer:
         return f"{self.kind}({args})"
 
     def step(self, g: cg.Graph, grads: Mapping[str, np.ndarray]) -> None:
-        """One update of every param in `grads` (a dict param name -> gradient)."""
+        """One update of every param in `grads` (a dict param name -> gradient). Everything is
+        checked before anything changes, so a bad gradient leaves the graph as it was."""
         params = g.params
-        for name in grads:
+        own = f"{PREFIX}{self.kind}/"
+        t = int(g.state.get(own + "t", 0)) + 1
+        work = []
+        for name, grad in grads.items():
             if name not in params:
                 raise cg.GraphError(f"{self.kind}.step: {name!r} is not a param of graph {g.name!r}")
-        t = int(g.state.get(PREFIX + "t", 0)) + 1
-        for name, grad in grads.items():
-            p = params[name]
-            grad = np.asarray(grad)
+            p, grad = params[name], np.asarray(grad)
             if grad.shape != p.shape:
                 raise cg.ShapeError(f"{self.kind}.step: gradient of {name!r} has shape {grad.shape}, "
                                     f"the param {p.shape}")
-            state = {s: g.state.get(f"{PREFIX}{s}/{name}") for s in self.slots}
+            state = {s: g.state.get(f"{own}{s}/{name}") for s in self.slots}
             for s, v in state.items():
                 if v is None:
                     state[s] = np.zeros_like(p)
                 elif np.shape(v) != p.shape:
-                    raise cg.ShapeError(f"{self.kind}.step: state {PREFIX}{s}/{name} has shape "
+                    raise cg.ShapeError(f"{self.kind}.step: state {own}{s}/{name} has shape "
                                         f"{np.shape(v)}, the param {p.shape}")
-            new_p = self._update(p, grad, state, t)
-            g.set_param(name, new_p)
+            work.append((name, p, grad, state))
+        for k in [k for k in g.state if k.startswith(PREFIX) and not k.startswith(own)]:
+            del g.state[k]  # another kind of optimizer's state: its slots mean other things
+        for name, p, grad, state in work:
+            g.set_param(name, self._update(p, grad, state, t))
             for s in self.slots:
-                g.state[f"{PREFIX}{s}/{name}"] = state[s]
-        g.state[PREFIX + "t"] = np.array(t, dtype=np.int64)
+                g.state[f"{own}{s}/{name}"] = state[s]
+        g.state[own + "t"] = np.array(t, dtype=np.int64)
         text = json.dumps(self.config())
         if g.metadata.get(METADATA) != text:
             g.metadata[METADATA] = text

@@ -155,4 +155,15 @@ def test_resume_equals_uninterrupted_training():
     assert h1.loss + h2.loss == h.loss
     for k in whole.params:
         assert np.array_equal(resumed.params[k], whole.params[k]), k
-    assert int(resumed.state["fit/epoch"]) == 6 and int(resumed.state["optim/t"]) == 6 * 5
+    assert int(resumed.state["fit/epoch"]) == 6 and int(resumed.state["optim/Adam/t"]) == 6 * 5
+
+
+def test_api_md_train_section():
+    """shared/API.md section 5, verbatim (X, Y: the lecture's Iris data)."""
+    g = cg.nn.mlp([3, 16, 3], hidden="logistic", loss="softmax_cross_entropy", seed=0)
+    history = cg.fit(g, {"x": X, "y": Y}, optimizer=cg.optim.GD(lr=0.1), epochs=1000,
+                     batch_size=None, progress=True)
+    assert g.params["layer0/W"].shape == (3, 16) and g.params["layer0/b"].shape == (16,)
+    assert len(history.loss) == 1000 and history.loss[-1] < 0.3 * history.loss[0]
+    for opt in (cg.optim.Momentum(lr=0.1, beta=0.9), cg.optim.Adam(lr=0.01)):
+        assert cg.fit(g, {"x": X, "y": Y}, opt, epochs=2, progress=False).steps == 2

@@ -47,7 +47,7 @@ def test_matches_torch_optim(make_ours, make_torch):
         tp.grad = torch.tensor(_grads(k))
         topt.step()
     np.testing.assert_allclose(g.params["w"], tp.detach().numpy(), rtol=1e-12, atol=1e-14)
-    assert int(g.state["optim/t"]) == 6
+    assert int(g.state[f"optim/{opt.kind}/t"]) == 6
 
 
 def test_state_lives_in_the_graph_and_resumes():
@@ -59,7 +59,7 @@ def test_state_lives_in_the_graph_and_resumes():
         opt.step(a, {"w": _grads(k)})
     for k in range(3):
         opt.step(b, {"w": _grads(k)})
-    assert set(b.state) == {"optim/m/w", "optim/v/w", "optim/t"}
+    assert set(b.state) == {"optim/Adam/m/w", "optim/Adam/v/w", "optim/Adam/t"}
     c = _graph_with(b.params["w"])  # what a reload gives: params, state and metadata
     c.state.update({k: v.copy() for k, v in b.state.items()})
     c.metadata.update(b.metadata)
@@ -68,6 +68,9 @@ def test_state_lives_in_the_graph_and_resumes():
     for k in range(3, 5):
         resumed.step(c, {"w": _grads(k)})
     assert np.array_equal(c.params["w"], a.params["w"])
+    cg.optim.Momentum(lr=0.1).step(c, {"w": _grads(0)})  # another kind: Adam's state goes
+    assert set(c.state) == {"optim/Momentum/v/w", "optim/Momentum/t"}
+    np.testing.assert_array_equal(c.state["optim/Momentum/v/w"], _grads(0))
     cg.optim.reset(c)
     assert not c.state and cg.optim.from_graph(c) is None
 

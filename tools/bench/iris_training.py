@@ -24,7 +24,7 @@ from lecture_iris import GD, cost, lecture_data, logistic  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Iris training: cgraph fit vs the lecture's numpy loop")
     ap.add_argument("--max-iters", type=int, default=100_000)
-    args = ap.parse_args(argv)
+    args = ap.parse_args([] if argv is None else argv)  # run.py calls main() with its own argv
     X, Y, labels = lecture_data()
 
     g = cg.nn.mlp([3, 16, 3], hidden="logistic", loss="softmax_cross_entropy", bias=False, seed=0)
@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
