@@ -45,7 +45,7 @@ class Optimizer:
         checked before anything changes, so a bad gradient leaves the graph as it was."""
         params = g.params
         own = f"{PREFIX}{self.kind}/"
-        t = int(g.state.get(own + "t", 0)) + 1
+        t = int(np.asarray(g.state.get(own + "t", 0)).item()) + 1
         work = []
         for name, grad in grads.items():
             if name not in params:

@@ -99,7 +99,7 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     bar = tqdm(total=int(epochs), desc=g.name, unit="epoch", file=sys.stderr, disable=None if progress else True)
     try:
         for e in range(int(epochs)):
-            done = int(g.state.get(EPOCH, 0))
+            done = int(np.asarray(g.state.get(EPOCH, 0)).item())
             if full:
                 batches = [arrays]
             else:

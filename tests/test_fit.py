@@ -167,3 +167,4 @@ def test_api_md_train_section():
     assert len(history.loss) == 1000 and history.loss[-1] < 0.3 * history.loss[0]
     for opt in (cg.optim.Momentum(lr=0.1, beta=0.9), cg.optim.Adam(lr=0.01)):
         assert cg.fit(g, {"x": X, "y": Y}, opt, epochs=2, progress=False).steps == 2
+
