@@ -66,7 +66,9 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         stop(Epoch) is true (the lecture: `stop=lambda e: np.linalg.norm(e.grads["layer1/W"]) < 1e-9`).
     metric: "accuracy" (on data's "x" and "y", see `accuracy`) or a function of the graph,
         recorded after each epoch in `History.metric`.
-    Batch norm's running statistics (see `cg.nn`) are updated after every step.
+    Batch norm's running statistics (see `cg.nn`) are updated after every step, from the batch
+    statistics the model outputs (one more forward pass per step: ReverseMode gives only the
+    loss and the gradients).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"fit: optimizer must be a cg.optim optimizer, got {type(optimizer).__name__}")
@@ -83,9 +85,10 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     if metric == "accuracy":
         if "x" not in arrays or "y" not in arrays:
             raise cg.FeedError("fit: metric='accuracy' needs data 'x' and 'y'")
+        ev = cg.Evaluator(g, outputs=[_default_output(g)])  # compiled once, run every epoch
 
         def metric_fn(m: cg.Graph) -> float:
-            return accuracy(m, arrays["x"], arrays["y"])
+            return _accuracy_of(ev.run({"x": arrays["x"]})[ev.outputs[0]], arrays["y"])
     elif metric is None or callable(metric):
         metric_fn = metric  # type: ignore[assignment]
     else:
@@ -140,8 +143,7 @@ def predict(g: cg.Graph, x: Any, output: str | None = None, batch_size: int | No
     """The output `output` for inputs `x` (an array for input "x", or a dict of feeds), run in
     row batches of `batch_size` (all at once if None). The default output is "logits_eval"
     when the model has one (batch norm's inference mode), else "logits"."""
-    if output is None:
-        output = "logits_eval" if "logits_eval" in g.outputs else "logits"
+    output = _default_output(g) if output is None else output
     feeds = dict(x) if isinstance(x, Mapping) else {"x": x}
     feeds = {k: np.asarray(v) for k, v in feeds.items()}
     ev = cg.Evaluator(g, outputs=[output])
@@ -160,7 +162,14 @@ def predict(g: cg.Graph, x: Any, output: str | None = None, batch_size: int | No
 def accuracy(g: cg.Graph, x: Any, y: Any, batch_size: int | None = None) -> float:
     """The fraction of rows classified right: argmax of the logits against argmax of one-hot
     `y` (several classes), or logit > 0 against y > 0.5 (one output column)."""
-    logits = predict(g, x, batch_size=batch_size)
+    return _accuracy_of(predict(g, x, batch_size=batch_size), y)
+
+
+def _default_output(g: cg.Graph) -> str:
+    return "logits_eval" if "logits_eval" in g.outputs else "logits"
+
+
+def _accuracy_of(logits: np.ndarray, y: Any) -> float:
     y = np.asarray(y)
     if logits.shape[-1] == 1:
         return float(np.mean((logits[..., 0] > 0) == (y.reshape(logits.shape)[..., 0] > 0.5)))
