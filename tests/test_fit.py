@@ -168,3 +168,40 @@ def test_api_md_train_section():
     for opt in (cg.optim.Momentum(lr=0.1, beta=0.9), cg.optim.Adam(lr=0.01)):
         assert cg.fit(g, {"x": X, "y": Y}, opt, epochs=2, progress=False).steps == 2
 
+
+
+def _bn_model(seed=0):
+    return cg.nn.mlp([2, 8, 8, 3], hidden="relu", init="he", skip=True, batch_norm=True, seed=seed)
+
+
+def test_resume_from_a_saved_file_equals_uninterrupted_training(tmp_path):
+    data = {"x": X[:, :2], "y": Y}
+    whole = _bn_model()
+    h = cg.fit(whole, data, cg.optim.Adam(lr=0.01), epochs=5, batch_size=32, seed=3, progress=False)
+    first = _bn_model()
+    h1 = cg.fit(first, data, cg.optim.Adam(lr=0.01), epochs=2, batch_size=32, seed=3, progress=False)
+    cg.save(first, tmp_path / "half.pb")
+    resumed = cg.load(tmp_path / "half.pb")
+    for k in first.params:  # running statistics are params: saved too
+        assert np.array_equal(resumed.params[k], first.params[k]), k
+    h2 = cg.fit(resumed, data, cg.optim.from_graph(resumed), epochs=3, batch_size=32, seed=3, progress=False)
+    assert h1.loss + h2.loss == h.loss
+    for k in whole.params:
+        assert np.array_equal(resumed.params[k], whole.params[k]), k
+
+
+@pytest.mark.parametrize("make", [lecture_model, _bn_model], ids=["lecture", "skip-bn"])
+def test_reloaded_in_a_fresh_process_predicts_bit_for_bit(tmp_path, make):
+    import subprocess
+
+    g = make()
+    x = X if g.inputs["x"].shape[1] == 3 else X[:, :2]
+    cg.fit(g, {"x": x, "y": Y}, cg.optim.Momentum(lr=0.05), epochs=20, batch_size=50, progress=False)
+    cg.save(g, tmp_path / "model.pb")
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, cgraph as cg; d = sys.argv[1]; "
+            "np.save(d + '/pred.npy', cg.predict(cg.load(d + '/model.pb'), np.load(d + '/x.npy')))")
+    top = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=top,
+                   env={**__import__("os").environ, "PYTHONPATH": top})
+    assert np.array_equal(np.load(tmp_path / "pred.npy"), cg.predict(g, x))
