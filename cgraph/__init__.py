@@ -5,6 +5,7 @@ executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new
 (`gradient_graph`), and check derivatives (`jacobian`, `gradcheck`). See shared/API.md.
 """
 
+from cgraph import nn, optim  # training helpers on the public API (they use cg.* only when called)
 from cgraph.autodiff import gradient_graph
 from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
@@ -13,12 +14,14 @@ from cgraph.io import dumps, load, loads, save
 from cgraph.jacobian import gradcheck, jacobian
 from cgraph.ops import *  # noqa: F403  (the op functions: cg.add, cg.matmul, ...)
 from cgraph.ops import __all__ as _ops_all
+from cgraph.train import fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
     "GraphError", "GraphFormatError", "Node", "ReverseMode", "ShapeError", "Tensor",
-    "gradcheck", "gradient_graph", "jacobian", *[n for n in _ops_all if n not in ("OPS", "OpDef")],
+    "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
+    *[n for n in _ops_all if n not in ("OPS", "OpDef")],
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format
