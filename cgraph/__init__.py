@@ -6,6 +6,7 @@ executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new
 """
 
 from cgraph.autodiff import gradient_graph
+from cgraph.checkpoint import MemoryBudgetError, MemoryPlan
 from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
 from cgraph.graph import Graph, GraphError, Node, Tensor
@@ -17,6 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
-    "GraphError", "GraphFormatError", "Node", "ReverseMode", "ShapeError", "Tensor",
+    "GraphError", "GraphFormatError", "MemoryBudgetError", "MemoryPlan", "Node", "ReverseMode", "ShapeError", "Tensor",
     "gradcheck", "gradient_graph", "jacobian", *[n for n in _ops_all if n not in ("OPS", "OpDef")],
 ]
