@@ -24,6 +24,7 @@ or a lower peak, and the smallest feasible budget is the family's lowest peak.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -259,15 +260,17 @@ def _candidates(info: _Graphinfo) -> list[frozenset[str]]:
     rest = np.cumsum(sizes[::-1])[::-1].tolist()
     unit = max(1.0, sum(sizes) / len(seq))
     out: dict[frozenset[str], None] = {frozenset(seq): None}
-    for slots in range(len(seq), 0, -1):
-        limit = slots * unit
+    # The segment rule may be off from the true peak by a layer or two (the adjoint and a
+    # temporary live beside the recomputed values): the family tries each offset.
+    for slots, offset in itertools.product(range(len(seq), 0, -1), (0, -1, 1, -2, 2)):
+        limit, seg_limit = slots * unit, (slots + offset) * unit
         stored: set[str] = set()
         kept = segment = 0
         for i, (r, s) in enumerate(zip(seq, sizes, strict=True)):
             if kept + rest[i] <= limit:  # everything left fits: store it (no recomputation)
                 stored.update(seq[i:])
                 break
-            if kept + segment + s <= limit:  # recompute r from the last stored value
+            if kept + segment + s <= seg_limit:  # recompute r from the last stored value
                 segment += s
             else:
                 stored.add(r)
