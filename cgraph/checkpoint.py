@@ -305,7 +305,8 @@ class _Candidate:
         if self.plan is None:
             peak = self.peak
             assert self.program is not None
-            self.plan = Plan(self.program.build(self.info.d), self.info.targets)
+            # already simplified; simplifying again would merge the copies with their originals
+            self.plan = Plan(self.program.build(self.info.d), self.info.targets, passes=())
             self._peak = max(peak, self.plan.predict_peak(leaf_shapes))
         return self.peak
 
