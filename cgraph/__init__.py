@@ -7,6 +7,7 @@ executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new
 
 from cgraph import nn, optim  # training helpers on the public API (they use cg.* only when called)
 from cgraph.autodiff import gradient_graph
+from cgraph.checkpoint import MemoryBudgetError, MemoryPlan
 from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
 from cgraph.graph import Graph, GraphError, Node, Tensor
@@ -20,8 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
-    "GraphError", "GraphFormatError", "Node", "ReverseMode", "ShapeError", "Tensor",
-    "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
+    "GraphError", "GraphFormatError", "MemoryBudgetError", "MemoryPlan", "Node", "ReverseMode", "ShapeError",
+    "Tensor", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
     *[n for n in _ops_all if n not in ("OPS", "OpDef")],
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format

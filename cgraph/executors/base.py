@@ -46,6 +46,11 @@ class Executor:
         """Run `plan` (of the model or a graph derived from it) with the model's feeds, `extra`
         leaves the derived graph adds (tangents, cotangents), and the model's current params
         (or `params`, for gradcheck's perturbations). Returns the values of `plan.targets`."""
+        return self._run_leaves(plan, self._leaf_values(plan, feeds, extra, params))
+
+    def _leaf_values(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
+                     params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The values of `plan.leaves`, in order, feeds checked (see `_run`)."""
         model, d = self.graph, plan.graph
         if not isinstance(feeds, Mapping):
             raise FeedError(f"feeds must be a dict of input name to array, got {type(feeds).__name__}")
@@ -72,6 +77,10 @@ class Executor:
                 leaves.append(model._values[name] if params is None or name not in params else params[name])
             else:
                 leaves.append(d._values[name])
+        return leaves
+
+    def _run_leaves(self, plan: Plan, leaves: list[Any]) -> tuple[Any, ...]:
+        """Run `plan` with the values of its leaves, recording stats."""
         out = run_plan(plan, leaves, self.stats)
         shapes = [v.shape for v in leaves]
         self.stats.predictor = lambda: plan.predict_peak(dict(zip(plan.leaves, shapes, strict=True)))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from cgraph.autodiff import COTANGENT, check_wrt, output_nodes, vjp_graph
+from cgraph.checkpoint import Checkpointer, MemoryPlan
 from cgraph.errors import FeedError
 from cgraph.executors.base import Executor
 from cgraph.graph import Graph
@@ -17,9 +18,16 @@ from cgraph.schedule import Plan
 class ReverseMode(Executor):
     """`ReverseMode(g, of="loss", wrt=["V", "W"])`: `grad(feeds)` for a scalar output,
     `vjp(feeds, {"loss": ct})` for any. The forward sweep keeps only the values that backward
-    steps read; the backward sweep frees each value and adjoint after its last reader."""
+    steps read; the backward sweep frees each value and adjoint after its last reader.
 
-    def __init__(self, graph: Graph, of: str, wrt: Sequence[str] | str) -> None:
+    With `memory_budget` (bytes), it stores fewer forward values and recomputes the others in
+    the backward sweep so that `stats.peak_bytes` stays within the budget, with the least
+    recomputation it finds (see cgraph.checkpoint); a plan is made for each set of input shapes
+    at its first run, and `memory_plan` describes the last one used. MemoryBudgetError if no
+    schedule fits, giving the smallest budget that would."""
+
+    def __init__(self, graph: Graph, of: str, wrt: Sequence[str] | str,
+                 memory_budget: int | None = None) -> None:
         super().__init__(graph)
         if not isinstance(of, str):
             raise TypeError("ReverseMode differentiates one output: of must be an output name")
@@ -28,6 +36,11 @@ class ReverseMode(Executor):
         output_nodes(graph, [of])
         check_wrt(graph, self.wrt)
         self._plans: dict[str, Plan] = {}
+        self.memory_budget = memory_budget
+        self._checkpointers: dict[str, Checkpointer] = {}
+        self.memory_plan: MemoryPlan | None = None  # the budgeted plan of the last run
+        if memory_budget is not None:
+            Checkpointer.check_budget(memory_budget)
 
     def _plan(self, seed: str) -> Plan:
         plan = self._plans.get(seed)
@@ -37,6 +50,23 @@ class ReverseMode(Executor):
             self._plans[seed] = plan
         return plan
 
+    def _budgeted(self, seed: str, feeds: Mapping[str, Any], extra: Mapping[str, Any] = ()
+                  ) -> tuple[Any, ...]:
+        """Run the plan for `seed`, or under a budget the checkpointed plan for these shapes."""
+        plan = self._plan(seed)
+        leaves = self._leaf_values(plan, feeds, extra)
+        if self.memory_budget is not None:
+            values = dict(zip(plan.leaves, leaves, strict=True))
+            cp = self._checkpointers.get(seed)
+            if cp is None:
+                cp = Checkpointer(plan, self.graph.nodes, self.memory_budget)
+                self._checkpointers[seed] = cp
+            self.memory_plan = cp.plan_for({n: np.shape(v) for n, v in values.items()
+                                            if plan.graph.nodes[n].op == "input"})
+            plan = self.memory_plan.plan
+            leaves = [values[n] for n in plan.leaves]
+        return self._run_leaves(plan, leaves)
+
     @property
     def plan(self) -> Plan:
         """The gradient's plan (compiled when first asked for)."""
@@ -44,8 +74,7 @@ class ReverseMode(Executor):
 
     def grad(self, feeds: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(value of the scalar output, {wrt name: gradient})."""
-        plan = self._plan("ones")
-        vals = self._run(plan, feeds)
+        vals = self._budgeted("ones", feeds)
         value, *grads = (np.asarray(v) for v in vals)
         return value, dict(zip(self.wrt, grads, strict=True))
 
@@ -54,7 +83,6 @@ class ReverseMode(Executor):
         """({of: value}, {wrt name: cotangent}) for the output cotangent `cotangents[of]`."""
         if set(cotangents) != {self.of}:
             raise FeedError(f"vjp needs exactly one cotangent, for {self.of!r}; got {sorted(cotangents)}")
-        plan = self._plan("input")
-        vals = self._run(plan, feeds, {COTANGENT + self.of: cotangents[self.of]})
+        vals = self._budgeted("input", feeds, {COTANGENT + self.of: cotangents[self.of]})
         value, *cots = (np.asarray(v) for v in vals)
         return {self.of: value}, dict(zip(self.wrt, cots, strict=True))
