@@ -24,6 +24,7 @@ or a lower peak, and the smallest feasible budget is the family's lowest peak.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cgraph.errors import CgraphError
-from cgraph.graph import Graph, Meta, format_shape
+from cgraph.graph import Graph, Node, format_shape
 from cgraph.ops.registry import get_op
-from cgraph.schedule import Plan, get_eager
+from cgraph.schedule import Plan, Step, account, concrete_shapes, get_eager, liveness, nbytes
 
 RECOMPUTE = "recompute/"  # prefix of the copies of forward nodes run in the backward sweep
 
@@ -89,26 +90,6 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Meta]:
-    """Every node's shape and dtype when the leaves have these shapes (leaves not given keep
-    their static shape)."""
-    meta: dict[str, Meta] = {}
-    shape_value: dict[str, tuple[int, ...]] = {}
-    for node in graph.nodes.values():
-        if node.is_leaf:
-            meta[node.name] = Meta(tuple(leaf_shapes.get(node.name, node.shape)), node.dtype)
-            continue
-        opdef = get_op(node.op)
-        attrs = dict(node.attrs)
-        if opdef.shape_arg and len(node.inputs) > 1:
-            attrs["shape"] = shape_value[node.inputs[1]]
-        shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
-        meta[node.name] = Meta(tuple(shape), np.dtype(dtype))
-        if opdef.gives_shape:
-            shape_value[node.name] = meta[node.inputs[0]].shape
-    return meta
-
-
 class _Graphinfo:
     """What planning needs of a derivative graph at given leaf shapes, computed once."""
 
@@ -119,7 +100,8 @@ class _Graphinfo:
         self.targets = list(targets)
         nodes = d.nodes
         meta = concrete_shapes(d, leaf_shapes)
-        self.nbytes = {n: int(np.prod(m.shape, dtype=np.int64)) * m.dtype.itemsize for n, m in meta.items()}
+        self.nbytes = {n: nbytes(m) for n, m in meta.items()}
+        self.scalar = {n: not m.shape for n, m in meta.items()}
         self.leaf = {n.name: n.is_leaf for n in nodes.values()}
         self.eager = {n.name: not n.is_leaf and get_eager(n.op) for n in nodes.values()}
         self.view = {n.name: not n.is_leaf and get_op(n.op).view for n in nodes.values()}
@@ -156,7 +138,7 @@ class _Program:
     def __init__(self, info: _Graphinfo, stored: frozenset[str]) -> None:
         d, forward = info.d, info.forward
         nodes = d.nodes
-        self.items: list[tuple[str, str, tuple[str, ...]]] = []
+        self.items: list[tuple[str, str, tuple[str, ...]]] = []  # (name, original, inputs)
         copies: dict[str, str] = {}
         for node in nodes.values():
             inputs = node.inputs
@@ -167,6 +149,7 @@ class _Program:
                 inputs = tuple(copies.get(i, i) for i in inputs)
             self.items.append((node.name, node.name, inputs))
         self.recomputed = tuple(copies)
+        self.orig = {name: orig for name, orig, _ in self.items}
 
     def _recompute(self, d: Graph, wanted: list[str], forward: set[str], stored: frozenset[str],
                    copies: dict[str, str]) -> None:
@@ -202,53 +185,26 @@ class _Program:
 
     def simulate(self, info: _Graphinfo) -> int:
         """The peak bytes `Plan.predict_peak` gives for the built program, from the same order
-        (creation order, eager ops right after their inputs), liveness and view accounting."""
-        leaf, eager, view, nbytes = info.leaf, info.eager, info.view, info.nbytes
+        (creation order, eager ops right after their inputs), liveness and accounting, without
+        building the graph."""
         needed = set(info.targets)
         for name, _, inputs in reversed(self.items):
             if name in needed:
                 needed.update(inputs)
         key: dict[str, float] = {}
-        steps = []
+        order = []
+        nodes: dict[str, Node] = {}
         for i, (name, orig, inputs) in enumerate(self.items):
-            key[name] = max(key[j] for j in inputs) + 0.5 if eager[orig] and inputs else float(i)
-            if name in needed and not leaf[orig]:
-                steps.append((key[name], name, orig, inputs))
-        steps.sort(key=lambda s: s[0])
-        last: dict[str, int] = {}
-        for i, (_, _, _, inputs) in enumerate(steps):
-            for src in inputs:
-                last[src] = i
-        frees: list[list[str]] = [[] for _ in steps]
-        for name in info.targets:
-            last.pop(name, None)
-        for name, i in last.items():
-            frees[i].append(name)
-        owner: dict[str, str] = {}
-        refs: dict[str, int] = {}
-        size: dict[str, int] = {}
-        live = peak = 0
-        for i, (_, name, orig, inputs) in enumerate(steps):
-            if view[orig]:  # a view of a counted buffer, or of a leaf (free)
-                src = owner.get(inputs[0])
-                if src is not None:
-                    owner[name] = src
-                    refs[src] += 1
-            else:
-                owner[name] = name
-                refs[name] = 1
-                size[name] = nbytes[orig]
-                live += nbytes[orig]
-                if live > peak:
-                    peak = live
-            for f in frees[i]:
-                src = owner.pop(f, None)
-                if src is not None:
-                    refs[src] -= 1
-                    if not refs[src]:
-                        del refs[src]
-                        live -= size.pop(src)
-        return peak
+            key[name] = max(key[j] for j in inputs) + 0.5 if info.eager[orig] and inputs else float(i)
+            nodes[name] = dataclasses.replace(info.d.nodes[orig], name=name, inputs=inputs)
+            if name in needed and not info.leaf[orig]:
+                order.append(name)
+        order.sort(key=key.__getitem__)
+        frees, inplace = liveness(order, nodes, set(info.targets))
+        steps = [Step(name, "", None, nodes[name].inputs, info.view[orig], frees[i], inplace[i])
+                 for i, name in enumerate(order) for orig in [self.orig[name]]]
+        return account(steps, {n: info.nbytes[self.orig[n]] for n in order},
+                       {n for n in nodes if info.scalar[self.orig[n]]})
 
 
 def _candidates(info: _Graphinfo) -> list[frozenset[str]]:

@@ -21,7 +21,7 @@ not counted (they live anyway).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, ShapeError
-from cgraph.graph import Graph, Meta, format_shape
+from cgraph.graph import Graph, Meta, Node, format_shape
 from cgraph.ops.registry import get_op
 from cgraph.simplify import DEFAULT, simplify
 
@@ -100,30 +100,13 @@ class Plan:
         self.leaves = tuple(n for n in order if nodes[n].is_leaf)
         self.leaf_kinds = tuple(nodes[n].op for n in self.leaves)
         ops = [n for n in order if not nodes[n].is_leaf]
-        last_use: dict[str, int] = {}
-        for i, name in enumerate(ops):
-            for src in nodes[name].inputs:
-                last_use[src] = i
-        keep = set(self.targets)
-        frees: list[list[str]] = [[] for _ in ops]
-        for name, i in last_use.items():
-            if name not in keep:
-                frees[i].append(name)
-        viewed = {nodes[n].inputs[0] for n in ops if get_op(nodes[n].op).view}
+        frees, inplace = liveness(ops, nodes, set(self.targets))
         steps = []
         for i, name in enumerate(ops):
             node = nodes[name]
             opdef = get_op(node.op)
             fn = functools.partial(opdef.kernel, **node.attrs) if node.attrs else opdef.kernel
-            inplace = -1
-            if opdef.inplace and node.shape:
-                for k, src in enumerate(node.inputs):
-                    arg = nodes[src]
-                    if (src in frees[i] and not arg.is_leaf and src not in viewed
-                            and not get_op(arg.op).view and arg.shape == node.shape and arg.dtype == node.dtype):
-                        inplace = k
-                        break
-            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, tuple(sorted(frees[i])), inplace))
+            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, frees[i], inplace[i]))
         self.steps = tuple(steps)
 
     @functools.cached_property
@@ -140,39 +123,89 @@ class Plan:
     def predict_peak(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> int:
         """The peak bytes a run will measure when the leaves have these concrete shapes, from
         shape inference and liveness alone."""
-        nodes = self.graph.nodes
-        meta = {n: Meta(tuple(leaf_shapes[n]), nodes[n].dtype) for n in self.leaves}
-        shape_value: dict[str, tuple[int, ...]] = {}
-        owner: dict[str, str] = {}
-        refs: dict[str, int] = {}
-        size: dict[str, int] = {}
-        live = peak = 0
-        for step in self.steps:
-            node = nodes[step.name]
-            opdef = get_op(node.op)
-            attrs = dict(node.attrs)
-            if opdef.shape_arg and len(node.inputs) > 1:
-                attrs["shape"] = shape_value[node.inputs[1]]
-            shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
-            meta[step.name] = Meta(tuple(shape), np.dtype(dtype))
-            if opdef.gives_shape:
-                shape_value[step.name] = meta[node.inputs[0]].shape
-            if step.view and meta[node.inputs[0]].shape != ():
-                src = owner.get(node.inputs[0])
-                if src is not None:
-                    owner[step.name] = src
-                    refs[src] += 1
-            elif step.inplace >= 0:  # the dying input's buffer passes to the result
-                owner[step.name] = owner.pop(node.inputs[step.inplace])
-            else:
-                owner[step.name] = step.name
-                refs[step.name] = 1
-                size[step.name] = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-                live += size[step.name]
-                peak = max(peak, live)
-            for f in step.free:
-                live -= _release(f, owner, refs, size)
-        return peak
+        meta = concrete_shapes(self.graph, leaf_shapes)
+        return account(self.steps, {n: nbytes(m) for n, m in meta.items()},
+                       {n for n, m in meta.items() if not m.shape})
+
+
+def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Meta]:
+    """Every node's shape and dtype when the leaves have these shapes (leaves not given keep
+    their static shape), by shape inference: run-time shapes (`shape_of`) are followed."""
+    meta: dict[str, Meta] = {}
+    shape_value: dict[str, tuple[int, ...]] = {}
+    for node in graph.nodes.values():
+        if node.is_leaf:
+            meta[node.name] = Meta(tuple(leaf_shapes.get(node.name, node.shape)), node.dtype)
+            continue
+        opdef = get_op(node.op)
+        attrs = dict(node.attrs)
+        if opdef.shape_arg and len(node.inputs) > 1:
+            attrs["shape"] = shape_value[node.inputs[1]]
+        shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
+        meta[node.name] = Meta(tuple(shape), np.dtype(dtype))
+        if opdef.gives_shape:
+            shape_value[node.name] = meta[node.inputs[0]].shape
+    return meta
+
+
+def nbytes(meta: Meta) -> int:
+    return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
+
+
+def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
+             ) -> tuple[list[tuple[str, ...]], list[int]]:
+    """For op nodes run in the order `ops`: after each, the values whose last reader it was
+    (never those in `keep`), and which input its result may be written over (-1: none): one
+    that dies there, is no leaf, no view and viewed by nobody, with the result's static shape
+    and dtype, for an op whose kernel takes `out=`."""
+    last_use: dict[str, int] = {}
+    for i, name in enumerate(ops):
+        for src in nodes[name].inputs:
+            last_use[src] = i
+    frees: list[list[str]] = [[] for _ in ops]
+    for name, i in last_use.items():
+        if name not in keep:
+            frees[i].append(name)
+    viewed = {nodes[n].inputs[0] for n in ops if get_op(nodes[n].op).view}
+    inplace = [-1] * len(ops)
+    for i, name in enumerate(ops):
+        node = nodes[name]
+        if not (get_op(node.op).inplace and node.shape):
+            continue
+        for k, src in enumerate(node.inputs):
+            arg = nodes[src]
+            if (src in frees[i] and not arg.is_leaf and src not in viewed and not get_op(arg.op).view
+                    and arg.shape == node.shape and arg.dtype == node.dtype):
+                inplace[i] = k
+                break
+    return [tuple(sorted(f)) for f in frees], inplace
+
+
+def account(steps: Iterable[Step], sizes: Mapping[str, int], scalars: set[str]) -> int:
+    """The peak of the books `run_plan` keeps, for steps whose outputs have these byte sizes
+    (`scalars`: the 0-d values, which numpy hands out as scalars that no view can share)."""
+    owner: dict[str, str] = {}
+    refs: dict[str, int] = {}
+    size: dict[str, int] = {}
+    live = peak = 0
+    for step in steps:
+        src0 = step.args[0] if step.args else None
+        if step.view and src0 not in scalars:
+            src = owner.get(src0)
+            if src is not None:
+                owner[step.name] = src
+                refs[src] += 1
+        elif step.inplace >= 0:  # the dying input's buffer passes to the result
+            owner[step.name] = owner.pop(step.args[step.inplace])
+        else:
+            owner[step.name] = step.name
+            refs[step.name] = 1
+            size[step.name] = sizes[step.name]
+            live += sizes[step.name]
+            peak = max(peak, live)
+        for f in step.free:
+            live -= _release(f, owner, refs, size)
+    return peak
 
 
 def _release(name: str, owner: dict[str, str], refs: dict[str, int], size: dict[str, int]) -> int:
@@ -245,4 +278,5 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
     return tuple(values[t] for t in plan.targets)
 
 
-__all__ = ["Plan", "Stats", "Step", "interpret_plan", "run_plan", "schedule_order"]
+__all__ = ["Plan", "Stats", "Step", "account", "concrete_shapes", "interpret_plan", "liveness", "run_plan",
+           "schedule_order"]
