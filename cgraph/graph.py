@@ -76,7 +76,8 @@ class Graph:
         self.state: dict[str, np.ndarray] = {}  # named arrays outside the graph, saved with the
         #                                         model (an optimizer's moments, say)
         self._nodes: dict[str, Node] = {}
-        self._values: dict[str, np.ndarray] = {}  # params and constants
+        self._values: dict[str, np.ndarray] = {}  # params and constants, read-only arrays
+        self._params: dict[str, np.ndarray] = {}  # the params among them, in creation order
         self._outputs: dict[str, str] = {}  # output name -> node name
         self._scopes: list[str] = []
         self._version = 0  # bumped on every structural change; executors cache on it
@@ -136,20 +137,14 @@ class Graph:
     @property
     def params(self) -> Mapping[str, np.ndarray]:
         """The current param values, read-only (use `set_param` to change one)."""
-        views = {}
-        for name, node in self._nodes.items():
-            if node.op == "param":
-                v = self._values[name].view()
-                v.flags.writeable = False
-                views[name] = v
-        return types.MappingProxyType(views)
+        return types.MappingProxyType(self._params)
 
     def set_param(self, name: str, value: Any) -> None:
         """Replace a param's value (copied); its shape must stay and its dtype be castable."""
         node = self._nodes.get(name)
         if node is None or node.op != "param":
             raise GraphError(f"{name!r} is not a param of graph {self.name!r}")
-        arr = np.asarray(value)
+        arr = value if type(value) is np.ndarray else np.asarray(value)
         if arr.shape != node.shape:
             raise ShapeError(
                 f"param {name!r}: new value has shape {format_shape(arr.shape)}, "
@@ -157,7 +152,9 @@ class Graph:
             )
         if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
             raise ShapeError(f"param {name!r}: cannot cast {arr.dtype} to {node.dtype}")
-        self._values[name] = np.array(arr, dtype=node.dtype, copy=True)
+        arr = np.array(arr, dtype=node.dtype, copy=True)
+        arr.flags.writeable = False
+        self._values[name] = self._params[name] = arr
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -253,7 +250,10 @@ class Graph:
         self._nodes[full] = Node(full, kind, (), types.MappingProxyType(dict(attrs or {})), tuple(shape),
                                  dtype, len(self._nodes))
         if value is not None:
+            value.flags.writeable = False  # stored values change only through set_param
             self._values[full] = value
+            if kind == "param":
+                self._params[full] = value
         self._version += 1
         return Tensor(self, full)
 
