@@ -62,16 +62,24 @@ class Optimizer:
                     raise cg.ShapeError(f"{self.kind}.step: state {own}{s}/{name} has shape "
                                         f"{np.shape(v)}, the param {p.shape}")
             work.append((name, p, grad, state))
-        for k in [k for k in g.state if k.startswith(PREFIX) and not k.startswith(own)]:
-            del g.state[k]  # another kind of optimizer's state: its slots mean other things
+        text = self._config_text()
+        if g.metadata.get(METADATA) != text:  # first step, or another optimizer was used last
+            for k in [k for k in g.state if k.startswith(PREFIX) and not k.startswith(own)]:
+                del g.state[k]  # another kind of optimizer's state: its slots mean other things
         for name, p, grad, state in work:
             g.set_param(name, self._update(p, grad, state, t))
             for s in self.slots:
                 g.state[f"{own}{s}/{name}"] = state[s]
         g.state[own + "t"] = np.array(t, dtype=np.int64)
-        text = json.dumps(self.config())
-        if g.metadata.get(METADATA) != text:
-            g.metadata[METADATA] = text
+        g.metadata[METADATA] = text
+
+    def _config_text(self) -> str:
+        """The settings as JSON, remade only when they change (it is written at every step)."""
+        config = self.config()
+        cached = self.__dict__.get("_config_cache")
+        if cached is None or cached[0] != config:
+            cached = self.__dict__["_config_cache"] = (config, json.dumps(config))
+        return cached[1]
 
     def _update(self, p: np.ndarray, grad: np.ndarray, state: dict[str, np.ndarray], t: int) -> np.ndarray:
         raise NotImplementedError

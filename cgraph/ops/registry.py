@@ -203,8 +203,9 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 def static_with_sentinels(fn: Callable[[tuple[int, ...]], tuple[int, ...]], shape: Shape) -> Shape:
     """Run a shape computation on concrete sizes twice, with two different stand-ins for each
     None, and keep as static only the output sizes that do not depend on them."""
-    s1 = tuple(1_000_003 if d is None else d for d in shape)
-    s2 = tuple(1_000_033 if d is None else d for d in shape)
+    # stand-ins divisible by every size up to 16, so that reshapes like (None, 6) -> (4, -1) work
+    s1 = tuple(720_720 * 1009 if d is None else d for d in shape)
+    s2 = tuple(720_720 * 1013 if d is None else d for d in shape)
     r1, r2 = fn(s1), fn(s2)
     return tuple(a if a == b else None for a, b in zip(r1, r2, strict=True))
 
