@@ -455,3 +455,38 @@ def test_metadata_keys_are_json():
     g, _ = _iris(steps=0)
     props = {p.key: p.value for p in cg.onnx.to_model(g).metadata_props}
     assert json.loads(props["cgraph.constants"]) == [] and json.loads(props["cgraph.frozen"]) == []
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+def test_cli_export_and_import(tmp_path, capsys):
+    from cgraph.cli import main
+
+    g, feeds = _iris(steps=20)
+    cg.save(g, tmp_path / "iris.pb")
+    assert main(["export", str(tmp_path / "iris.pb")]) == 0  # writes iris.onnx beside the model
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'iris.onnx'}: ONNX opset 17")
+    model = onnx.load(tmp_path / "iris.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert_same(run_ort(model, feeds), cg.Evaluator(g).run(feeds), "float64")
+    assert main(["import", str(tmp_path / "iris.onnx"), "-o", str(tmp_path / "back.pb")]) == 0
+    g2 = cg.load(tmp_path / "back.pb")
+    assert list(g2.inputs) == ["x", "y"] and g2.trainable == ["V", "W"]
+    assert_same(cg.Evaluator(g2).run(feeds), cg.Evaluator(g).run(feeds), "float64")
+    assert main(["export", str(tmp_path / "back.pb"), "-o", str(tmp_path / "o18.onnx"), "--opset", "18"]) == 0
+    assert onnx.load(tmp_path / "o18.onnx").opset_import[0].version == 18
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    conv = _model([helper.make_node("Conv", ["x", "k"], ["y"])], [_vi("x", [1, 1, 3, 3])], [_vi("y", [1, 1, 3, 3])],
+                  [numpy_helper.from_array(np.ones((1, 1, 1, 1)), "k")])
+    onnx.save(conv, tmp_path / "conv.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\xff not a model")
+    for path, says in (("conv.onnx", "uses ops cgraph cannot import: Conv (1)"), ("junk.onnx", "not an ONNX model"),
+                       ("missing.onnx", "No such file")):
+        run = subprocess.run([sys.executable, "-m", "cgraph", "import", str(tmp_path / path)],
+                             capture_output=True, text=True)
+        assert run.returncode == 1 and run.stdout == ""
+        assert run.stderr.startswith("cgraph import: error: ") and says in run.stderr
+        assert run.stderr.count("\n") == 1, run.stderr
+    assert not (tmp_path / "conv.pb").exists()
