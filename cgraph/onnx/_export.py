@@ -310,10 +310,9 @@ RULES["mean"] = _reduction("ReduceMean")
 RULES["max"] = _reduction("ReduceMax")
 
 
-def _safe_max(e: _Emitter, x: str, axes: Any, dtype: np.dtype) -> str:
-    """The max over `axes` (kept), 0 where it is not finite: cgraph's max trick."""
-    m = e.reduce("ReduceMax", x, axes, keepdims=True)
-    return e.node("Where", [e.node("IsInf", [m]), e.const(0, dtype), m])
+def _max_kept(e: _Emitter, x: str, axes: Any) -> str:
+    """The max over `axes`, kept as size-1 axes: cgraph's max trick."""
+    return e.reduce("ReduceMax", x, axes, keepdims=True)
 
 
 def _softmax_like(onnx_op: str) -> Rule:
@@ -324,7 +323,7 @@ def _softmax_like(onnx_op: str) -> Rule:
             return e.node(onnx_op, [x], axis=int(axes[0]))
         if not axes:
             raise OnnxError(f"{n.name} ({n.op}): no ONNX form over zero axes")
-        shifted = e.node("Sub", [x, _safe_max(e, x, axes, n.dtype)])
+        shifted = e.node("Sub", [x, _max_kept(e, x, axes)])
         total = e.reduce("ReduceSum", e.node("Exp", [shifted]), axes, keepdims=True)
         if onnx_op == "Softmax":
             return e.node("Div", [e.node("Exp", [shifted]), total])
@@ -342,7 +341,7 @@ def _logsumexp(e: _Emitter, n: Node) -> str:
     axes = n.attrs["axes"]
     if not axes:
         return x
-    m = _safe_max(e, x, axes, n.dtype)
+    m = _max_kept(e, x, axes)
     total = e.reduce("ReduceSum", e.node("Exp", [e.node("Sub", [x, m])]), axes, keepdims=True)
     out = e.node("Add", [e.node("Log", [total]), m])
     return out if n.attrs["keepdims"] else e.squeeze(out, axes)
@@ -357,6 +356,15 @@ def _softmax_cross_entropy(e: _Emitter, n: Node) -> str:
     terms = e.node("Mul", [y, e.node("LogSoftmax", [u], axis=ndim - 1)])
     per_row = e.reduce("ReduceSum", terms, range(1, ndim), keepdims=False)
     return e.node("Neg", [e.reduce("ReduceMean", per_row, [0], keepdims=False)])
+
+
+@_rule("softmax_cross_entropy_grad")
+def _softmax_cross_entropy_grad(e: _Emitter, n: Node) -> str:
+    """softmax(u) * (row sums of y) - y: rows times the loss's derivative wrt the logits."""
+    u, y = e.x(n, 0), e.x(n, 1, n.dtype)
+    last = len(n.shape) - 1
+    rows = e.reduce("ReduceSum", y, [last], keepdims=True)
+    return e.node("Sub", [e.node("Mul", [e.node("Softmax", [u], axis=last), rows]), y])
 
 
 EXPORTABLE: frozenset[str] = frozenset(RULES)
