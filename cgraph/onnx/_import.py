@@ -32,7 +32,7 @@ class _Reader:
     """The graph being built, the Tensor of each ONNX value, and the constant values known
     before any run (initializers, Constant nodes)."""
 
-    def __init__(self, g: Graph, model: onnx.ModelProto, opset: int) -> None:
+    def __init__(self, g: Graph, opset: int) -> None:
         self.onnx = require()
         self.g = g
         self.opset = opset
@@ -362,7 +362,7 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
     graph = model.graph
     g = Graph(name or graph.name or "onnx")
     g.metadata.update(props)
-    r = _Reader(g, model, opset)
+    r = _Reader(g, opset)
     r.static = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     for vi in graph.input:
         if vi.name not in r.static:
