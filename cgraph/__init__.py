@@ -5,7 +5,8 @@ executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new
 (`gradient_graph`), and check derivatives (`jacobian`, `gradcheck`). See shared/API.md.
 """
 
-from cgraph import nn, optim  # training helpers on the public API (they use cg.* only when called)
+# nn, optim: training helpers on the public API; onnx: imports the onnx package only when used
+from cgraph import nn, onnx, optim
 from cgraph.autodiff import gradient_graph
 from cgraph.checkpoint import MemoryBudgetError, MemoryPlan
 from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
@@ -26,3 +27,4 @@ __all__ = [
     *[n for n in _ops_all if n not in ("OPS", "OpDef")],
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format
+__all__ += ["onnx"]  # cgraph.onnx: ONNX export and import (the onnx extra)

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cgraph {cgraph.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_io_commands(sub)
+    _add_onnx_commands(sub)
     return parser
 
 
@@ -73,6 +74,41 @@ def _check(args: argparse.Namespace) -> int:
     mf = read_model(args.model)
     print(f"{args.model}: ok (format version {mf.format_version}, {len(mf.graph)} nodes, "
           f"{mf.file_bytes:,} bytes)")
+    return 0
+
+
+def _add_onnx_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a model as ONNX (needs the onnx extra)")
+    p.add_argument("model", help="a cgraph model file (.pb)")
+    p.add_argument("-o", "--output", help="the ONNX file to write (default: the model's name with .onnx)")
+    p.add_argument("--opset", type=int, default=cgraph.onnx.DEFAULT_OPSET,
+                   help="the ONNX opset to target (default: %(default)s)")
+    p.set_defaults(handler=_export_onnx)
+    p = sub.add_parser("import", help="read an ONNX model as a cgraph model (needs the onnx extra)")
+    p.add_argument("model", help="an ONNX model file (.onnx)")
+    p.add_argument("-o", "--output", help="the cgraph model to write (default: the model's name with .pb)")
+    p.set_defaults(handler=_import_onnx)
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".onnx")
+    g = cgraph.load(args.model)
+    model = cgraph.onnx.export(g, out, opset=args.opset)
+    print(f"wrote {out}: ONNX opset {args.opset}, {len(model.graph.node)} nodes, "
+          f"{len(model.graph.initializer)} initializers")
+    return 0
+
+
+def _import_onnx(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".pb")
+    g = cgraph.onnx.load(args.model)
+    cgraph.save(g, out)
+    print(f"wrote {out}: {len(g)} nodes, inputs {', '.join(g.inputs) or 'none'}, "
+          f"outputs {', '.join(g.outputs)}, {len(g.params)} params")
     return 0
 
 

@@ -1,0 +1,50 @@
+"""What the ONNX exporter and importer share: the error type, the lazy import of the optional
+`onnx` package, and the dtypes both sides understand."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+
+from cgraph.errors import CgraphError
+
+EXTRA_HINT = "pip install 'cgraph-ad[onnx]'"
+CONSTANTS_KEY = "cgraph.constants"  # metadata_props: JSON list of initializers that were constants
+FROZEN_KEY = "cgraph.frozen"  # metadata_props: JSON list of params with trainable=False
+
+
+class OnnxError(CgraphError, ValueError):
+    """A graph cannot be exported to ONNX, or an ONNX model cannot be imported (one line
+    naming the ops, nodes or values at fault)."""
+
+
+class OnnxMissingError(CgraphError, ImportError):
+    """The optional `onnx` package (or onnxruntime) is not installed."""
+
+
+def require(name: str = "onnx") -> ModuleType:
+    """Import `onnx` (or another module of the extra) only when ONNX is used, so that the core
+    never needs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise OnnxMissingError(f"cgraph.onnx needs the {name.split('.')[0]} package: {EXTRA_HINT}") from None
+
+
+def np_to_onnx_type(dtype: np.dtype) -> int:
+    onnx = require()
+    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
+def onnx_to_np_type(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type, if cgraph supports it (else None)."""
+    onnx = require()
+    try:
+        dt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError):
+        return None
+    from cgraph.graph import DTYPES
+
+    return dt if dt in DTYPES else None

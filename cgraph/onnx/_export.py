@@ -1,0 +1,477 @@
+"""Export a cgraph Graph to an ONNX model.
+
+Each cgraph op has one export rule in `RULES`: a function of the emitter and the node that
+emits ONNX nodes and returns the name of the value holding the op's result. Ops ONNX has no
+single operator for are written with several (softplus, logsumexp, scatter, the losses), in
+the same numerically stable forms as cgraph's kernels. Params and constants become
+initializers under their own names; inputs keep their names, with a `None` size as a symbolic
+dimension; outputs keep their names. The model is checked (`onnx.checker`, full check) before
+it is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from os import PathLike
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cgraph.graph import Graph, Node
+from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, np_to_onnx_type, require
+
+if TYPE_CHECKING:
+    import onnx
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # axes as inputs of ReduceSum, Squeeze and Unsqueeze; Softmax over one axis
+INT64_MAX = np.iinfo(np.int64).max
+INT64_MIN = np.iinfo(np.int64).min
+
+
+class _Emitter:
+    """Collects ONNX nodes; knows each cgraph node's ONNX value name and dtype."""
+
+    def __init__(self, g: Graph, opset: int) -> None:
+        self.onnx = require()
+        self.g = g
+        self.opset = opset
+        self.nodes: list[Any] = []
+        self.value: dict[str, str] = {}  # cgraph node name -> ONNX value name
+        self.used: set[str] = set(g.nodes) | set(g.outputs)
+        self.hint = ""  # the cgraph node being exported: a prefix for helper value names
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name = f"{base}_{i}"
+            i += 1
+        self.used.add(name)
+        return name
+
+    def node(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        """Emit one ONNX node with one output; returns the output's name."""
+        out = self.fresh(f"{self.hint}/{op_type}")
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A Constant node (axes, shapes, scalars the rules need)."""
+        arr = np.asarray(value, dtype=dtype)
+        out = self.fresh(f"{self.hint}/const")
+        tensor = self.onnx.numpy_helper.from_array(arr, out)
+        self.nodes.append(self.onnx.helper.make_node("Constant", [], [out], name=out, value=tensor))
+        return out
+
+    def x(self, n: Node, i: int, dtype: Any = None) -> str:
+        """Input `i` of node `n`, cast to `dtype` where it differs (cgraph follows numpy's
+        type promotion; ONNX operators want equal types)."""
+        src = n.inputs[i]
+        name = self.value[src]
+        if dtype is not None and self.g.nodes[src].dtype != np.dtype(dtype):
+            name = self.cast(name, dtype)
+        return name
+
+    def cast(self, name: str, dtype: Any) -> str:
+        return self.node("Cast", [name], to=np_to_onnx_type(np.dtype(dtype)))
+
+    def reduce(self, op_type: str, x: str, axes: Any, keepdims: bool) -> str:
+        """`op_type` over `axes` (never empty: ONNX reads no axes as all axes)."""
+        axes = [int(a) for a in axes]
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.node(op_type, [x, self.const(axes)], keepdims=int(keepdims))
+        return self.node(op_type, [x], axes=axes, keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: Any) -> str:
+        return self.node("Unsqueeze", [x, self.const([int(a) for a in axes])])
+
+    def squeeze(self, x: str, axes: Any) -> str:
+        return self.node("Squeeze", [x, self.const([int(a) for a in axes])])
+
+
+Rule = Callable[[_Emitter, Node], str]
+RULES: dict[str, Rule] = {}
+
+
+def _rule(*names: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for name in names:
+            RULES[name] = fn
+        return fn
+    return register
+
+
+# ---- elementwise --------------------------------------------------------------------------
+
+def _same_type(onnx_op: str) -> Rule:
+    """An ONNX operator on inputs cast to the node's dtype (numpy's promotion made explicit)."""
+    return lambda e, n: e.node(onnx_op, [e.x(n, i, n.dtype) for i in range(len(n.inputs))])
+
+
+def _unary(onnx_op: str) -> Rule:
+    return lambda e, n: e.node(onnx_op, [e.x(n, 0)])
+
+
+for _op, _onnx_op in (("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "Div"), ("pow", "Pow"),
+                      ("maximum", "Max"), ("minimum", "Min"), ("matmul", "MatMul")):
+    RULES[_op] = _same_type(_onnx_op)
+for _op, _onnx_op in (("neg", "Neg"), ("exp", "Exp"), ("log", "Log"), ("sqrt", "Sqrt"), ("abs", "Abs"),
+                      ("sign", "Sign"), ("sin", "Sin"), ("cos", "Cos"), ("tanh", "Tanh"),
+                      ("logistic", "Sigmoid"), ("relu", "Relu")):
+    RULES[_op] = _unary(_onnx_op)
+
+
+@_rule("square")
+def _square(e: _Emitter, n: Node) -> str:
+    x = e.x(n, 0)
+    return e.node("Mul", [x, x])
+
+
+@_rule("softplus")
+def _softplus(e: _Emitter, n: Node) -> str:
+    """relu(x) + log(1 + exp(-|x|)): never overflows, as cgraph's logaddexp(0, x)."""
+    x = e.x(n, 0)
+    tail = e.node("Exp", [e.node("Neg", [e.node("Abs", [x])])])
+    tail = e.node("Log", [e.node("Add", [e.const(1, n.dtype), tail])])
+    return e.node("Add", [e.node("Relu", [x]), tail])
+
+
+_COMPARE = {"less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
+            "greater_equal": "GreaterOrEqual", "equal": "Equal"}
+
+
+def _compare(e: _Emitter, n: Node) -> str:
+    common = np.result_type(*(e.g.nodes[s].dtype for s in n.inputs))
+    if common == np.bool_ and n.op != "equal":  # ONNX orders numbers only
+        common = np.dtype(np.int64)
+    return e.node(_COMPARE[n.op], [e.x(n, 0, common), e.x(n, 1, common)])
+
+
+for _op in _COMPARE:
+    RULES[_op] = _compare
+
+
+@_rule("where")
+def _where(e: _Emitter, n: Node) -> str:
+    return e.node("Where", [e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)])
+
+
+@_rule("cast")
+def _cast(e: _Emitter, n: Node) -> str:
+    return e.cast(e.x(n, 0), n.dtype)
+
+
+# ---- shapes and moving elements -----------------------------------------------------------
+
+@_rule("transpose")
+def _transpose(e: _Emitter, n: Node) -> str:
+    return e.node("Transpose", [e.x(n, 0)], perm=[int(a) for a in n.attrs["axes"]])
+
+
+def _shape_input(e: _Emitter, n: Node) -> str:
+    """The target shape of an op with a `shape_arg`: the run-time shape input, else the
+    attribute as a constant."""
+    if len(n.inputs) > 1:
+        return e.x(n, 1)
+    return e.const([int(d) for d in n.attrs["shape"]])
+
+
+@_rule("shape_of")
+def _shape_of(e: _Emitter, n: Node) -> str:
+    return e.node("Shape", [e.x(n, 0)])
+
+
+@_rule("reshape")
+def _reshape(e: _Emitter, n: Node) -> str:
+    shape = n.attrs["shape"]
+    zero_size = len(n.inputs) == 1 and 0 in shape and -1 not in shape
+    attrs = {"allowzero": 1} if zero_size and e.opset >= 14 else {}  # a 0 is a size, not "copy"
+    return e.node("Reshape", [e.x(n, 0), _shape_input(e, n)], **attrs)
+
+
+@_rule("broadcast_to")
+def _broadcast_to(e: _Emitter, n: Node) -> str:
+    return e.node("Expand", [e.x(n, 0), _shape_input(e, n)])
+
+
+@_rule("sum_to")
+def _sum_to(e: _Emitter, n: Node) -> str:
+    x_shape = e.g.nodes[n.inputs[0]].shape
+    shape = n.attrs["shape"]
+    lead = len(x_shape) - len(shape)
+    out = e.x(n, 0)
+    ones = [lead + i for i, d in enumerate(shape) if d == 1 and x_shape[lead + i] != 1]
+    if ones:
+        out = e.reduce("ReduceSum", out, ones, keepdims=True)
+    if lead:
+        out = e.reduce("ReduceSum", out, range(lead), keepdims=False)
+    return out
+
+
+@_rule("expand_dims")
+def _expand_dims(e: _Emitter, n: Node) -> str:
+    return e.unsqueeze(e.x(n, 0), n.attrs["axes"])
+
+
+@_rule("squeeze")
+def _squeeze(e: _Emitter, n: Node) -> str:
+    axes = n.attrs["axes"]  # ONNX reads no axes as "every axis of size 1"
+    return e.squeeze(e.x(n, 0), axes) if axes else e.x(n, 0)
+
+
+@_rule("concat")
+def _concat(e: _Emitter, n: Node) -> str:
+    axis = int(n.attrs["axis"]) % len(n.shape)
+    return e.node("Concat", [e.x(n, i, n.dtype) for i in range(len(n.inputs))], axis=axis)
+
+
+def _index(e: _Emitter, x: str, ndim: int, index: tuple) -> str:
+    """x[index] for basic indexing: one Slice, a Squeeze of the int axes, an Unsqueeze of the
+    None axes. Python's clamping of slice bounds is ONNX Slice's."""
+    consumed = sum(1 for it in index if it is not None and it is not Ellipsis)
+    items: list[Any] = []
+    for it in index:
+        items.extend([slice(None)] * (ndim - consumed) if it is Ellipsis else [it])
+    if Ellipsis not in index:
+        items.extend([slice(None)] * (ndim - consumed))
+    starts, ends, axes, steps, drop, new = [], [], [], [], [], []
+    axis = out_pos = 0
+    for it in items:
+        if it is None:
+            new.append(out_pos)
+            out_pos += 1
+            continue
+        if isinstance(it, int):
+            starts.append(it)
+            ends.append(INT64_MAX if it == -1 else it + 1)
+            axes.append(axis)
+            steps.append(1)
+            drop.append(axis)
+        elif it != slice(None):
+            step = 1 if it.step is None else it.step
+            starts.append(it.start if it.start is not None else (0 if step > 0 else INT64_MAX))
+            ends.append(it.stop if it.stop is not None else (INT64_MAX if step > 0 else INT64_MIN))
+            axes.append(axis)
+            steps.append(step)
+            out_pos += 1
+        else:
+            out_pos += 1
+        axis += 1
+    out = x
+    if axes:
+        out = e.node("Slice", [out, e.const(starts), e.const(ends), e.const(axes), e.const(steps)])
+    if drop:
+        out = e.squeeze(out, drop)
+    if new:
+        out = e.unsqueeze(out, new)
+    return out
+
+
+@_rule("getitem")
+def _getitem(e: _Emitter, n: Node) -> str:
+    return _index(e, e.x(n, 0), len(e.g.nodes[n.inputs[0]].shape), n.attrs["index"])
+
+
+@_rule("scatter")
+def _scatter(e: _Emitter, n: Node) -> str:
+    """Zeros of `shape` with g written at `index`: index the flat positions 0..size-1 (laid
+    out in `shape`) the way getitem does, and ScatterND g's elements there."""
+    shape = _shape_input(e, n)
+    size = e.node("ReduceProd", [shape], keepdims=0)
+    positions = e.node("Range", [e.const(0), size, e.const(1)])
+    chosen = _index(e, e.node("Reshape", [positions, shape]), len(n.attrs["shape"]), n.attrs["index"])
+    chosen = e.node("Reshape", [chosen, e.const([-1, 1])])
+    updates = e.node("Reshape", [e.x(n, 0, n.dtype), e.const([-1])])
+    zeros = e.node("ConstantOfShape", [e.unsqueeze(size, [0])],
+                   value=e.onnx.numpy_helper.from_array(np.zeros(1, n.dtype)))
+    return e.node("Reshape", [e.node("ScatterND", [zeros, chosen, updates]), shape])
+
+
+@_rule("dim_size")
+def _dim_size(e: _Emitter, n: Node) -> str:
+    sizes = e.node("Gather", [e.node("Shape", [e.x(n, 0)]), e.const(list(n.attrs["axes"]))])
+    return e.cast(e.node("ReduceProd", [sizes], keepdims=0), n.dtype)
+
+
+# ---- reductions and the ops of neural networks ----------------------------------------------
+
+def _reduction(onnx_op: str) -> Rule:
+    def rule(e: _Emitter, n: Node) -> str:
+        x = e.x(n, 0, n.dtype)
+        axes = n.attrs["axes"]
+        return e.reduce(onnx_op, x, axes, n.attrs["keepdims"]) if axes else x
+    return rule
+
+
+RULES["sum"] = _reduction("ReduceSum")
+RULES["mean"] = _reduction("ReduceMean")
+RULES["max"] = _reduction("ReduceMax")
+
+
+def _max_kept(e: _Emitter, x: str, axes: Any) -> str:
+    """The max over `axes`, kept as size-1 axes: cgraph's max trick."""
+    return e.reduce("ReduceMax", x, axes, keepdims=True)
+
+
+def _softmax_like(onnx_op: str) -> Rule:
+    def rule(e: _Emitter, n: Node) -> str:
+        x = e.x(n, 0)
+        axes = n.attrs["axes"]
+        if len(axes) == 1:
+            return e.node(onnx_op, [x], axis=int(axes[0]))
+        if not axes:
+            raise OnnxError(f"{n.name} ({n.op}): no ONNX form over zero axes")
+        shifted = e.node("Sub", [x, _max_kept(e, x, axes)])
+        total = e.reduce("ReduceSum", e.node("Exp", [shifted]), axes, keepdims=True)
+        if onnx_op == "Softmax":
+            return e.node("Div", [e.node("Exp", [shifted]), total])
+        return e.node("Sub", [shifted, e.node("Log", [total])])
+    return rule
+
+
+RULES["softmax"] = _softmax_like("Softmax")
+RULES["log_softmax"] = _softmax_like("LogSoftmax")
+
+
+@_rule("logsumexp")
+def _logsumexp(e: _Emitter, n: Node) -> str:
+    x = e.x(n, 0)
+    axes = n.attrs["axes"]
+    if not axes:
+        return x
+    m = _max_kept(e, x, axes)
+    total = e.reduce("ReduceSum", e.node("Exp", [e.node("Sub", [x, m])]), axes, keepdims=True)
+    out = e.node("Add", [e.node("Log", [total]), m])
+    return out if n.attrs["keepdims"] else e.squeeze(out, axes)
+
+
+@_rule("softmax_cross_entropy")
+def _softmax_cross_entropy(e: _Emitter, n: Node) -> str:
+    """-(mean over rows of sum over the rest of y * log_softmax(u)), with no Shape: the row
+    count comes from ReduceMean."""
+    u, y = e.x(n, 0), e.x(n, 1, n.dtype)
+    ndim = len(e.g.nodes[n.inputs[0]].shape)
+    terms = e.node("Mul", [y, e.node("LogSoftmax", [u], axis=ndim - 1)])
+    per_row = e.reduce("ReduceSum", terms, range(1, ndim), keepdims=False)
+    return e.node("Neg", [e.reduce("ReduceMean", per_row, [0], keepdims=False)])
+
+
+@_rule("softmax_cross_entropy_grad")
+def _softmax_cross_entropy_grad(e: _Emitter, n: Node) -> str:
+    """softmax(u) * (row sums of y) - y: rows times the loss's derivative wrt the logits."""
+    u, y = e.x(n, 0), e.x(n, 1, n.dtype)
+    last = len(n.shape) - 1
+    rows = e.reduce("ReduceSum", y, [last], keepdims=True)
+    return e.node("Sub", [e.node("Mul", [e.node("Softmax", [u], axis=last), rows]), y])
+
+
+EXPORTABLE: frozenset[str] = frozenset(RULES)
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+def _needed(g: Graph) -> list[Node]:
+    """The nodes the outputs depend on, in creation (topological) order."""
+    need = {t.name for t in g.outputs.values()}
+    for node in reversed(list(g.nodes.values())):
+        if node.name in need:
+            need.update(node.inputs)
+    return [n for n in g.nodes.values() if n.name in need]
+
+
+def _value_info(onnx: Any, name: str, dtype: np.dtype, shape: tuple, symbols: bool) -> Any:
+    dims = [f"{name}_dim{i}" if d is None and symbols else d for i, d in enumerate(shape)]
+    return onnx.helper.make_tensor_value_info(name, np_to_onnx_type(dtype), dims)
+
+
+def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The ONNX model of `g` (see `export`), checked, not written."""
+    onnx = require()
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise OnnxError(f"opset {opset!r} is not supported: cgraph exports opsets {MIN_OPSET} to {newest}")
+    if not g.outputs:
+        raise OnnxError(f"graph {g.name!r} has no outputs to export")
+    nodes = _needed(g)
+    missing = Counter(n.op for n in nodes if not n.is_leaf and n.op not in RULES)
+    if missing:
+        listed = ", ".join(f"{op} ({k} node{'s' if k > 1 else ''})" for op, k in sorted(missing.items()))
+        raise OnnxError(f"graph {g.name!r} cannot be exported to ONNX: no ONNX form for {listed}")
+
+    e = _Emitter(g, opset)
+    outputs = {k: t.name for k, t in g.outputs.items()}
+    inits, inputs, constants, frozen = [], [], [], []
+    for node in g.inputs.values():
+        e.value[node.name] = node.name
+        inputs.append(_value_info(onnx, node.name, node.dtype, node.shape, symbols=True))
+    for node in nodes:
+        if node.op == "input":
+            continue
+        own = node.name not in outputs or outputs[node.name] == node.name
+        name = e.value[node.name] = node.name if own else e.fresh(node.name)
+        if node.is_leaf:
+            inits.append(onnx.numpy_helper.from_array(np.asarray(g.value(node.name)), name))
+            if node.op == "constant":
+                constants.append(name)
+            elif not node.attrs.get("trainable", True):
+                frozen.append(name)
+            continue
+        start = len(e.nodes)
+        e.hint = name
+        result = RULES[node.op](e, node)
+        _name_result(e, start, result, name)
+
+    graph_outputs = []
+    for out, src in outputs.items():
+        value = e.value[src]
+        if value != out:
+            e.nodes.append(onnx.helper.make_node("Identity", [value], [out], name=out))
+        node = g.nodes[src]
+        graph_outputs.append(_value_info(onnx, out, node.dtype, node.shape, symbols=False))
+
+    graph = onnx.helper.make_graph(e.nodes, g.name, inputs, graph_outputs, initializer=inits)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="cgraph",
+                                   ir_version=onnx.helper.find_min_ir_version_for(opsets))
+    from cgraph import __version__
+
+    model.producer_version = __version__
+    props = {**g.metadata, CONSTANTS_KEY: json.dumps(constants), FROZEN_KEY: json.dumps(frozen)}
+    onnx.helper.set_model_props(model, props)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OnnxError(f"graph {g.name!r}: the exported model fails onnx.checker (a cgraph bug): {first}") from err
+    return model
+
+
+def _name_result(e: _Emitter, start: int, result: str, name: str) -> None:
+    """Give the value `result` the name `name`: rename it if one of the nodes emitted since
+    `start` made it, else (the rule passed a value through) add an Identity."""
+    made = [nd for nd in e.nodes[start:] if result in nd.output]
+    if not made:
+        e.nodes.append(e.onnx.helper.make_node("Identity", [result], [name], name=name))
+        return
+    for nd in e.nodes[start:]:
+        for seq in (nd.input, nd.output):
+            for i, v in enumerate(seq):
+                if v == result:
+                    seq[i] = name
+        if nd.name == result:
+            nd.name = name
+
+
+def export(g: Graph, path: str | PathLike[str] | None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Write `g` as an ONNX model (params and constants as initializers, inputs, outputs and
+    params under their cgraph names, `None` sizes as symbolic dimensions) and return it.
+
+    The model passes `onnx.checker` (full check); onnxruntime gives cgraph's outputs. `path`
+    None only returns the model. Ops with no ONNX form raise one OnnxError naming them all.
+    """
+    model = to_model(g, opset)
+    if path is not None:
+        require().save_model(model, str(path))
+    return model

@@ -1,0 +1,419 @@
+"""Import an ONNX model as a cgraph Graph, built with the public builder (`g.input`,
+`g.param`, the ops), so that it can be run, rendered, saved and differentiated.
+
+Each supported ONNX operator has one import rule in `RULES`: a function of the reader and the
+ONNX node returning the Tensors of the node's outputs. Attribute-like inputs (Reshape's shape,
+ReduceSum's axes, Slice's bounds) must be constants: initializers or Constant nodes. Graph
+inputs, outputs and float initializers keep their ONNX names; float initializers become
+params (BatchNormalization's running mean and variance non-trainable ones), so an imported
+model can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from os import PathLike
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import cgraph.ops as ops
+from cgraph.errors import CgraphError
+from cgraph.graph import DTYPES, Graph, Tensor
+from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, onnx_to_np_type, require
+
+if TYPE_CHECKING:
+    import onnx
+
+
+class _Reader:
+    """The graph being built, the Tensor of each ONNX value, and the constant values known
+    before any run (initializers, Constant nodes)."""
+
+    def __init__(self, g: Graph, opset: int) -> None:
+        self.onnx = require()
+        self.g = g
+        self.opset = opset
+        self.env: dict[str, Tensor] = {}
+        self.static: dict[str, np.ndarray] = {}
+        self.node: Any = None  # the ONNX node being imported, for messages
+
+    def t(self, name: str) -> Tensor:
+        """The Tensor of ONNX value `name`; a constant value becomes a cgraph constant the
+        first time an op reads it as a tensor."""
+        if name in self.env:
+            return self.env[name]
+        if name not in self.static:
+            raise OnnxError(f"{self.where()}: value {name!r} is not defined")
+        value = self.static[name]
+        if value.dtype not in DTYPES and value.dtype.kind in "iu":
+            value = value.astype(np.int64)
+        if value.dtype not in DTYPES:
+            raise OnnxError(f"{self.where()}: value {name!r} has type {value.dtype}; cgraph supports "
+                            f"{', '.join(map(str, DTYPES))}")
+        cname, i = name, 1
+        while cname in self.g:
+            cname, i = f"{name}_{i}", i + 1
+        self.env[name] = t = self.g.constant(cname, value)
+        return t
+
+    def value(self, name: str, what: str) -> np.ndarray:
+        """The constant value of input `name` (an axes list, a shape...)."""
+        if name not in self.static:
+            raise OnnxError(f"{self.where()}: {what} ({name!r}) must be a constant (an initializer "
+                            "or a Constant node)")
+        return self.static[name]
+
+    def attrs(self, node: Any) -> dict[str, Any]:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def where(self) -> str:
+        n = self.node
+        return f"ONNX node {n.name or n.output[0]!r} ({n.op_type})" if n is not None else "ONNX model"
+
+
+Rule = Callable[[_Reader, Any], list[Tensor]]
+RULES: dict[str, Rule] = {}
+
+
+def _rule(*names: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for name in names:
+            RULES[name] = fn
+        return fn
+    return register
+
+
+def _inputs(r: _Reader, n: Any) -> list[Tensor]:
+    return [r.t(name) for name in n.input]
+
+
+def _optional(n: Any, i: int) -> str | None:
+    return n.input[i] if len(n.input) > i and n.input[i] else None
+
+
+# ---- elementwise --------------------------------------------------------------------------
+
+def _fold(fn: Callable[..., Tensor]) -> Rule:
+    """A binary op, or a variadic one (Max, Min, Sum) folded left to right."""
+    def rule(r: _Reader, n: Any) -> list[Tensor]:
+        xs = _inputs(r, n)
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        return [out]
+    return rule
+
+
+for _name, _fn in (("Add", ops.add), ("Sub", ops.sub), ("Mul", ops.mul), ("Div", ops.div),
+                   ("Max", ops.maximum), ("Min", ops.minimum), ("Sum", ops.add), ("Equal", ops.equal),
+                   ("Less", ops.less), ("LessOrEqual", ops.less_equal), ("Greater", ops.greater),
+                   ("GreaterOrEqual", ops.greater_equal)):
+    RULES[_name] = _fold(_fn)
+for _name, _fn in (("Neg", ops.neg), ("Relu", ops.relu), ("Sigmoid", ops.logistic), ("Tanh", ops.tanh),
+                   ("Exp", ops.exp), ("Log", ops.log), ("Sqrt", ops.sqrt), ("Abs", ops.abs),
+                   ("Sign", ops.sign), ("Sin", ops.sin), ("Cos", ops.cos), ("Softplus", ops.softplus)):
+    RULES[_name] = (lambda fn: lambda r, n: [fn(r.t(n.input[0]))])(_fn)
+
+
+@_rule("Pow")
+def _pow(r: _Reader, n: Any) -> list[Tensor]:
+    a, b = _inputs(r, n)
+    if b.dtype != a.dtype:  # ONNX allows an int exponent; cgraph would promote
+        b = ops.cast(b, a.dtype)
+    return [ops.pow(a, b)]
+
+
+@_rule("Identity")
+def _identity(r: _Reader, n: Any) -> list[Tensor]:
+    return [r.t(n.input[0])]
+
+
+@_rule("Where")
+def _where(r: _Reader, n: Any) -> list[Tensor]:
+    return [ops.where(*_inputs(r, n))]
+
+
+@_rule("Cast")
+def _cast(r: _Reader, n: Any) -> list[Tensor]:
+    to = onnx_to_np_type(r.attrs(n)["to"])
+    if to is None:
+        raise OnnxError(f"{r.where()}: cast to an ONNX type cgraph lacks ({r.attrs(n)['to']})")
+    return [ops.cast(r.t(n.input[0]), to)]
+
+
+@_rule("IsInf")
+def _isinf(r: _Reader, n: Any) -> list[Tensor]:
+    x, a = r.t(n.input[0]), r.attrs(n)
+    pos, neg = a.get("detect_positive", 1), a.get("detect_negative", 1)
+    if pos and neg:
+        return [ops.equal(ops.abs(x), np.inf)]
+    return [ops.equal(x, np.inf if pos else -np.inf)] if pos or neg else [ops.less(x, x)]
+
+
+# ---- linear algebra -----------------------------------------------------------------------
+
+@_rule("MatMul")
+def _matmul(r: _Reader, n: Any) -> list[Tensor]:
+    """numpy's matmul, vectors included (cgraph's takes matrices: a vector becomes one)."""
+    a, b = _inputs(r, n)
+    va, vb = a.ndim == 1, b.ndim == 1
+    out = ops.matmul(ops.expand_dims(a, 0) if va else a, ops.expand_dims(b, 1) if vb else b)
+    if vb:
+        out = ops.squeeze(out, -1)
+    if va:
+        out = ops.squeeze(out, -1 if vb else -2)
+    return [out]
+
+
+@_rule("Gemm")
+def _gemm(r: _Reader, n: Any) -> list[Tensor]:
+    a, b = r.t(n.input[0]), r.t(n.input[1])
+    at = r.attrs(n)
+    if at.get("transA", 0):
+        a = ops.transpose(a)
+    if at.get("transB", 0):
+        b = ops.transpose(b)
+    out = ops.matmul(a, b)
+    if at.get("alpha", 1.0) != 1.0:
+        out = ops.mul(out, float(at["alpha"]))
+    c = _optional(n, 2)
+    if c is not None:
+        bias = r.t(c)
+        if at.get("beta", 1.0) != 1.0:
+            bias = ops.mul(bias, float(at["beta"]))
+        out = ops.add(out, bias)
+    return [out]
+
+
+# ---- shapes -------------------------------------------------------------------------------
+
+@_rule("Reshape")
+def _reshape(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    shape = [int(d) for d in r.value(n.input[1], "the target shape")]
+    if not r.attrs(n).get("allowzero", 0):  # a 0 copies the input's size
+        for i, d in enumerate(shape):
+            if d == 0:
+                size = x.shape[i] if i < x.ndim else None
+                if size is None and -1 in shape:
+                    raise OnnxError(f"{r.where()}: a 0 in shape {shape} copies a size known only at "
+                                    "run time, next to a -1")
+                shape[i] = -1 if size is None else size
+    return [ops.reshape(x, tuple(shape))]
+
+
+@_rule("Transpose")
+def _transpose(r: _Reader, n: Any) -> list[Tensor]:
+    perm = r.attrs(n).get("perm")
+    return [ops.transpose(r.t(n.input[0]), None if perm is None else tuple(perm))]
+
+
+@_rule("Concat")
+def _concat(r: _Reader, n: Any) -> list[Tensor]:
+    return [ops.concat(_inputs(r, n), axis=r.attrs(n)["axis"])]
+
+
+def _axes(r: _Reader, n: Any, input_index: int) -> list[int] | None:
+    """Axes from the attribute (older opsets) or from a constant input (newer ones)."""
+    at = r.attrs(n)
+    if "axes" in at:
+        return [int(a) for a in at["axes"]]
+    name = _optional(n, input_index)
+    return None if name is None else [int(a) for a in r.value(name, "the axes")]
+
+
+@_rule("Squeeze")
+def _squeeze(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    axes = _axes(r, n, 1)
+    if axes is None:
+        axes = [i for i, d in enumerate(x.shape) if d == 1]
+    return [ops.squeeze(x, tuple(axes))]
+
+
+@_rule("Unsqueeze")
+def _unsqueeze(r: _Reader, n: Any) -> list[Tensor]:
+    return [ops.expand_dims(r.t(n.input[0]), tuple(_axes(r, n, 1) or ()))]
+
+
+@_rule("Expand")
+def _expand(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    shape = [int(d) for d in r.value(n.input[1], "the target shape")]
+    ndim = max(len(shape), x.ndim)
+    xs = [1] * (ndim - x.ndim) + list(x.shape)
+    ts = [1] * (ndim - len(shape)) + shape
+    target = [d if t == 1 else t for d, t in zip(xs, ts, strict=True)]
+    if None in target:
+        raise OnnxError(f"{r.where()}: cgraph needs static sizes to expand {x.shape} to {shape}")
+    return [ops.broadcast_to(x, tuple(target))]
+
+
+@_rule("Slice")
+def _slice(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    starts = r.value(n.input[1], "the starts")
+    ends = r.value(n.input[2], "the ends")
+    axes = r.value(n.input[3], "the axes") if _optional(n, 3) else range(len(starts))
+    steps = r.value(n.input[4], "the steps") if _optional(n, 4) else [1] * len(starts)
+    index: list[Any] = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        index[int(a)] = slice(int(s), int(e), int(st))
+    return [ops.getitem(x, tuple(index))]
+
+
+# ---- reductions and the ops of neural networks ----------------------------------------------
+
+def _reduction(fn: Callable[..., Tensor]) -> Rule:
+    def rule(r: _Reader, n: Any) -> list[Tensor]:
+        x = r.t(n.input[0])
+        at = r.attrs(n)
+        axes = _axes(r, n, 1)
+        if not axes:
+            if at.get("noop_with_empty_axes", 0):
+                return [x]
+            axes = None
+        return [fn(x, None if axes is None else tuple(axes), keepdims=bool(at.get("keepdims", 1)))]
+    return rule
+
+
+RULES["ReduceSum"] = _reduction(ops.sum)
+RULES["ReduceMean"] = _reduction(ops.mean)
+RULES["ReduceMax"] = _reduction(ops.max)
+
+
+def _softmax_like(fn: Callable[..., Tensor]) -> Rule:
+    def rule(r: _Reader, n: Any) -> list[Tensor]:
+        x = r.t(n.input[0])
+        if r.opset >= 13:
+            return [fn(x, r.attrs(n).get("axis", -1))]
+        axis = r.attrs(n).get("axis", 1) % max(x.ndim, 1)  # before opset 13: over axes axis..end
+        return [fn(x, tuple(range(axis, x.ndim)))]
+    return rule
+
+
+RULES["Softmax"] = _softmax_like(ops.softmax)
+RULES["LogSoftmax"] = _softmax_like(ops.log_softmax)
+
+
+@_rule("BatchNormalization")
+def _batch_norm(r: _Reader, n: Any) -> list[Tensor]:
+    """Inference form: scale * (x - mean) / sqrt(var + epsilon) + B over channel axis 1."""
+    x, scale, bias, mean, var = _inputs(r, n)
+    if x.ndim > 2:  # channels are axis 1: per-channel values broadcast as (C, 1, ..., 1)
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        scale, bias, mean, var = (ops.reshape(t, shape) for t in (scale, bias, mean, var))
+    eps = float(r.attrs(n).get("epsilon", 1e-5))
+    return [ops.batch_norm(x, scale, bias, training=False, eps=eps, mean=mean, var=var)]
+
+
+IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
+
+
+def _constant_value(r: _Reader, n: Any) -> np.ndarray:
+    at = r.attrs(n)
+    numpy_helper = r.onnx.numpy_helper
+    if "value" in at:
+        return numpy_helper.to_array(at["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in at:
+            return np.asarray(at[key], dtype=dtype)
+    raise OnnxError(f"{r.where()}: only tensor, float and int Constant values are supported "
+                    f"(got {', '.join(at)})")
+
+
+def _unsupported(model: onnx.ModelProto) -> Counter[str]:
+    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own)."""
+    bad: Counter[str] = Counter()
+    onnx = require()
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            bad[f"{n.domain}:{n.op_type}"] += 1
+        elif n.op_type not in IMPORTABLE:
+            bad[n.op_type] += 1
+        elif n.op_type == "BatchNormalization":
+            training = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
+            if training or any(n.output[1:]):
+                bad["BatchNormalization (training mode)"] += 1
+    return bad
+
+
+def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
+    """The cgraph Graph of an ONNX ModelProto (see `load`)."""
+    onnx = require()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise OnnxError(f"not a valid ONNX model: {str(err).strip().splitlines()[0]}") from None
+    bad = _unsupported(model)
+    if bad:
+        listed = ", ".join(f"{op} ({k})" for op, k in sorted(bad.items(), key=lambda kv: (-kv[1], kv[0])))
+        raise OnnxError(f"ONNX model {model.graph.name!r} uses ops cgraph cannot import: {listed}")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    props = {p.key: p.value for p in model.metadata_props}
+    constants = set(json.loads(props.pop(CONSTANTS_KEY, "[]")))
+    frozen = set(json.loads(props.pop(FROZEN_KEY, "[]")))
+    frozen |= {nm for n in model.graph.node if n.op_type == "BatchNormalization" for nm in n.input[3:5]}
+
+    graph = model.graph
+    g = Graph(name or graph.name or "onnx")
+    g.metadata.update(props)
+    r = _Reader(g, opset)
+    r.static = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for vi in graph.input:
+        if vi.name not in r.static:
+            r.env[vi.name] = _input(g, vi)
+    for iname, value in r.static.items():
+        if iname not in constants and value.dtype in (np.float32, np.float64):
+            r.env[iname] = g.param(iname, value, trainable=iname not in frozen)
+    for n in graph.node:
+        r.node = n
+        if n.op_type == "Constant":
+            r.static[n.output[0]] = _constant_value(r, n)
+            continue
+        try:
+            outs = RULES[n.op_type](r, n)
+        except OnnxError:
+            raise
+        except CgraphError as err:
+            raise OnnxError(f"{r.where()}: {err}") from None
+        for out_name, t in zip(n.output, outs, strict=False):
+            if out_name:
+                r.env[out_name] = t
+    r.node = None
+    for vi in graph.output:
+        g.output(vi.name, r.t(vi.name))
+    return g
+
+
+def _input(g: Graph, vi: Any) -> Tensor:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        raise OnnxError(f"ONNX input {vi.name!r}: cgraph needs a tensor input of known rank")
+    dtype = onnx_to_np_type(tt.elem_type)
+    if dtype is None:
+        raise OnnxError(f"ONNX input {vi.name!r}: element type {tt.elem_type} is not one cgraph supports "
+                        f"({', '.join(map(str, DTYPES))})")
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    return g.input(vi.name, shape, dtype)
+
+
+def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None = None) -> Graph:
+    """An ONNX model (a file, its bytes, or a ModelProto) as a cgraph Graph: inputs, outputs
+    and initializers (as params) keep their ONNX names. Ops cgraph does not cover raise one
+    OnnxError listing them with their counts."""
+    onnx = require()
+    if isinstance(path, onnx.ModelProto):
+        return from_model(path, name)
+    try:
+        model = onnx.load_model_from_string(path) if isinstance(path, bytes) else onnx.load_model(str(path))
+    except OSError:
+        raise
+    except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
+        raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
+                        f"({type(err).__name__}: {str(err).strip()[:200]})") from None
+    return from_model(model, name)
