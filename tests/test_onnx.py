@@ -53,7 +53,7 @@ def spec_graph(spec, shapes, dtype, dynamic):
 def buildable(spec, shapes, dynamic):
     try:
         spec_graph(spec, shapes, "float64", dynamic)
-    except cg.ShapeError:  # reshape (4, -1) of (None, 6): cgraph cannot infer it statically
+    except cg.ShapeError:  # a case that a run-time batch size makes ill-formed
         return False
     return True
 

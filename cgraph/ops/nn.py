@@ -18,7 +18,6 @@ from cgraph.ops.reduce import count, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
 from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
 
-
 SMALL = 8  # up to this many classes, a row reduction is a loop over columns
 
 
