@@ -27,6 +27,7 @@ import graphviz
 import networkx as nx
 import numpy as np
 
+from cgraph.checkpoint import RECOMPUTE, MemoryPlan
 from cgraph.errors import CgraphError
 from cgraph.graph import Graph, Node, format_shape
 from cgraph.schedule import Plan
@@ -51,6 +52,7 @@ _STYLE: dict[str, dict[str, str]] = {
 _PLAN_STYLE: dict[str, dict[str, str]] = {
     "kept": {"fillcolor": "#bbf7d0"},
     "freed": {"fillcolor": "#f3f4f6", "fontcolor": "#9ca3af", "color": "#9ca3af"},
+    "recomputed": {"fillcolor": "#fed7aa"},
     "pending": {"fillcolor": "#ffffff", "fontcolor": "#6b7280"},
 }
 
@@ -166,13 +168,13 @@ def _plan_states(plan: Plan, step: int | None) -> tuple[dict[str, str], str, str
         raise RenderError(f"step {step!r} is not a step of {plan!r} (0 to {n - 1})")
     states = {leaf: "kept" for leaf in plan.leaves}
     for i, s in enumerate(plan.steps):
-        states[s.name] = "pending" if i > k else "kept"
+        states[s.name] = "pending" if i > k else "recomputed" if s.name.startswith(RECOMPUTE) else "kept"
     for s in plan.steps[:k + 1]:
         for f in s.free:
             states[f] = "freed"
     current = plan.steps[k].name
-    legend = (f"after step {k} of {n} ({current}): green kept, grey freed, white not yet computed; "
-              "bold border: this step")
+    legend = (f"after step {k} of {n} ({current}): green kept, orange recomputed and kept, grey freed, "
+              "white not yet computed; red border: this step")
     return states, current, legend
 
 
@@ -202,10 +204,12 @@ def _check_options(rankdir: str, collapse: int | None, max_nodes: int) -> None:
 def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
             feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
             wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
-            plan: Plan | None = None, step: int | None = None) -> graphviz.Digraph:
+            plan: Plan | MemoryPlan | None = None, step: int | None = None) -> graphviz.Digraph:
     """The drawing as a `graphviz.Digraph` (see `to_dot` for the options)."""
     if not isinstance(g, Graph):
         raise TypeError(f"expected a cgraph Graph, got {type(g).__name__}")
+    if isinstance(plan, MemoryPlan):
+        plan = plan.plan
     _check_options(rankdir, collapse, max_nodes)
     if feeds is None and mode is not None:
         raise RenderError(f"mode={mode!r} needs feeds: the values the sweep starts from")
@@ -300,7 +304,7 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
 def to_dot(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
            feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
            wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
-           plan: Plan | None = None, step: int | None = None) -> str:
+           plan: Plan | MemoryPlan | None = None, step: int | None = None) -> str:
     """Graphviz source for `g`.
 
     - `rankdir`: "TB" (top-down), "LR" (left-to-right), "BT" or "RL".
@@ -310,8 +314,9 @@ def to_dot(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_no
       (shallower scopes, then runs of nodes), with a `RenderWarning` and a note in the drawing.
     - `feeds`: label each node with its value; `mode="forward"` (with `wrt`, and `tangents`,
       default ones) adds tangents, `mode="reverse"` (with `of`) adjoints; see `cg.trace`.
-    - `plan`, `step`: colour the nodes kept, freed or not yet computed after that step of the
-      plan (default its last), e.g. `ReverseMode(g, ...).plan` drawn over `plan.graph`.
+    - `plan`, `step`: colour the nodes kept, freed, recomputed or not yet computed after that
+      step of the plan (default its last): `ReverseMode(g, ...).plan` drawn over `plan.graph`,
+      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`.
     """
     return digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
                    wrt=wrt, tangents=tangents, plan=plan, step=step).source
@@ -332,7 +337,8 @@ def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,
            rankdir: str = "TB",
            collapse: int | None = None, max_nodes: int = MAX_NODES, feeds: Mapping[str, Any] | None = None,
            mode: str | None = None, of: Sequence[str] | str | None = None, wrt: Sequence[str] | str | None = None,
-           tangents: Mapping[str, Any] | None = None, plan: Plan | None = None, step: int | None = None) -> Path:
+           tangents: Mapping[str, Any] | None = None, plan: Plan | MemoryPlan | None = None,
+           step: int | None = None) -> Path:
     """Draw `g` to `path`, in the format of its suffix (svg, png, pdf, dot) or `format`.
 
     The options are `to_dot`'s. svg, png and pdf need Graphviz's `dot` program; .dot does not.
