@@ -117,7 +117,7 @@ def _add_render_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="draw a model with Graphviz (svg, png, pdf, or dot source)")
     p.add_argument("model", help="a cgraph model file (.pb)")
     p.add_argument("-o", "--output", help="the file to write (default: the model's name with .svg, or --format)")
-    p.add_argument("--format", choices=["svg", "png", "pdf", "dot"],
+    p.add_argument("--format", metavar="{svg,png,pdf,dot}",  # checked by cgraph.render: one-line error
                    help="the output format (default: from -o's suffix, else svg)")
     p.add_argument("--rankdir", choices=["TB", "LR", "BT", "RL"], default="TB",
                    help="top-down (TB, the default) or left-to-right (LR), or reversed")
@@ -164,13 +164,16 @@ def _render(args: argparse.Namespace) -> int:
         raise RenderError(f"--mode {args.mode} needs --feeds: the input values the sweep starts from")
     feeds = None
     if args.feeds:
+        if not Path(args.feeds).is_file():
+            raise FileNotFoundError(f"no feeds file {args.feeds}")
         try:
-            with np.load(args.feeds, allow_pickle=False) as npz:
-                feeds = {k: npz[k] for k in npz.files}
-        except (ValueError, EOFError, OSError) as e:  # not an .npz, truncated, or an object array
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise RenderError(f"cannot read feeds {args.feeds}: {e}") from None
+            npz = np.load(args.feeds, allow_pickle=False)
+        except (ValueError, EOFError, OSError):  # not numpy's, truncated, or pickled objects
+            npz = None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise RenderError(f"cannot read feeds {args.feeds}: not a numpy .npz file of named arrays")
+        with npz:
+            feeds = {k: npz[k] for k in npz.files}
     g = cgraph.load(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RenderWarning)
