@@ -16,6 +16,8 @@ from cgraph.io import dumps, load, loads, save
 from cgraph.jacobian import gradcheck, jacobian
 from cgraph.ops import *  # noqa: F403  (the op functions: cg.add, cg.matmul, ...)
 from cgraph.ops import __all__ as _ops_all
+from cgraph.render import render, to_dot
+from cgraph.tracing import Trace, trace
 from cgraph.train import fit, predict
 
 __version__ = "0.1.0"
@@ -28,3 +30,4 @@ __all__ = [
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format
 __all__ += ["onnx"]  # cgraph.onnx: ONNX export and import (the onnx extra)
+__all__ += ["Trace", "render", "to_dot", "trace"]  # cgraph.render (Graphviz), cgraph.tracing

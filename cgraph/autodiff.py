@@ -26,6 +26,11 @@ from cgraph.ops.registry import NONDIFF, ZERO, get_op
 
 TANGENT = "tangent:"  # prefix of the inputs that carry tangents in a jvp graph
 COTANGENT = "cotangent:"  # prefix of the inputs that carry output cotangents in a vjp graph
+# With `intermediates=True`, the prefixes of the extra outputs that expose every node's value,
+# tangent (jvp) or adjoint (vjp), keyed by the forward node's name (for tracing and drawing).
+NODE_VALUE = "node:value:"
+NODE_TANGENT = "node:tangent:"
+NODE_ADJOINT = "node:adjoint:"
 
 
 def _dag(g: Graph) -> nx.DiGraph:
@@ -83,11 +88,15 @@ def _fit(x: Tensor, like: Tensor, down: bool) -> Tensor:
     return x
 
 
-def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: bool = True) -> Graph:
+def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: bool = True,
+              intermediates: bool = False) -> Graph:
     """A graph with outputs `of` and then `tangent:<o>` for each, in that order, taking
     inputs `tangent:<w>`.
 
-    Values and tangents are built in one sweep, so the schedule interleaves them."""
+    Values and tangents are built in one sweep, so the schedule interleaves them.
+    `intermediates=True` also outputs (after those) `node:value:<n>` for every node `of` needs
+    and `node:tangent:<n>` for every node that has a tangent (the others' tangents are zero);
+    this keeps every value alive, so it is for looking at a sweep, not for running one cheaply."""
     check_wrt(g, wrt)
     targets = output_nodes(g, of)
     d = Graph(f"{g.name}/jvp")
@@ -128,16 +137,23 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
         for o, t in zip(of, targets, strict=True):
             tan = tangent.get(t)
             d.output(TANGENT + o, tan if tan is not None else zeros_like(d[t]))
+    if intermediates:
+        for node in _needed(g, targets):
+            d.output(NODE_VALUE + node.name, d[node.name])
+            if node.name in tangent:
+                d.output(NODE_TANGENT + node.name, tangent[node.name])
     return d
 
 
 def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "input",
-              share_params: bool = True, grad_prefix: str = "grad/") -> Graph:
+              share_params: bool = True, grad_prefix: str = "grad/", intermediates: bool = False) -> Graph:
     """A graph with outputs `of` and then `<grad_prefix><w>` for each wrt name, in that order
     (the prefix grows to `grad/grad/` when `of` already holds such names).
 
     `seed="input"`: inputs `cotangent:<o>` carry the output cotangents (a VJP);
     `seed="ones"`: the single output `of` must be a scalar, and its cotangent is 1 (a gradient).
+    `intermediates=True` also outputs (after those) `node:value:<n>` for every forward node and
+    `node:adjoint:<n>` for every node the backward sweep reaches (on a path from wrt to `of`).
     """
     check_wrt(g, wrt)
     targets = output_nodes(g, of)
@@ -194,6 +210,11 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "inpu
         grad_prefix = "grad/" + grad_prefix
     for w in wrt:
         d.output(grad_prefix + w, grads[w])
+    if intermediates:
+        for node in forward:
+            d.output(NODE_VALUE + node.name, d[node.name])
+            if node.name in cot:
+                d.output(NODE_ADJOINT + node.name, cot[node.name])
     return d
 
 

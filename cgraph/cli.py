@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_io_commands(sub)
     _add_onnx_commands(sub)
+    _add_render_command(sub)
     return parser
 
 
@@ -109,6 +110,79 @@ def _import_onnx(args: argparse.Namespace) -> int:
     cgraph.save(g, out)
     print(f"wrote {out}: {len(g)} nodes, inputs {', '.join(g.inputs) or 'none'}, "
           f"outputs {', '.join(g.outputs)}, {len(g.params)} params")
+    return 0
+
+
+def _add_render_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="draw a model with Graphviz (svg, png, pdf, or dot source)")
+    p.add_argument("model", help="a cgraph model file (.pb)")
+    p.add_argument("-o", "--output", help="the file to write (default: the model's name with .svg, or --format)")
+    p.add_argument("--format", metavar="{svg,png,pdf,dot}",  # checked by cgraph.render: one-line error
+                   help="the output format (default: from -o's suffix, else svg)")
+    p.add_argument("--rankdir", choices=["TB", "LR", "BT", "RL"], default="TB",
+                   help="top-down (TB, the default) or left-to-right (LR), or reversed")
+    p.add_argument("--collapse", type=_positive, metavar="DEPTH",
+                   help="fold name scopes deeper than DEPTH into one box each (1: every top-level scope)")
+    p.add_argument("--max-nodes", type=_positive, default=None, metavar="N",
+                   help="boxes drawn before the graph folds itself (default: 400)")
+    p.add_argument("--feeds", metavar="FEEDS.npz", help="input values (numpy .npz): label every node with its value")
+    p.add_argument("--mode", choices=["forward", "reverse"],
+                   help="with --feeds: also each node's tangent (forward) or adjoint (reverse)")
+    p.add_argument("--of", help="reverse mode: the output to differentiate (default: the only output)")
+    p.add_argument("--wrt", nargs="+", metavar="NAME",
+                   help="forward mode: the inputs or params whose tangent is seeded with ones; "
+                        "reverse mode: the leaves the backward sweep goes to (default: every float one)")
+    p.set_defaults(handler=_render)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
+def _render(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+
+    from cgraph.render import MAX_NODES, RenderError, RenderWarning, format_of
+
+    if args.output is None:
+        out = Path(args.model).with_suffix("." + (args.format or "svg"))
+    else:
+        out = Path(args.output)
+        if args.format and Path(args.output).suffix and format_of(out) != args.format:
+            raise RenderError(f"--format {args.format} does not match the suffix of -o {args.output}")
+    fmt = format_of(out, args.format)
+    if args.mode and not args.feeds:
+        raise RenderError(f"--mode {args.mode} needs --feeds: the input values the sweep starts from")
+    feeds = None
+    if args.feeds:
+        if not Path(args.feeds).is_file():
+            raise FileNotFoundError(f"no feeds file {args.feeds}")
+        try:
+            npz = np.load(args.feeds, allow_pickle=False)
+        except (ValueError, EOFError, OSError):  # not numpy's, truncated, or pickled objects
+            npz = None
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise RenderError(f"cannot read feeds {args.feeds}: not a numpy .npz file of named arrays")
+        with npz:
+            feeds = {k: npz[k] for k in npz.files}
+    g = cgraph.load(args.model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RenderWarning)
+        cgraph.render(g, out, format=fmt, rankdir=args.rankdir, collapse=args.collapse,
+                      max_nodes=args.max_nodes or MAX_NODES, feeds=feeds, mode=args.mode, of=args.of,
+                      wrt=args.wrt)
+    for w in caught:
+        print(f"cgraph render: note: {w.message}", file=sys.stderr)
+    print(f"wrote {out}: {fmt}, {len(g)} nodes")
     return 0
 
 

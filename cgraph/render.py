@@ -1,0 +1,367 @@
+"""Drawing graphs with Graphviz: structure, the sweeps' numbers, and a memory plan's state.
+
+`to_dot(g)` gives Graphviz source, built with the `graphviz` package (it quotes and escapes);
+`render(g, path)` writes svg, png or pdf through the `dot` program, or the source as .dot
+without it. Leaves and ops are styled apart, outputs have a double border, and name scopes
+(`layer0/W`) are clusters. Big graphs stay fast: scopes deeper than `collapse` fold into one
+box each, and a graph with more than `max_nodes` boxes folds itself (and says so), because
+`dot`'s layout time grows much faster than the node count.
+
+With `feeds`, each node shows its value (and, in a mode, its tangent or adjoint) from
+`cg.trace`; with a `plan` (`Evaluator(g).plan`, `ReverseMode(...).plan`), each node is
+coloured by whether it is kept, freed or not yet computed after step `step`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import graphviz
+import networkx as nx
+import numpy as np
+
+from cgraph.checkpoint import RECOMPUTE, MemoryPlan
+from cgraph.errors import CgraphError
+from cgraph.graph import Graph, Node, format_shape
+from cgraph.schedule import Plan
+from cgraph.tracing import Trace, trace
+
+FORMATS = ("svg", "png", "pdf", "dot")
+RANKDIRS = ("TB", "LR", "BT", "RL")
+MAX_NODES = 400  # boxes drawn before a graph folds itself
+LONG_EDGE_RANKS = 25  # ranks crossed by all edges together, per allowed box, before a graph folds
+STRAIGHT_EDGES_FROM = 2_000  # ranks crossed beyond which edges are drawn straight (routing
+#                              curves around thousands of virtual nodes takes dot minutes)
+INSTALL_HINT = "install Graphviz (apt-get install graphviz, brew install graphviz)"
+
+_STYLE: dict[str, dict[str, str]] = {
+    "input": {"shape": "ellipse", "style": "filled", "fillcolor": "#dbeafe", "color": "#1d4ed8"},
+    "param": {"shape": "box", "style": "filled", "fillcolor": "#fde68a", "color": "#b45309"},
+    "constant": {"shape": "box", "style": "filled,dashed", "fillcolor": "#f3f4f6", "color": "#6b7280",
+                 "fontsize": "10"},
+    "op": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff", "color": "#374151"},
+    "fold": {"shape": "box3d", "style": "filled", "fillcolor": "#e5e7eb", "color": "#4b5563"},
+}
+_PLAN_STYLE: dict[str, dict[str, str]] = {
+    "kept": {"fillcolor": "#bbf7d0"},
+    "freed": {"fillcolor": "#f3f4f6", "fontcolor": "#9ca3af", "color": "#9ca3af"},
+    "recomputed": {"fillcolor": "#fed7aa"},
+    "pending": {"fillcolor": "#ffffff", "fontcolor": "#6b7280"},
+}
+
+
+class RenderError(CgraphError, ValueError):
+    """A graph cannot be drawn as asked: an unknown format, a bad option, no `dot` program."""
+
+
+class RenderWarning(UserWarning):
+    """A graph was folded to keep its drawing readable and fast."""
+
+
+def _label(*lines: str) -> str:
+    """A multi-line label: each line escaped by the graphviz package, joined by DOT's `\\n`."""
+    return graphviz.nohtml("\\n".join(graphviz.escape(line) for line in lines))
+
+
+def summarize(value: Any) -> str:
+    """A number for a scalar; shape and min/mean/max for an array."""
+    v = np.asarray(value)
+    if v.size == 1 and v.ndim == 0:
+        x = v.item()
+        return str(x) if isinstance(x, bool) else f"{x:.4g}"
+    shape = format_shape(v.shape)
+    if v.size == 0:
+        return f"{shape} empty"
+    if v.dtype == bool:
+        return f"{shape} {int(v.sum())} true"
+    finite = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+    bad = v.size - finite.size
+    if finite.size == 0:
+        return f"{shape} all nan/inf"
+    text = f"{shape} min {finite.min():.3g} mean {finite.mean():.3g} max {finite.max():.3g}"
+    return text + (f" ({bad} nan/inf)" if bad else "")
+
+
+def _scope(name: str) -> tuple[str, ...]:
+    return tuple(name.split("/")[:-1])
+
+
+def _candidates(g: Graph, collapse: int | None, max_nodes: int) -> Iterator[tuple[dict[str, str], str]]:
+    """Foldings of `g`, finest first: node name -> fold key for the nodes drawn inside a folded
+    box, and how. Scopes deeper than `collapse` fold; then ever shallower scopes; then runs of
+    nodes in creation order, ever longer, down to one box."""
+    nodes = list(g.nodes.values())
+    scopes = {n.name: _scope(n.name) for n in nodes}
+
+    def at(depth: int) -> dict[str, str]:
+        return {n: "/".join(s[:depth]) for n, s in scopes.items() if len(s) >= depth}
+
+    yield (at(collapse) if collapse is not None else {}), ""
+    deepest = max(map(len, scopes.values()), default=0)
+    for depth in range(deepest if collapse is None else collapse - 1, 0, -1):
+        yield at(depth), f"name scopes folded at depth {depth}"
+    count = min(max_nodes, len(nodes))
+    while True:
+        size = math.ceil(len(nodes) / count)
+        keys = {}
+        for i in range(0, len(nodes), size):
+            run = nodes[i:i + size]
+            for n in run:
+                keys[n.name] = f"#{i}-{i + len(run) - 1}"
+        yield keys, f"folded into runs of {size} nodes in creation order"
+        if count == 1:
+            return
+        count = max(1, count // 2)
+
+
+def _long_edge_cost(edges: Iterable[tuple[str, str]]) -> int:
+    """How many ranks the drawn edges cross in all, ranks being longest paths from the sources.
+
+    dot adds a virtual node per rank an edge crosses, and its layout time grows quickly with
+    them: one input read by every layer of a 200-layer chain costs it minutes."""
+    dag = nx.DiGraph(edges)
+    if not nx.is_directed_acyclic_graph(dag):  # folding can make cycles; rank their condensation
+        cond = nx.condensation(dag)
+        members = cond.graph["mapping"]
+        dag = nx.DiGraph((members[a], members[b]) for a, b in dag.edges if members[a] != members[b])
+    rank: dict[Any, int] = {}
+    for v in nx.topological_sort(dag):
+        rank[v] = max((rank[u] + 1 for u in dag.predecessors(v)), default=0)
+    return sum(rank[b] - rank[a] for a, b in dag.edges)
+
+
+def _fold(g: Graph, collapse: int | None, max_nodes: int) -> tuple[dict[str, str], str | None, int]:
+    """The finest folding with at most `max_nodes` boxes and edges that dot lays out in seconds,
+    why it folded, if it had to fold beyond `collapse`, and its long-edge cost."""
+    why = ""
+    for keys, how in _candidates(g, collapse, max_nodes):
+        item = {name: keys.get(name, name) for name in g.nodes}
+        boxes = len(set(item.values()))
+        if boxes > max_nodes:
+            why = f"{len(g.nodes)} nodes exceed max_nodes={max_nodes}"
+            continue
+        edges = {(item[s], item[n.name]) for n in g.nodes.values() for s in n.inputs if item[s] != item[n.name]}
+        cost = _long_edge_cost(edges)
+        if cost > LONG_EDGE_RANKS * max_nodes:
+            why = why or (f"its edges cross {cost} ranks (more than {LONG_EDGE_RANKS} * max_nodes={max_nodes} "
+                          "make dot slow)")
+            continue
+        return keys, (f"{why}: {how}" if why else None), cost
+    raise AssertionError("one box always fits")
+
+
+def _plan_states(plan: Plan, step: int | None) -> tuple[dict[str, str], str, str]:
+    """Each node's state after step `step` of `plan` (kept, freed, pending), the step's node,
+    and a legend."""
+    n = len(plan.steps)
+    if n == 0:
+        raise RenderError(f"{plan!r} has no steps to show")
+    k = n - 1 if step is None else step
+    if not isinstance(k, (int, np.integer)) or not 0 <= k < n:
+        raise RenderError(f"step {step!r} is not a step of {plan!r} (0 to {n - 1})")
+    states = {leaf: "kept" for leaf in plan.leaves}
+    for i, s in enumerate(plan.steps):
+        states[s.name] = "pending" if i > k else "recomputed" if s.name.startswith(RECOMPUTE) else "kept"
+    for s in plan.steps[:k + 1]:
+        for f in s.free:
+            states[f] = "freed"
+    current = plan.steps[k].name
+    legend = (f"after step {k} of {n} ({current}): green kept, orange recomputed and kept, grey freed, "
+              "white not yet computed; red border: this step")
+    return states, current, legend
+
+
+def _node_lines(g: Graph, node: Node, outputs: Mapping[str, list[str]], tr: Trace | None) -> list[str]:
+    lines = [node.name]
+    if node.op == "constant" and g.value(node.name).size == 1:
+        lines.append(f"constant = {summarize(g.value(node.name).reshape(()))} {node.dtype}")
+    else:
+        lines.append(f"{node.op} {format_shape(node.shape)} {node.dtype}")
+    lines += [f"output: {o}" for o in outputs.get(node.name, ())]
+    if tr is not None:
+        for what, table in (("value", tr.values), ("tangent", tr.tangents), ("adjoint", tr.adjoints)):
+            if node.name in table:
+                lines.append(f"{what} {summarize(table[node.name])}")
+    return lines
+
+
+def _check_options(rankdir: str, collapse: int | None, max_nodes: int) -> None:
+    if rankdir not in RANKDIRS:
+        raise RenderError(f"rankdir must be one of {', '.join(RANKDIRS)}, not {rankdir!r}")
+    if collapse is not None and (not isinstance(collapse, int) or collapse < 1):
+        raise RenderError(f"collapse must be a depth of at least 1, not {collapse!r}")
+    if not isinstance(max_nodes, int) or max_nodes < 1:
+        raise RenderError(f"max_nodes must be a positive number, not {max_nodes!r}")
+
+
+def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
+            feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
+            wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
+            plan: Plan | MemoryPlan | None = None, step: int | None = None) -> graphviz.Digraph:
+    """The drawing as a `graphviz.Digraph` (see `to_dot` for the options)."""
+    if not isinstance(g, Graph):
+        raise TypeError(f"expected a cgraph Graph, got {type(g).__name__}")
+    if isinstance(plan, MemoryPlan):
+        plan = plan.plan
+    _check_options(rankdir, collapse, max_nodes)
+    if feeds is None and mode is not None:
+        raise RenderError(f"mode={mode!r} needs feeds: the values the sweep starts from")
+    keys, why, cost = _fold(g, collapse, max_nodes)
+    if why:
+        warnings.warn(f"graph {g.name!r}: {why} (choose with collapse=/--collapse, max_nodes=/--max-nodes)",
+                      RenderWarning, stacklevel=3)
+    tr = trace(g, feeds, mode=mode, of=of, wrt=wrt, tangents=tangents) if feeds is not None else None
+    states, current, legend = _plan_states(plan, step) if plan is not None else ({}, None, None)
+
+    outputs: dict[str, list[str]] = defaultdict(list)
+    for o, t in g.outputs.items():
+        outputs[t.name].append(o)
+    title = [g.name]
+    if tr is not None and tr.mode == "forward":
+        title.append(f"forward mode: tangents along d/d{', '.join(tr.wrt)}")
+    elif tr is not None and tr.mode == "reverse":
+        title.append(f"reverse mode: adjoints of {tr.of[0]}")
+    if legend:
+        title.append(legend)
+    if why:
+        title.append(f"folded: {why}")
+
+    # nslimit bounds dot's network simplex (its x placement runs for minutes on a few hundred
+    # nodes with long edges otherwise); the drawing of small graphs is the same.
+    layout = {"nslimit": "3", "nslimit1": "3"}
+    if cost > STRAIGHT_EDGES_FROM:
+        layout["splines"] = "line"
+    dot = graphviz.Digraph(name=g.name, graph_attr={"rankdir": rankdir, "label": _label(*title), "labelloc": "t",
+                                                    "fontname": "Helvetica", **layout},
+                           node_attr={"fontname": "Helvetica", "fontsize": "11"},
+                           edge_attr={"color": "#6b7280", "arrowsize": "0.7"})
+    # Each drawn box: its DOT id, its scope (the cluster it sits in), label and attributes.
+    members: dict[tuple[str, ...], list[tuple[str, str, dict[str, str]]]] = defaultdict(list)
+    item: dict[str, str] = {}
+    folded: dict[str, list[Node]] = defaultdict(list)
+    for node in g.nodes.values():
+        key = keys.get(node.name)
+        if key is not None:
+            folded[key].append(node)
+            continue
+        item[node.name] = ident = f"n{node.index}"
+        attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=graphviz.escape(node.name))
+        if node.name in outputs:
+            attrs.update(peripheries="2", penwidth="1.5")
+        if node.name in states:
+            attrs.update(_PLAN_STYLE[states[node.name]])
+            if node.name == current:
+                attrs.update(penwidth="3", color="#dc2626")
+        members[_scope(node.name)].append((ident, _label(*_node_lines(g, node, outputs, tr)), attrs))
+    for i, (key, nodes) in enumerate(folded.items()):
+        ident = f"fold{i}"
+        for n in nodes:
+            item[n.name] = ident
+        ops = Counter(n.op for n in nodes).most_common()
+        top = ", ".join(f"{c} {op}" for op, c in ops[:4]) + (", ..." if len(ops) > 4 else "")
+        label = _label(key, f"{len(nodes)} nodes", top)
+        scope = () if key.startswith("#") else _scope(key)
+        members[scope].append((ident, label, dict(_STYLE["fold"], id=graphviz.escape(f"fold:{key}"))))
+
+    children: dict[tuple[str, ...], set[tuple[str, ...]]] = defaultdict(set)
+    for scope in list(members):
+        for d in range(len(scope), 0, -1):
+            children[scope[:d - 1]].add(scope[:d])
+    counter = itertools.count()
+
+    def emit(sub: graphviz.Digraph, scope: tuple[str, ...]) -> None:
+        for ident, label, attrs in members.get(scope, ()):
+            sub.node(ident, label, **attrs)
+        for child in sorted(children.get(scope, ())):
+            with sub.subgraph(name=f"cluster_{next(counter)}") as c:
+                c.attr(label=_label("/".join(child)), style="rounded,dashed", color="#9ca3af",
+                       fontcolor="#4b5563", labeljust="l")
+                emit(c, child)
+
+    emit(dot, ())
+    bundled: Counter[tuple[str, str]] = Counter()
+    for node in g.nodes.values():
+        for i, src in enumerate(node.inputs):
+            a, b = item[src], item[node.name]
+            if a == b:
+                continue
+            if src in keys or node.name in keys:
+                bundled[a, b] += 1
+            else:
+                dot.edge(a, b, tooltip=_label(f"{src} -> {node.name} (input {i})"))
+    for (a, b), count in bundled.items():
+        dot.edge(a, b, **({"label": str(count), "penwidth": "1.5"} if count > 1 else {}))
+    return dot
+
+
+def to_dot(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
+           feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
+           wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
+           plan: Plan | MemoryPlan | None = None, step: int | None = None) -> str:
+    """Graphviz source for `g`.
+
+    - `rankdir`: "TB" (top-down), "LR" (left-to-right), "BT" or "RL".
+    - `collapse`: fold name scopes deeper than this depth into one box each (1: every
+      top-level scope is a box). Beyond `max_nodes` boxes, or long edges crossing more than
+      25 * `max_nodes` ranks in all (what makes dot slow), the graph folds itself further
+      (shallower scopes, then runs of nodes), with a `RenderWarning` and a note in the drawing.
+    - `feeds`: label each node with its value; `mode="forward"` (with `wrt`, and `tangents`,
+      default ones) adds tangents, `mode="reverse"` (with `of`) adjoints; see `cg.trace`.
+    - `plan`, `step`: colour the nodes kept, freed, recomputed or not yet computed after that
+      step of the plan (default its last): `ReverseMode(g, ...).plan` drawn over `plan.graph`,
+      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`.
+    """
+    return digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
+                   wrt=wrt, tangents=tangents, plan=plan, step=step).source
+
+
+def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:  # noqa: A002
+    """The output format: `format` if given, else the path's suffix (svg, png, pdf, dot)."""
+    fmt = (format or Path(path).suffix.lstrip(".")).lower()
+    if fmt == "gv":
+        fmt = "dot"
+    if fmt not in FORMATS:
+        got = f"format {format!r}" if format else f"suffix of {os.fspath(path)!r}"
+        raise RenderError(f"unknown output format from the {got}; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,  # noqa: A002 (as graphviz)
+           rankdir: str = "TB",
+           collapse: int | None = None, max_nodes: int = MAX_NODES, feeds: Mapping[str, Any] | None = None,
+           mode: str | None = None, of: Sequence[str] | str | None = None, wrt: Sequence[str] | str | None = None,
+           tangents: Mapping[str, Any] | None = None, plan: Plan | MemoryPlan | None = None,
+           step: int | None = None) -> Path:
+    """Draw `g` to `path`, in the format of its suffix (svg, png, pdf, dot) or `format`.
+
+    The options are `to_dot`'s. svg, png and pdf need Graphviz's `dot` program; .dot does not.
+    Returns the path written."""
+    fmt = format_of(path, format)
+    dot = digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
+                  wrt=wrt, tangents=tangents, plan=plan, step=step)
+    if fmt == "dot":
+        data = dot.source.encode()
+    else:
+        try:
+            data = dot.pipe(format=fmt, quiet=True)
+        except graphviz.ExecutableNotFound:
+            raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
+                              f"{INSTALL_HINT}; or write .dot") from None
+        except graphviz.CalledProcessError as e:
+            err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise RenderError(f"Graphviz 'dot' failed on graph {g.name!r}: {err[-1] if err else e}") from None
+    out = Path(path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return out
+
+
+__all__ = ["FORMATS", "RenderError", "RenderWarning", "digraph", "format_of", "render", "summarize", "to_dot"]
