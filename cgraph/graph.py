@@ -80,6 +80,7 @@ class Graph:
         self._params: dict[str, np.ndarray] = {}  # the params among them, in creation order
         self._outputs: dict[str, str] = {}  # output name -> node name
         self._scopes: list[str] = []
+        self._next_suffix: dict[str, int] = {}
         self._version = 0  # bumped on every structural change; executors cache on it
 
     # ---- leaves ---------------------------------------------------------------------------
@@ -258,12 +259,14 @@ class Graph:
         return Tensor(self, full)
 
     def _fresh(self, base: str) -> str:
+        """`base` in the current scope, numbered (`mul_1`, `mul_2`, ...) if taken."""
         stem = "/".join([*self._scopes, base])
         if stem not in self._nodes:
             return stem
-        i = 1
+        i = self._next_suffix.get(stem, 1)  # where the last search stopped: O(1) per name
         while f"{stem}_{i}" in self._nodes:
             i += 1
+        self._next_suffix[stem] = i + 1
         return f"{stem}_{i}"
 
     def _own(self, x: Any, what: str) -> Tensor:
