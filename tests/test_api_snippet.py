@@ -68,3 +68,38 @@ def test_api_md_build_run_and_derivative_graphs():
     g.set_param("V", g.params["V"] - 2 * eps * v)
     gm = rm.grad(feeds)[1]["V"]
     np.testing.assert_allclose(hv, (gp - gm) / (2 * eps), rtol=1e-5, atol=1e-9)
+
+
+def test_api_md_save_inspect_and_onnx(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    g = cg.Graph("iris-mlp")
+    x = g.input("x", shape=(None, 3))
+    y = g.input("y", shape=(None, 3))
+    V = g.param("V", rng.normal(0, 0.01, (3, 16)))
+    W = g.param("W", rng.normal(0, 0.01, (16, 3)))
+    logits = cg.logistic(x @ V) @ W
+    g.output("loss", cg.softmax_cross_entropy(logits, y))
+    g.output("logits", logits)
+    feeds = {"x": rng.normal(size=(9, 3)), "y": np.eye(3)[rng.integers(0, 3, 9)]}
+
+    # ---- verbatim from shared/API.md, sections 3 and 4 and ONNX ---------------------------
+    cg.save(g, "model.pb")
+    g2 = cg.load("model.pb")                     # equal graph; same outputs bit for bit
+
+    dot = cg.to_dot(g)                           # Graphviz source
+    cg.render(g, "model.svg")                    # format from the suffix: svg, png, pdf, dot
+    G = g.to_networkx()
+
+    cg.onnx.export(g, "model.onnx")            # passes onnx.checker; onnxruntime gives the same outputs
+    g3 = cg.onnx.load("model.onnx")            # inputs, outputs and initializers (as params) keep
+    # ------------------------------------------------------------------------------------------
+
+    a, b = cg.Evaluator(g).run(feeds), cg.Evaluator(g2).run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert isinstance(dot, str) and "softmax_cross_entropy" in dot
+    assert (tmp_path / "model.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert set(G.nodes) == set(g.nodes)
+    c = cg.Evaluator(g3).run(feeds)
+    np.testing.assert_allclose(c["logits"], a["logits"], rtol=1e-12)
+    assert set(g3.params) == {"V", "W"}
