@@ -20,7 +20,7 @@ import numpy as np
 
 from cgraph.errors import DerivativeError
 from cgraph.graph import Graph, Node, Tensor
-from cgraph.ops.array import broadcast_to, shape_like, sum_to, zeros_like
+from cgraph.ops.array import broadcast_to, shape_like, sum_to_like, zeros_like
 from cgraph.ops.elementwise import add, cast
 from cgraph.ops.registry import NONDIFF, ZERO, get_op
 
@@ -84,7 +84,7 @@ def _fit(x: Tensor, like: Tensor, down: bool) -> Tensor:
     if x.dtype != like.dtype:
         x = cast(x, like.dtype)
     if tuple(x.shape) != tuple(like.shape):
-        x = sum_to(x, like.shape) if down else broadcast_to(x, shape_like(like))
+        x = sum_to_like(x, like) if down else broadcast_to(x, shape_like(like))
     return x
 
 

@@ -123,17 +123,21 @@ class Plan:
     def predict_peak(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> int:
         """The peak bytes a run will measure when the leaves have these concrete shapes, from
         shape inference and liveness alone."""
-        meta = concrete_shapes(self.graph, leaf_shapes)
+        meta = concrete_shapes(self.graph, leaf_shapes, {s.name for s in self.steps} | set(self.leaves))
         return account(self.steps, {n: nbytes(m) for n, m in meta.items()},
                        {n for n, m in meta.items() if not m.shape})
 
 
-def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Meta]:
-    """Every node's shape and dtype when the leaves have these shapes (leaves not given keep
-    their static shape), by shape inference: run-time shapes (`shape_of`) are followed."""
+def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
+                    only: set[str] | None = None) -> dict[str, Meta]:
+    """Every node's shape and dtype (or those in `only`, which must hold their inputs) when
+    the leaves have these shapes (leaves not given keep their static shape), by shape
+    inference: run-time shapes (`shape_of`) are followed."""
     meta: dict[str, Meta] = {}
     shape_value: dict[str, tuple[int, ...]] = {}
     for node in graph.nodes.values():
+        if only is not None and node.name not in only:
+            continue
         if node.is_leaf:
             meta[node.name] = Meta(tuple(leaf_shapes.get(node.name, node.shape)), node.dtype)
             continue

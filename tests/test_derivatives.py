@@ -192,3 +192,20 @@ def test_jacobian_auto_picks_fewer_sweeps():
     np.testing.assert_allclose(J, g.params["W"])
     np.testing.assert_allclose(cg.jacobian(g, feeds, "y", "W", mode="forward"),
                                np.einsum("ij,k->ijk", np.eye(2), np.ones(4)))
+
+
+def test_run_time_size_of_one_stretched_by_broadcasting():
+    """x of shape (None, 4) fed with one row meets a (4, 4) param: numpy stretches the row,
+    and the gradient sums back over the stretched axis (the run-time shape decides)."""
+    g = cg.Graph()
+    x = g.input("x", (None, 4))
+    w = g.param("w", np.linspace(-1, 1, 16).reshape(4, 4))
+    g.output("l", cg.sum(cg.tanh(x + w)))
+    rm = cg.ReverseMode(g, "l", ["x", "w"])
+    for n in (1, 4):
+        X = np.random.default_rng(n).normal(size=(n, 4))
+        _, gr = rm.grad({"x": X})
+        d = 1 - np.tanh(X + g.params["w"]) ** 2
+        np.testing.assert_allclose(gr["x"], d.sum(0, keepdims=True) if n == 1 else d, rtol=1e-12)
+        np.testing.assert_allclose(gr["w"], d, rtol=1e-12)
+        assert rm.stats.peak_bytes == rm.stats.predicted_peak_bytes

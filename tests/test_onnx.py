@@ -488,3 +488,22 @@ def test_cli_errors_are_one_line(tmp_path):
         assert run.stderr.startswith("cgraph import: error: ") and says in run.stderr
         assert run.stderr.count("\n") == 1, run.stderr
     assert not (tmp_path / "conv.pb").exists()
+
+
+def test_gradient_with_a_run_time_size_of_one_exports(tmp_path):
+    """The gradient sums over an axis that is 1 only at run time: exported with ONNX ops that
+    find the axes from the shapes, it agrees with cgraph for one row and for four."""
+    ort = pytest.importorskip("onnxruntime")
+    g = cg.Graph("stretch")
+    x = g.input("x", (None, 4))
+    w = g.param("w", np.linspace(-1, 1, 16).reshape(4, 4))
+    g.output("l", cg.sum(cg.tanh(x + w)))
+    gg = cg.gradient_graph(g, "l", ["x", "w"])
+    cg.onnx.export(gg, tmp_path / "g.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 4):
+        X = np.random.default_rng(n).normal(size=(n, 4))
+        ours = cg.Evaluator(gg).run({"x": X})
+        theirs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": X})))
+        for k in ("grad/x", "grad/w"):
+            np.testing.assert_allclose(theirs[k], ours[k], rtol=1e-12, atol=1e-14)

@@ -202,9 +202,18 @@ def _sum_to(e: _Emitter, n: Node) -> str:
     shape = n.attrs["shape"]
     lead = len(x_shape) - len(shape)
     out = e.x(n, 0)
-    ones = [lead + i for i, d in enumerate(shape) if d == 1 and x_shape[lead + i] != 1]
-    if ones:
-        out = e.reduce("ReduceSum", out, ones, keepdims=True)
+    if len(n.inputs) > 1:  # a run-time target: sum where it is 1 and x is not, found in-graph
+        tail = e.node("Slice", [e.node("Shape", [out]), e.const([lead]), e.const([INT64_MAX])])
+        one = e.const([1])
+        stretched = e.node("And", [e.node("Equal", [e.x(n, 1), one]),
+                                   e.node("Not", [e.node("Equal", [tail, one])])])
+        axes = e.node("Add", [e.node("Reshape", [e.node("NonZero", [stretched]), e.const([-1])]),
+                              e.const([lead])])
+        out = e.node("ReduceSum", [out, axes], keepdims=1, noop_with_empty_axes=1)
+    else:
+        ones = [lead + i for i, d in enumerate(shape) if d == 1 and x_shape[lead + i] != 1]
+        if ones:
+            out = e.reduce("ReduceSum", out, ones, keepdims=True)
     if lead:
         out = e.reduce("ReduceSum", out, range(lead), keepdims=False)
     return out

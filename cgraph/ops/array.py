@@ -143,17 +143,23 @@ def _broadcast_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tupl
     return np.broadcast_to(x, shape if s is None else tuple(s.tolist()))
 
 
-def _sum_to_infer(x: Meta, *, shape: tuple) -> tuple[Shape, np.dtype]:
+def _sum_to_infer(x: Meta, s: Meta | None = None, *, shape: tuple) -> tuple[Shape, np.dtype]:
+    _check_shape_input(s)
     lead = x.ndim - len(shape)
     if lead < 0:
         raise ShapeError(f"cannot sum to more dimensions ({len(shape)})")
     for d, t in zip(x.shape[lead:], shape, strict=True):
         if t not in (1, None) and d not in (t, None):
             raise ShapeError(f"cannot sum to {tuple(shape)}")
-    return tuple(shape), x.dtype
+    if s is not None:  # the run-time shape decides; in a prediction `shape` is already concrete
+        return tuple(shape), x.dtype
+    # a None in the target is a size that is not summed: x's own (known once x's is)
+    return tuple(d if t is None else t for d, t in zip(x.shape[lead:], shape, strict=True)), x.dtype
 
 
-def _sum_to_kernel(x: np.ndarray, *, shape: tuple) -> np.ndarray:
+def _sum_to_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) -> np.ndarray:
+    if s is not None:
+        shape = tuple(s.tolist())
     lead = x.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
                                       if d == 1 and x.shape[lead + i] != 1)
@@ -163,12 +169,13 @@ def _sum_to_kernel(x: np.ndarray, *, shape: tuple) -> np.ndarray:
 
 define("broadcast_to", _broadcast_kernel, _broadcast_infer, view=True, shape_arg=True,
        jvp=(lambda t, out, x, *s, shape: apply("broadcast_to", t, *s, shape=shape), NONDIFF),
-       vjp=(lambda g, out, x, *s, shape: sum_to(g, x.shape), NONDIFF),
+       vjp=(lambda g, out, x, *s, shape: sum_to_like(g, x), NONDIFF),
        doc="a read-only view of x repeated to `shape`")
-define("sum_to", _sum_to_kernel, _sum_to_infer,
-       jvp=(lambda t, out, x, *, shape: sum_to(t, shape),),
-       vjp=(lambda g, out, x, *, shape: broadcast_to(g, shape_like(x)),),
-       doc="sum over the axes that broadcasting to x's shape added (the VJP of broadcasting)")
+define("sum_to", _sum_to_kernel, _sum_to_infer, shape_arg=True,
+       jvp=(lambda t, out, x, *s, shape: apply("sum_to", t, *s, shape=shape), NONDIFF),
+       vjp=(lambda g, out, x, *s, shape: broadcast_to(g, shape_like(x)), NONDIFF),
+       doc="sum over the axes that broadcasting to `shape` added (the VJP of broadcasting); "
+           "with a run-time shape, also over a size that is 1 only at run time")
 
 
 def _axes_infer(x: Meta, *, axes: tuple[int, ...], insert: bool) -> tuple[Shape, np.dtype]:
@@ -313,11 +320,20 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
     return _with_shape("broadcast_to", x, shape)
 
 
-def sum_to(x: Tensor, shape: Shape) -> Tensor:
-    """Sum x down to `shape` (which x broadcasts from); None sizes are left alone."""
-    if tuple(x.shape) == tuple(shape):
+def sum_to(x: Tensor, shape: Shape | Tensor) -> Tensor:
+    """Sum x down to `shape`, which x broadcasts from: static (None sizes are left alone), or
+    a `shape_of` node, whose run-time sizes say which axes broadcasting stretched."""
+    if not isinstance(shape, Tensor) and tuple(x.shape) == tuple(shape):
         return x
-    return apply("sum_to", x, shape=tuple(shape))
+    return _with_shape("sum_to", x, shape)
+
+
+def sum_to_like(g: Tensor, x: Tensor) -> Tensor:
+    """g summed back to x's shape, which it was broadcast from: a cotangent to its input. A
+    None size of x may be 1 at run time and stretched, so then the run-time shape decides."""
+    if tuple(g.shape) == tuple(x.shape):
+        return g
+    return sum_to(g, shape_like(x) if None in x.shape else x.shape)
 
 
 def expand_dims(x: Tensor, axes: Any) -> Tensor:
