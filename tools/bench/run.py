@@ -21,6 +21,7 @@ def main(argv: list[str]) -> int:
         if name not in SECTIONS:
             print(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}", file=sys.stderr)
             return 2
+        sys.argv = [f"{name}.py"]  # a section that reads its own options gets its defaults
         importlib.import_module(name).main()
         print()
     return 0
