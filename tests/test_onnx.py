@@ -35,7 +35,10 @@ def assert_same(got, want, dtype):
     for k, v in want.items():
         assert got[k].dtype == v.dtype, k
         assert got[k].shape == v.shape, k
-        np.testing.assert_allclose(got[k], v, rtol=TOL[dtype], atol=TOL[dtype], err_msg=k)
+        # a float32 element made from a difference of large terms is only as exact as they are:
+        # the absolute tolerance scales with the array's largest value
+        scale = max(1.0, float(np.max(np.abs(v)))) if v.size and v.dtype.kind == "f" else 1.0
+        np.testing.assert_allclose(got[k], v, rtol=TOL[dtype], atol=TOL[dtype] * scale, err_msg=k)
 
 
 def spec_graph(spec, shapes, dtype, dynamic):

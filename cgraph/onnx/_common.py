@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -48,3 +50,14 @@ def onnx_to_np_type(elem_type: int) -> np.dtype | None:
     from cgraph.graph import DTYPES
 
     return dt if dt in DTYPES else None
+
+
+def registrar(table: dict[str, Any]) -> Callable[..., Callable[[Any], Any]]:
+    """A decorator `@rule("A", "B")` that files a conversion rule under those op names."""
+    def rule(*names: str) -> Callable[[Any], Any]:
+        def register(fn: Any) -> Any:
+            for name in names:
+                table[name] = fn
+            return fn
+        return register
+    return rule

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgraph.graph import Graph, Node
-from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, np_to_onnx_type, require
+from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, np_to_onnx_type, registrar, require
 
 if TYPE_CHECKING:
     import onnx
@@ -95,12 +95,7 @@ Rule = Callable[[_Emitter, Node], str]
 RULES: dict[str, Rule] = {}
 
 
-def _rule(*names: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for name in names:
-            RULES[name] = fn
-        return fn
-    return register
+_rule = registrar(RULES)
 
 
 # ---- elementwise --------------------------------------------------------------------------

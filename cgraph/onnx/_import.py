@@ -22,7 +22,7 @@ import numpy as np
 import cgraph.ops as ops
 from cgraph.errors import CgraphError
 from cgraph.graph import DTYPES, Graph, Tensor
-from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, onnx_to_np_type, require
+from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, onnx_to_np_type, registrar, require
 
 if TYPE_CHECKING:
     import onnx
@@ -78,12 +78,7 @@ Rule = Callable[[_Reader, Any], list[Tensor]]
 RULES: dict[str, Rule] = {}
 
 
-def _rule(*names: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for name in names:
-            RULES[name] = fn
-        return fn
-    return register
+_rule = registrar(RULES)
 
 
 def _inputs(r: _Reader, n: Any) -> list[Tensor]:
