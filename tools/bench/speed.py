@@ -1,11 +1,12 @@
 """Speed of cgraph against the lecture's hand-written numpy code (and, when installed, HIPS
-autograd and torch), measured in one process, as ratios to the numpy baseline.
+autograd, torch and jax), measured in one process, as ratios to the numpy baseline.
 
 Workloads, one gradient descent step each (gradients, then the update): the lecture's Iris MLP
 (N=150, D=3, M=16, C=3; the numpy baseline is the lecture's `gradients`), a larger MLP
 (N=256, D=784, M=512, C=10), and a chain of 32 tanh layers of width 256 (batch 128; the baseline
-is hand-written backpropagation). Then forward mode's JVP against evaluation on the lecture's
-sin/cos graph over 10^6 points, the time to compile plans of 10^2, 10^3 and 10^4 nodes, and the
+is hand-written backpropagation). Peers (the `bench` extra) run the
+same step: autograd and torch eagerly, jax jit-compiled, all in float64. Then forward mode's
+JVP against evaluation on the lecture's sin/cos graph over 10^6 points, the time to compile plans of 10^2, 10^3 and 10^4 nodes, and the
 overhead per step on 10^4 scalar nodes. Times are the best of several repeats, which is the
 figure least disturbed by other work on the machine.
 """
@@ -89,6 +90,9 @@ class Workload:
     def autograd_step(self) -> Callable[[], None]:
         raise NotImplementedError
 
+    def jax_step(self) -> Callable[[], None]:
+        raise NotImplementedError
+
 
 class MLP(Workload):
     def __init__(self, name: str, N: int, D: int, M: int, C: int) -> None:
@@ -126,6 +130,26 @@ class MLP(Workload):
             with torch.no_grad():
                 V.sub_(self.lr * dV)
                 W.sub_(self.lr * dW)
+        return step
+
+    def jax_step(self):
+        jax, jnp = _jax()
+
+        def cost(params, X, Y):
+            V, W = params
+            U = jax.nn.sigmoid(X @ V) @ W
+            return -jnp.mean(jnp.sum(U * Y, 1) - jax.scipy.special.logsumexp(U, axis=1))
+
+        @jax.jit
+        def update(params, X, Y):
+            grads = jax.grad(cost)(params, X, Y)
+            return [p - self.lr * d for p, d in zip(params, grads, strict=True)]
+        X, Y = jnp.asarray(self.X), jnp.asarray(self.Y)
+        p = [jnp.asarray(self.V0), jnp.asarray(self.W0)]
+
+        def step():
+            p[:] = update(p, X, Y)
+            p[0].block_until_ready()
         return step
 
     def autograd_step(self):
@@ -194,6 +218,26 @@ class Chain(Workload):
                     W.sub_(self.lr * d)
         return step
 
+    def jax_step(self):
+        jax, jnp = _jax()
+
+        def cost(Ws, X):
+            h = X
+            for W in Ws:
+                h = jnp.tanh(h @ W)
+            return jnp.mean(h)
+
+        @jax.jit
+        def update(Ws, X):
+            return [W - self.lr * d for W, d in zip(Ws, jax.grad(cost)(Ws, X), strict=True)]
+        X = jnp.asarray(self.X)
+        Ws = [jnp.asarray(W) for W in self.Ws]
+
+        def step():
+            Ws[:] = update(Ws, X)
+            Ws[0].block_until_ready()
+        return step
+
     def autograd_step(self):
         import autograd
         import autograd.numpy as anp
@@ -212,6 +256,14 @@ class Chain(Workload):
         return step
 
 
+def _jax():
+    """jax and jax.numpy in float64, as the other workloads (imported only if asked for)."""
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    return jax, jnp
+
+
 def _peer(make: Callable[[], Callable[[], None]]) -> Callable[[], None] | None:
     try:
         return make()
@@ -221,16 +273,16 @@ def _peer(make: Callable[[], Callable[[], None]]) -> Callable[[], None] | None:
 
 def steps_table() -> None:
     print("one gradient descent step, as a ratio to hand-written numpy (best of 7)")
-    print(f"  {'workload':40s} {'numpy':>10s} {'cgraph':>8s} {'autograd':>9s} {'torch':>7s}")
+    print(f"  {'workload':40s} {'numpy':>10s} {'cgraph':>8s} {'autograd':>9s} {'torch':>8s} {'jax jit':>8s}")
     for w in (MLP("Iris MLP N=150 D=3 M=16 C=3", 150, 3, 16, 3),
               MLP("MLP N=256 D=784 M=512 C=10", 256, 784, 512, 10), Chain()):
         base = best_time(w.numpy_step())
         cg_step, _ = w.cgraph_step()
         cells = [f"{best_time(cg_step) / base:7.2f}x"]
-        for make in (w.autograd_step, w.torch_step):
+        for make in (w.autograd_step, w.torch_step, w.jax_step):
             fn = _peer(make)
             cells.append(f"{best_time(fn) / base:8.2f}x" if fn else f"{'-':>8s} ")
-        print(f"  {w.name:40s} {base * 1e6:8.0f}us {cells[0]} {cells[1]} {cells[2]}")
+        print(f"  {w.name:40s} {base * 1e6:8.0f}us {' '.join(cells)}")
     chain = Chain()
     cg_step, rm = chain.cgraph_step()
     cg_step()
