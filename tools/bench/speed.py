@@ -4,11 +4,11 @@ autograd, torch and jax), measured in one process, as ratios to the numpy baseli
 Workloads, one gradient descent step each (gradients, then the update): the lecture's Iris MLP
 (N=150, D=3, M=16, C=3; the numpy baseline is the lecture's `gradients`), a larger MLP
 (N=256, D=784, M=512, C=10), and a chain of 32 tanh layers of width 256 (batch 128; the baseline
-is hand-written backpropagation). Peers (the `bench` extra) run the
-same step: autograd and torch eagerly, jax jit-compiled, all in float64. Then forward mode's
-JVP against evaluation on the lecture's sin/cos graph over 10^6 points, the time to compile plans of 10^2, 10^3 and 10^4 nodes, and the
-overhead per step on 10^4 scalar nodes. Times are the best of several repeats, which is the
-figure least disturbed by other work on the machine.
+is hand-written backpropagation). Peers (the `bench` extra) run the same step: autograd and
+torch eagerly, jax jit-compiled, all in float64. Then forward mode's JVP against evaluation on
+the lecture's sin/cos graph over 10^6 points, the time to compile plans of 10^2, 10^3 and 10^4
+nodes, and the overhead per step on 10^4 scalar nodes. Times are the best of several repeats,
+the figure least disturbed by other work on the machine.
 """
 
 from __future__ import annotations
