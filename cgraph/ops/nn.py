@@ -14,44 +14,31 @@ import numpy as np
 from cgraph.errors import ShapeError
 from cgraph.graph import Meta, Shape, Tensor
 from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
-from cgraph.ops.reduce import count, sum, unreduce
+from cgraph.ops.reduce import count, reduce_keep, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
 from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
-
-SMALL = 8  # up to this many classes, a row reduction is a loop over columns
-
-
-def _reduce(x: np.ndarray, axes: tuple[int, ...], ufunc: np.ufunc) -> np.ndarray:
-    """`ufunc.reduce` over `axes`, keeping them. numpy reduces a short contiguous last axis
-    slowly (several us for 3 classes); a loop of elementwise calls over its columns is quicker."""
-    if axes == (x.ndim - 1,) and 1 < x.shape[-1] <= SMALL:
-        r = ufunc(x[..., 0:1], x[..., 1:2])
-        for c in range(2, x.shape[-1]):
-            ufunc(r, x[..., c:c + 1], out=r)
-        return r
-    return ufunc.reduce(x, axis=axes, keepdims=True)
 
 
 def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """x minus its max over `axes`, so that exp cannot overflow (the max trick)."""
-    return x - _reduce(x, axes, np.maximum)
+    return x - reduce_keep(x, axes, np.maximum)
 
 
 def _softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
     e = np.exp(_shifted(x, axes))
-    e /= _reduce(e, axes, np.add)
+    e /= reduce_keep(e, axes, np.add)
     return e
 
 
 def _log_softmax(x: np.ndarray, *, axes: tuple[int, ...]) -> np.ndarray:
     s = _shifted(x, axes)
-    s -= np.log(_reduce(np.exp(s), axes, np.add))
+    s -= np.log(reduce_keep(np.exp(s), axes, np.add))
     return s
 
 
 def _logsumexp(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    m = _reduce(x, axes, np.maximum)
-    r = np.log(_reduce(np.exp(x - m), axes, np.add)) + m
+    m = reduce_keep(x, axes, np.maximum)
+    r = np.log(reduce_keep(np.exp(x - m), axes, np.add)) + m
     return r if keepdims else np.squeeze(r, axis=axes)
 
 
@@ -94,14 +81,14 @@ def _sce(u: np.ndarray, y: np.ndarray) -> np.ndarray:
     # -sum(y * log_softmax(u)) = sum over rows of rowsum(y) * logsumexp(u) - sum(y * u)
     last = (u.ndim - 1,)
     lse = _logsumexp(u, axes=last, keepdims=True)
-    total = np.vdot(_reduce(y, last, np.add), lse) - np.vdot(y, u)
+    total = np.vdot(reduce_keep(y, last, np.add), lse) - np.vdot(y, u)
     return u.dtype.type(total / u.shape[0])
 
 
 def _sce_grad(u: np.ndarray, y: np.ndarray) -> np.ndarray:
     last = (u.ndim - 1,)
     s = _softmax(u, axes=last)
-    s *= _reduce(y, last, np.add)
+    s *= reduce_keep(y, last, np.add)
     s -= y
     return s
 

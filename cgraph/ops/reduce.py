@@ -12,6 +12,28 @@ from cgraph.ops.array import broadcast_to, expand_dims, shape_like
 from cgraph.ops.elementwise import cast, div, equal, mul
 from cgraph.ops.registry import ZERO, apply, define, normalize_axes
 
+SMALL = 8  # up to this many elements along the last axis, a reduction loops over its columns
+
+
+def reduce_keep(x: np.ndarray, axes: tuple[int, ...], ufunc: np.ufunc) -> np.ndarray:
+    """`ufunc.reduce` over `axes`, keeping them. numpy reduces a short contiguous last axis
+    slowly (several us for 3 classes); a few elementwise calls over its columns are quicker."""
+    if axes == (x.ndim - 1,) and 1 < x.shape[-1] <= SMALL:
+        r = ufunc(x[..., 0:1], x[..., 1:2])
+        for c in range(2, x.shape[-1]):
+            ufunc(r, x[..., c:c + 1], out=r)
+        return r
+    return ufunc.reduce(x, axis=axes, keepdims=True)
+
+
+def _reduce_kernel(ufunc: np.ufunc) -> Any:
+    def kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        if x.ndim and axes == (x.ndim - 1,) and 1 < x.shape[-1] <= SMALL and x.dtype.kind == "f":
+            r = reduce_keep(x, axes, ufunc)
+            return r if keepdims else r[..., 0]
+        return ufunc.reduce(x, axis=axes, keepdims=keepdims)
+    return kernel
+
 
 def _reduce_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
     normalize_axes(axes, x.ndim)  # checks range
@@ -43,7 +65,7 @@ define("dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a i
        lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
        doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
-define("sum", lambda x, *, axes, keepdims: np.add.reduce(x, axis=axes, keepdims=keepdims), _reduce_infer,
+define("sum", _reduce_kernel(np.add), _reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims: broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),))
 
@@ -59,7 +81,7 @@ def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) ->
     return div(hit, sum(hit, axes, keepdims=True))
 
 
-define("max", lambda x, *, axes, keepdims: np.maximum.reduce(x, axis=axes, keepdims=keepdims), _reduce_infer,
+define("max", _reduce_kernel(np.maximum), _reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
                                                      _max_share(out, x, axes, keepdims)),),
