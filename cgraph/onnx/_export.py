@@ -351,24 +351,14 @@ def _logsumexp(e: _Emitter, n: Node) -> str:
     return out if n.attrs["keepdims"] else e.squeeze(out, axes)
 
 
-@_rule("softmax_cross_entropy")
-def _softmax_cross_entropy(e: _Emitter, n: Node) -> str:
-    """-(mean over rows of sum over the rest of y * log_softmax(u)), with no Shape: the row
-    count comes from ReduceMean."""
-    u, y = e.x(n, 0), e.x(n, 1, n.dtype)
+@_rule("nll")
+def _nll(e: _Emitter, n: Node) -> str:
+    """-(mean over rows of sum over the rest of y * logp), with no Shape: the row count comes
+    from ReduceMean."""
+    logp, y = e.x(n, 0), e.x(n, 1, n.dtype)
     ndim = len(e.g.nodes[n.inputs[0]].shape)
-    terms = e.node("Mul", [y, e.node("LogSoftmax", [u], axis=ndim - 1)])
-    per_row = e.reduce("ReduceSum", terms, range(1, ndim), keepdims=False)
+    per_row = e.reduce("ReduceSum", e.node("Mul", [y, logp]), range(1, ndim), keepdims=False)
     return e.node("Neg", [e.reduce("ReduceMean", per_row, [0], keepdims=False)])
-
-
-@_rule("softmax_cross_entropy_grad")
-def _softmax_cross_entropy_grad(e: _Emitter, n: Node) -> str:
-    """softmax(u) * (row sums of y) - y: rows times the loss's derivative wrt the logits."""
-    u, y = e.x(n, 0), e.x(n, 1, n.dtype)
-    last = len(n.shape) - 1
-    rows = e.reduce("ReduceSum", y, [last], keepdims=True)
-    return e.node("Sub", [e.node("Mul", [e.node("Softmax", [u], axis=last), rows]), y])
 
 
 EXPORTABLE: frozenset[str] = frozenset(RULES)

@@ -1,8 +1,8 @@
 """The ops of neural networks: softmax, log_softmax, logsumexp (stable, with the max trick),
 the losses (a scalar: the mean over rows, axis 0, of a per-row sum) and batch normalisation.
 
-softmax_cross_entropy is a primitive so that its gradient is the lecture's `softmax(u) - y`
-in one rule; binary_cross_entropy, mse and batch_norm are built from other ops.
+softmax_cross_entropy is `nll(log_softmax(u), y)`, so that its gradient reuses the forward's
+log-probabilities; binary_cross_entropy, mse and batch_norm are built from other ops.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cgraph.graph import Meta, Shape, Tensor
 from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
 from cgraph.ops.reduce import count, reduce_keep, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
-from cgraph.ops.registry import apply, check_float, define, lift, normalize_axes
+from cgraph.ops.registry import apply, check_float, define, graph_of, lift, lift_all, normalize_axes
 
 
 def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -65,75 +65,36 @@ define("logsumexp", _logsumexp, _lse_infer,
        vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),))
 
 
-# ---- softmax cross-entropy: -sum(y * log_softmax(u)) / rows --------------------------------
+# ---- cross-entropy from log-probabilities: -sum(y * logp) / rows ----------------------------
 
-def _rows_infer(u: Meta, y: Meta) -> tuple[Shape, np.dtype]:
-    check_float(u)
-    if u.ndim < 2:
+def _rows_infer(logp: Meta, y: Meta) -> tuple[Shape, np.dtype]:
+    check_float(logp)
+    if logp.ndim < 2:
         raise ShapeError("logits need a batch axis and a class axis (N, C)")
-    if y.ndim != u.ndim or any(a is not None and b is not None and a != b
-                               for a, b in zip(u.shape, y.shape, strict=True)):
+    if y.ndim != logp.ndim or any(a is not None and b is not None and a != b
+                                  for a, b in zip(logp.shape, y.shape, strict=True)):
         raise ShapeError("targets must have the shape of the logits")
-    return (), u.dtype
+    return (), logp.dtype
 
 
-def _sce(u: np.ndarray, y: np.ndarray) -> np.ndarray:
-    # -sum(y * log_softmax(u)) = sum over rows of rowsum(y) * logsumexp(u) - sum(y * u)
-    last = (u.ndim - 1,)
-    lse = _logsumexp(u, axes=last, keepdims=True)
-    total = np.vdot(reduce_keep(y, last, np.add), lse) - np.vdot(y, u)
-    return u.dtype.type(total / u.shape[0])
+def _nll(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return logp.dtype.type(-np.vdot(y, logp) / logp.shape[0])
 
 
-def _sce_grad(u: np.ndarray, y: np.ndarray) -> np.ndarray:
-    last = (u.ndim - 1,)
-    s = _softmax(u, axes=last)
-    s *= reduce_keep(y, last, np.add)
-    s -= y
-    return s
+def _per_row(t: Tensor, other: Tensor, logp: Tensor) -> Tensor:
+    """The tangent of -sum(t * other) / rows."""
+    return neg(div(sum(mul(t, other)), count(logp, (0,))))
 
 
-def _sce_grad_rules() -> tuple[tuple, tuple]:
-    """softmax(u) r - y with r the row sums of y: its derivative is softmax's times r in u,
-    and softmax(u) sum(t) - t in y (linear; its transpose sums g * softmax(u) over the row)."""
-    def du(t: Tensor, u: Tensor, y: Tensor) -> Tensor:
-        last = (u.ndim - 1,)
-        s = softmax(u, last)
-        return mul(mul(s, sub(t, sum(mul(t, s), last, keepdims=True))), sum(y, last, keepdims=True))
-
-    def dy(t: Tensor, u: Tensor) -> Tensor:
-        last = (u.ndim - 1,)
-        return sub(mul(softmax(u, last), sum(t, last, keepdims=True)), t)
-
-    def dy_transposed(g: Tensor, u: Tensor) -> Tensor:
-        last = (u.ndim - 1,)
-        return sub(sum(mul(g, softmax(u, last)), last, keepdims=True), g)
-
-    # softmax's Jacobian is symmetric and r is constant along a row, so `du` is its own transpose.
-    return ((lambda t, out, u, y: du(t, u, y), lambda t, out, u, y: dy(t, u)),
-            (lambda g, out, u, y: du(g, u, y), lambda g, out, u, y: dy_transposed(g, u)))
+def _scaled(other: Tensor, g: Tensor, logp: Tensor) -> Tensor:
+    """other * -g / rows: the cotangent of the factor that `other` multiplies."""
+    return mul(other, neg(div(g, count(logp, (0,)))))
 
 
-_jvp, _vjp = _sce_grad_rules()
-define("softmax_cross_entropy_grad", _sce_grad, lambda u, y: (u.shape, u.dtype), jvp=_jvp, vjp=_vjp,
-       doc="rows * d softmax_cross_entropy / d u = softmax(u) * rowsum(y) - y, in one kernel: "
-           "the lecture's softmax(u) - y for one-hot (or any probability) rows")
-
-
-def _sce_du(u: Tensor, y: Tensor) -> Tensor:
-    return apply("softmax_cross_entropy_grad", u, y)
-
-
-def _sce_dy(u: Tensor) -> Tensor:
-    return neg(log_softmax(u, (u.ndim - 1,)))
-
-
-define("softmax_cross_entropy", _sce, _rows_infer,
-       jvp=(lambda t, out, u, y: div(sum(mul(t, _sce_du(u, y))), count(u, (0,))),
-            lambda t, out, u, y: div(sum(mul(t, _sce_dy(u))), count(u, (0,)))),
-       vjp=(lambda g, out, u, y: mul(_sce_du(u, y), div(g, count(u, (0,)))),
-            lambda g, out, u, y: mul(_sce_dy(u), div(g, count(u, (0,))))),
-       doc="mean over rows of -sum_c y_c log softmax(u)_c, i.e. -y.u + logsumexp(u)")
+define("nll", _nll, _rows_infer,
+       jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
+       vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
+       doc="the mean over rows of -sum(y * logp): cross-entropy from log-probabilities")
 
 
 # ---- the functions users call -------------------------------------------------------------
@@ -154,8 +115,17 @@ def logsumexp(x: Tensor, axis: Any = -1, keepdims: bool = False) -> Tensor:
 
 
 def softmax_cross_entropy(logits: Tensor, onehot: Any) -> Tensor:
-    """Mean over rows of the cross-entropy between softmax(logits) and the target rows."""
-    return apply("softmax_cross_entropy", logits, onehot)
+    """Mean over rows of the cross-entropy between softmax(logits) and the target rows:
+    -sum(y * log_softmax(u)) / rows, i.e. -y.u + logsumexp(u) for rows of y that sum to one.
+
+    Built as `nll(log_softmax(u), y)`, a node named softmax_cross_entropy: the backward sweep
+    reuses the forward's log-probabilities (softmax(u) = exp(log_softmax(u))), so the gradient
+    wrt the logits, the lecture's softmax(u) - y for one-hot rows, costs a few elementwise steps.
+    """
+    g = graph_of("softmax_cross_entropy", (logits, onehot))
+    logits, y = lift_all(g, (logits, onehot))
+    logp = log_softmax(logits, -1)
+    return g.add_node("nll", [logp.name, y.name], name=g._fresh("softmax_cross_entropy"))
 
 
 def _per_row_mean(per_element: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -12,26 +13,35 @@ from cgraph.ops.array import broadcast_to, expand_dims, shape_like
 from cgraph.ops.elementwise import cast, div, equal, mul
 from cgraph.ops.registry import ZERO, apply, define, normalize_axes
 
-SMALL = 8  # up to this many elements along the last axis, a reduction loops over its columns
+SMALL = 8  # up to this many elements along the last axis, a max loops over the columns
 
 
 def reduce_keep(x: np.ndarray, axes: tuple[int, ...], ufunc: np.ufunc) -> np.ndarray:
-    """`ufunc.reduce` over `axes`, keeping them. numpy reduces a short contiguous last axis
-    slowly (several us for 3 classes); a few elementwise calls over its columns are quicker."""
-    if axes == (x.ndim - 1,) and 1 < x.shape[-1] <= SMALL:
-        r = ufunc(x[..., 0:1], x[..., 1:2])
-        for c in range(2, x.shape[-1]):
-            ufunc(r, x[..., c:c + 1], out=r)
-        return r
+    """`ufunc.reduce` over `axes`, keeping them. numpy reduces along a short contiguous last
+    axis slowly (several us for 3 classes), so there a float sum is a product with ones (BLAS)
+    and a max a few elementwise calls over the columns."""
+    if axes == (x.ndim - 1,) and x.shape[-1] > 1 and x.dtype.kind == "f":
+        if ufunc is np.add:
+            return x @ _ones(x.shape[-1], x.dtype)
+        if x.shape[-1] <= SMALL and x.ndim > 1:
+            r = ufunc(x[..., 0], x[..., 1])
+            for c in range(2, x.shape[-1]):
+                ufunc(r, x[..., c], out=r)
+            return r[..., None]
     return ufunc.reduce(x, axis=axes, keepdims=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype: np.dtype) -> np.ndarray:
+    ones = np.ones((n, 1), dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def _reduce_kernel(ufunc: np.ufunc) -> Any:
     def kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
-        if x.ndim and axes == (x.ndim - 1,) and 1 < x.shape[-1] <= SMALL and x.dtype.kind == "f":
-            r = reduce_keep(x, axes, ufunc)
-            return r if keepdims else r[..., 0]
-        return ufunc.reduce(x, axis=axes, keepdims=keepdims)
+        r = reduce_keep(x, axes, ufunc) if x.ndim else ufunc.reduce(x, axis=axes, keepdims=True)
+        return r if keepdims else np.squeeze(r, axis=axes)
     return kernel
 
 

@@ -104,12 +104,13 @@ def get_op(name: str) -> OpDef:
 def apply(op: str, *args: Any, **attrs: Any) -> Tensor:
     """Build `op(*args)` in the graph of its tensor arguments; numbers and arrays become
     constants (a Python number takes the dtype of the tensors it meets, as in JAX)."""
-    graph = _graph_of(op, args)
+    graph = graph_of(op, args)
     tensors = lift_all(graph, args)
     return graph.add_node(op, [t.name for t in tensors], attrs)
 
 
-def _graph_of(op: str, args: Sequence[Any]) -> Graph:
+def graph_of(op: str, args: Sequence[Any]) -> Graph:
+    """The one graph the Tensors among `args` belong to (an error if none or several)."""
     graph = None
     for a in args:
         if isinstance(a, Tensor):
