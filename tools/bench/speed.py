@@ -47,6 +47,31 @@ def best_time(fn: Callable[[], object], repeat: int = 7, min_time: float = 0.05)
 median_time = best_time  # the name other benchmarks import
 
 
+def best_times(fns: list[Callable[[], object]], repeat: int = 11, min_time: float = 0.05) -> list[float]:
+    """Seconds per call of each function, sampled in turns (so a machine that speeds up or
+    slows down during the run affects all of them alike): the best of `repeat` samples each."""
+    loops = []
+    for fn in fns:
+        fn()
+        n = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            if time.perf_counter() - t0 >= min_time:
+                break
+            n *= 2
+        loops.append(n)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, (fn, n) in enumerate(zip(fns, loops, strict=True)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / n)
+    return best
+
+
 def traced_peak(fn: Callable[[], object]) -> int:
     """Peak bytes numpy allocated during one call (tracemalloc)."""
     fn()
@@ -272,16 +297,16 @@ def _peer(make: Callable[[], Callable[[], None]]) -> Callable[[], None] | None:
 
 
 def steps_table() -> None:
-    print("one gradient descent step, as a ratio to hand-written numpy (best of 7)")
+    print("one gradient descent step, as a ratio to hand-written numpy (best of 11, taken in turns)")
     print(f"  {'workload':40s} {'numpy':>10s} {'cgraph':>8s} {'autograd':>9s} {'torch':>8s} {'jax jit':>8s}")
     for w in (MLP("Iris MLP N=150 D=3 M=16 C=3", 150, 3, 16, 3),
               MLP("MLP N=256 D=784 M=512 C=10", 256, 784, 512, 10), Chain()):
-        base = best_time(w.numpy_step())
         cg_step, _ = w.cgraph_step()
-        cells = [f"{best_time(cg_step) / base:7.2f}x"]
-        for make in (w.autograd_step, w.torch_step, w.jax_step):
-            fn = _peer(make)
-            cells.append(f"{best_time(fn) / base:8.2f}x" if fn else f"{'-':>8s} ")
+        peers = [_peer(make) for make in (w.autograd_step, w.torch_step, w.jax_step)]
+        base, ours, *theirs = best_times([w.numpy_step(), cg_step, *[p for p in peers if p]])
+        cells = [f"{ours / base:7.2f}x"]
+        for p in peers:
+            cells.append(f"{theirs.pop(0) / base:8.2f}x" if p else f"{'-':>8s} ")
         print(f"  {w.name:40s} {base * 1e6:8.0f}us {' '.join(cells)}")
     chain = Chain()
     cg_step, rm = chain.cgraph_step()
@@ -301,8 +326,7 @@ def jvp_ratio(n: int = 10**6) -> tuple[float, float, float]:
     feeds = {"w0": 0.3, "w1": -1.2, "x": np.linspace(-3, 3, n)}
     ev = cg.Evaluator(g)
     fm = cg.ForwardMode(g, of=["y1", "y2"], wrt=["w1"])
-    t_ev = best_time(lambda: ev.run(feeds), repeat=5)
-    t_jvp = best_time(lambda: fm.jvp(feeds, {"w1": 1.0}), repeat=5)
+    t_ev, t_jvp = best_times([lambda: ev.run(feeds), lambda: fm.jvp(feeds, {"w1": 1.0})], repeat=7)
     return t_ev, t_jvp, t_jvp / t_ev
 
 
