@@ -109,3 +109,19 @@ def test_run_time_sizes():
         out = ev.run({"x": X})
         np.testing.assert_allclose(out["m"], X.mean(0))
         assert out["r"].shape == (3 * n,)
+
+
+def test_reductions_of_ints_and_bools_follow_numpy():
+    g = cg.Graph()
+    b, i = g.input("b", (2, 3), "bool"), g.input("i", (2, 3), "int64")
+    g.output("mb", cg.mean(b, axis=1))
+    g.output("mi", cg.mean(i))
+    g.output("sb", cg.sum(b, axis=-1))
+    g.output("xi", cg.max(i, axis=-1, keepdims=True))
+    B = np.array([[True, False, True], [True, True, True]])
+    I = np.array([[1, 5, 2], [7, 0, 3]])
+    out = cg.Evaluator(g).run({"b": B, "i": I})
+    np.testing.assert_array_equal(out["mb"], B.mean(1))
+    assert out["mi"] == I.mean() and out["mi"].dtype == np.float64
+    np.testing.assert_array_equal(out["sb"], B.sum(-1))
+    np.testing.assert_array_equal(out["xi"], I.max(-1, keepdims=True))

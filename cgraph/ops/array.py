@@ -56,7 +56,7 @@ def _transpose_infer(x: Meta, *, axes: tuple[int, ...]) -> tuple[Shape, np.dtype
     return tuple(x.shape[a] for a in axes), x.dtype
 
 
-define("transpose", lambda x, *, axes: np.transpose(x, axes), _transpose_infer, view=True,
+define("transpose", lambda x, *, axes: x.transpose(axes), _transpose_infer, view=True,
        jvp=(lambda t, out, x, *, axes: transpose(t, axes),),
        vjp=(lambda g, out, x, *, axes: transpose(g, tuple(np.argsort(axes).tolist())),))
 
@@ -163,7 +163,7 @@ def _sum_to_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) 
     lead = x.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape)
                                       if d == 1 and x.shape[lead + i] != 1)
-    r = np.sum(x, axis=axes, keepdims=True)
+    r = np.add.reduce(x, axis=axes, keepdims=True)
     return r.reshape(r.shape[lead:]) if lead else r
 
 

@@ -75,11 +75,19 @@ define("dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a i
        lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
        doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
-define("sum", _reduce_kernel(np.add), _reduce_infer,
+_sum_kernel = _reduce_kernel(np.add)
+define("sum", _sum_kernel, _reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims: broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),))
 
-define("mean", lambda x, *, axes, keepdims: np.mean(x, axis=axes, keepdims=keepdims), _float_reduce_infer,
+
+def _mean_kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    if x.dtype.kind != "f":  # ints and bools average as float64, as numpy's mean
+        x = x.astype(np.float64)
+    return _sum_kernel(x, axes=axes, keepdims=keepdims) / math.prod(x.shape[a] for a in axes)
+
+
+define("mean", _mean_kernel, _float_reduce_infer,
        jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
        vjp=(lambda g, out, x, *, axes, keepdims:
             broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),))
