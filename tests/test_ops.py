@@ -119,9 +119,9 @@ def test_reductions_of_ints_and_bools_follow_numpy():
     g.output("sb", cg.sum(b, axis=-1))
     g.output("xi", cg.max(i, axis=-1, keepdims=True))
     B = np.array([[True, False, True], [True, True, True]])
-    I = np.array([[1, 5, 2], [7, 0, 3]])
-    out = cg.Evaluator(g).run({"b": B, "i": I})
+    ints = np.array([[1, 5, 2], [7, 0, 3]])
+    out = cg.Evaluator(g).run({"b": B, "i": ints})
     np.testing.assert_array_equal(out["mb"], B.mean(1))
-    assert out["mi"] == I.mean() and out["mi"].dtype == np.float64
+    assert out["mi"] == ints.mean() and out["mi"].dtype == np.float64
     np.testing.assert_array_equal(out["sb"], B.sum(-1))
-    np.testing.assert_array_equal(out["xi"], I.max(-1, keepdims=True))
+    np.testing.assert_array_equal(out["xi"], ints.max(-1, keepdims=True))
