@@ -151,9 +151,12 @@ class Graph:
                 f"param {name!r}: new value has shape {format_shape(arr.shape)}, "
                 f"the param has {format_shape(node.shape)}"
             )
-        if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
+        if arr.dtype == node.dtype:
+            arr = arr.copy()
+        elif np.can_cast(arr.dtype, node.dtype, "same_kind"):
+            arr = arr.astype(node.dtype)
+        else:
             raise ShapeError(f"param {name!r}: cannot cast {arr.dtype} to {node.dtype}")
-        arr = np.array(arr, dtype=node.dtype, copy=True)
         arr.flags.writeable = False
         self._values[name] = self._params[name] = arr
 
