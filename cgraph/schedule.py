@@ -15,7 +15,8 @@ Memory is accounted, never guessed: a step's output adds its bytes unless it is 
 buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
 numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
 not counted (they live anyway).
-`Plan.predict_peak` gives the same number from shapes alone, before any run.
+`Plan.predict_peak` gives the same number from shapes alone, before any run; the one case it
+cannot see is a reshape that must copy a non-contiguous value (the run counts that copy).
 """
 
 from __future__ import annotations
