@@ -33,20 +33,9 @@ NODE_TANGENT = "node:tangent:"
 NODE_ADJOINT = "node:adjoint:"
 
 
-def _dag(g: Graph) -> nx.DiGraph:
-    dag = nx.DiGraph()
-    for n in g.nodes.values():
-        dag.add_node(n.name)
-        dag.add_edges_from((s, n.name) for s in n.inputs)
-    return dag
-
-
 def _needed(g: Graph, targets: Sequence[str]) -> list[Node]:
     """The nodes `targets` depend on, in creation order."""
-    dag = _dag(g)
-    need = set(targets)
-    for t in targets:
-        need |= nx.ancestors(dag, t)
+    need = g.needed_by(targets)
     return [n for n in g.nodes.values() if n.name in need]
 
 
@@ -166,16 +155,13 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "inpu
         d.output(o, d[t])
 
     # Derivatives flow through float nodes from the wrt leaves to the targets.
-    dag = _dag(g)
+    dag = g.dependencies()
     floats = dag.subgraph([n.name for n in forward if n.dtype.kind == "f"])
     reach = set(wrt)
     for w in wrt:
         if w in floats:
             reach |= nx.descendants(floats, w)
-    upstream = set(targets)
-    for t in targets:
-        upstream |= nx.ancestors(dag, t)
-    active = reach & upstream
+    active = reach & g.needed_by(targets, dag)
 
     cot: dict[str, Tensor] = {}
     for o, t in zip(of, targets, strict=True):

@@ -81,7 +81,6 @@ class Graph:
         self._outputs: dict[str, str] = {}  # output name -> node name
         self._scopes: list[str] = []
         self._next_suffix: dict[str, int] = {}
-        self._version = 0  # bumped on every structural change; executors cache on it
 
     # ---- leaves ---------------------------------------------------------------------------
 
@@ -119,7 +118,6 @@ class Graph:
         if name in self._outputs:
             raise GraphError(f"output {name!r} is already defined")
         self._outputs[name] = tensor.name
-        self._version += 1
         return tensor
 
     @contextlib.contextmanager
@@ -200,6 +198,23 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self._nodes)} nodes, outputs={list(self._outputs)})"
 
+    def dependencies(self) -> nx.DiGraph:
+        """An edge from each node to each node that reads it; no attributes (for ordering and
+        reachability; `to_networkx` is the full picture)."""
+        dag = nx.DiGraph()
+        for n in self._nodes.values():
+            dag.add_node(n.name)
+            dag.add_edges_from((src, n.name) for src in n.inputs)
+        return dag
+
+    def needed_by(self, targets: Sequence[str], dag: nx.DiGraph | None = None) -> set[str]:
+        """The names of `targets` and of every node they depend on."""
+        dag = self.dependencies() if dag is None else dag
+        needed = set(targets)
+        for t in targets:
+            needed |= nx.ancestors(dag, t)
+        return needed
+
     def to_networkx(self) -> nx.MultiDiGraph:
         """The graph as networkx: one node per graph node (op, shape, dtype, attrs), one edge
         per input with `index` its position (a MultiDiGraph, so `mul(x, x)` keeps both edges)."""
@@ -241,7 +256,6 @@ class Graph:
         node = Node(name, op, tuple(inputs), types.MappingProxyType(attrs), tuple(shape),
                     np.dtype(dtype), len(self._nodes))
         self._nodes[name] = node
-        self._version += 1
         return Tensor(self, name)
 
     def _add_leaf(self, kind: str, name: str, shape: Shape, dtype: np.dtype,
@@ -258,7 +272,6 @@ class Graph:
             self._values[full] = value
             if kind == "param":
                 self._params[full] = value
-        self._version += 1
         return Tensor(self, full)
 
     def _fresh(self, base: str) -> str:

@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from cgraph.autodiff import check_wrt
 from cgraph.errors import DerivativeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
 from cgraph.graph import Graph
 
 
 def _leaf_value(g: Graph, feeds: Mapping[str, Any], name: str) -> np.ndarray:
-    node = g.nodes.get(name)
-    if node is None or node.op not in ("input", "param"):
-        raise DerivativeError(f"wrt {name!r}: derivatives are taken wrt inputs and params of graph {g.name!r}")
+    """The value `name` (a float input or param) has in this run."""
+    check_wrt(g, [name])
+    node = g.nodes[name]
     if node.op == "param":
         return g._values[name]
     if name not in feeds:

@@ -67,14 +67,9 @@ class Stats:
 
 def schedule_order(graph: Graph, targets: Sequence[str]) -> list[str]:
     """The nodes `targets` need, in the order they should run (see the module docstring)."""
-    dag = nx.DiGraph()
+    dag = graph.dependencies()
+    needed = graph.needed_by(targets, dag)
     nodes = graph.nodes
-    for n in nodes.values():
-        dag.add_node(n.name)
-        dag.add_edges_from((src, n.name) for src in n.inputs)
-    needed = set(targets)
-    for t in targets:
-        needed |= nx.ancestors(dag, t)
     key: dict[str, float] = {}
     for n in nodes.values():  # creation order: inputs get their keys first
         if get_eager(n.op) and n.inputs:

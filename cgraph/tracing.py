@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from cgraph.autodiff import COTANGENT, NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, TANGENT, jvp_graph, vjp_graph
@@ -123,7 +122,7 @@ def _reverse(g: Graph, feeds: Mapping[str, Any], of: Sequence[str] | str | None,
     d = vjp_graph(g, [of], wrt, seed="input", intermediates=True)
     out = _run(d, feeds, {COTANGENT + of: seed})
     adjoints = _pick(out, NODE_ADJOINT)
-    upstream = nx.ancestors(g.to_networkx(), target) | {target}
+    upstream = g.needed_by([target])
     for name, v in values.items():  # `of` does not depend on these: their adjoint is zero
         if name not in upstream and v.dtype.kind == "f":
             adjoints[name] = np.zeros_like(v)

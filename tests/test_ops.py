@@ -42,8 +42,6 @@ def test_every_registered_op_is_exercised():
     """The spec table (and the internal ops the derivative rules use) cover the registry."""
     from specs import SPECS
 
-    g = cg.Graph()
-    x = g.input("x", (2, 3))
     built = set()
     for spec in SPECS:
         gg = build_graph(spec, spec.shapes[0])
@@ -51,7 +49,6 @@ def test_every_registered_op_is_exercised():
     internal = {"shape_of", "sum_to", "expand_dims", "squeeze", "scatter", "dim_size", "sign", "cast"}
     comparisons = {c[0] for c in COMPARISONS}
     assert set(OPS) - built - comparisons <= internal, set(OPS) - built - comparisons - internal
-    assert x.shape == (2, 3)
 
 
 def test_operators_and_scalar_lifting():

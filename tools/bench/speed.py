@@ -24,29 +24,6 @@ import numpy as np
 import cgraph as cg
 
 
-def best_time(fn: Callable[[], object], repeat: int = 7, min_time: float = 0.05) -> float:
-    """Seconds per call: the best of `repeat` samples, each looping for at least `min_time`."""
-    fn()
-    loops = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        if time.perf_counter() - t0 >= min_time:
-            break
-        loops *= 2
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        samples.append((time.perf_counter() - t0) / loops)
-    return min(samples)
-
-
-median_time = best_time  # the name other benchmarks import
-
-
 def best_times(fns: list[Callable[[], object]], repeat: int = 11, min_time: float = 0.05) -> list[float]:
     """Seconds per call of each function, sampled in turns (so a machine that speeds up or
     slows down during the run affects all of them alike): the best of `repeat` samples each."""
@@ -70,6 +47,11 @@ def best_times(fns: list[Callable[[], object]], repeat: int = 11, min_time: floa
                 fn()
             best[i] = min(best[i], (time.perf_counter() - t0) / n)
     return best
+
+
+def best_time(fn: Callable[[], object], repeat: int = 7) -> float:
+    """Seconds per call of `fn`: the best of `repeat` samples."""
+    return best_times([fn], repeat=repeat)[0]
 
 
 def traced_peak(fn: Callable[[], object]) -> int:
