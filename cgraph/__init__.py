@@ -2,7 +2,8 @@
 
 Build a static graph (`Graph`, ops as functions and operators), run it with separate
 executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new graphs
-(`gradient_graph`), and check derivatives (`jacobian`, `gradcheck`). See shared/API.md.
+(`gradient_graph`), and check derivatives (`jacobian`, `gradcheck`). Every op is a declared
+contract (`op_info`); your own ops go through the same door (`define_op`).
 """
 
 # nn, optim: training helpers on the public API; onnx: imports the onnx package only when used
@@ -26,7 +27,7 @@ __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
     "GraphError", "GraphFormatError", "MemoryBudgetError", "MemoryPlan", "Node", "ReverseMode", "ShapeError",
     "Tensor", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
-    *[n for n in _ops_all if n not in ("OPS", "OpDef")],
+    *[n for n in _ops_all if n not in ("NONDIFF", "ZERO", "Attr", "OpDef")],
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format
 __all__ += ["onnx"]  # cgraph.onnx: ONNX export and import (the onnx extra)

@@ -1,8 +1,17 @@
-"""The exceptions cgraph raises. Every message is one line naming the node, op and shapes."""
+"""The exceptions cgraph raises, all in one place. Every message is one line naming the node,
+the op and the shapes involved. Each derives from `CgraphError`, and from the built-in
+exception a caller would otherwise catch (ValueError, ImportError)."""
+
+from __future__ import annotations
 
 
 class CgraphError(Exception):
     """Base class of every error cgraph raises on purpose."""
+
+
+class GraphError(CgraphError, ValueError):
+    """A graph is built wrongly: a duplicate name, tensors of two graphs, an unknown name, an op
+    given inputs or attributes its declaration does not allow."""
 
 
 class ShapeError(CgraphError, ValueError):

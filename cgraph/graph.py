@@ -18,15 +18,11 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from cgraph.errors import CgraphError, ShapeError
+from cgraph.errors import CgraphError, GraphError, ShapeError
+from cgraph.ops.registry import LEAF_OPS, Operand, apply, get_op
+from cgraph.shapes import DTYPES, Meta, Shape, as_dtype, format_shape, normalize_index
 
-Shape = tuple[int | None, ...]
-LEAF_OPS = ("input", "param", "constant")
-DTYPES = tuple(np.dtype(d) for d in ("float64", "float32", "int64", "bool"))
-
-
-class GraphError(CgraphError, ValueError):
-    """A graph is built wrongly: a duplicate name, tensors of two graphs, an unknown name."""
+__all__ = ["DTYPES", "LEAF_OPS", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype", "format_shape"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,22 +40,6 @@ class Node:
     @property
     def is_leaf(self) -> bool:
         return self.op in LEAF_OPS
-
-
-def as_dtype(dtype: Any) -> np.dtype:
-    """The numpy dtype for `dtype`, if cgraph supports it (float64, float32, int64, bool)."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        raise ShapeError(f"unknown dtype {dtype!r}") from e
-    if dt not in DTYPES:
-        raise ShapeError(f"unsupported dtype {dt}; cgraph supports {', '.join(map(str, DTYPES))}")
-    return dt
-
-
-def format_shape(shape: Shape) -> str:
-    """A shape as users write it, with None for sizes known only at run time."""
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 class Graph:
@@ -102,8 +82,10 @@ class Graph:
         attrs = {} if trainable else {"trainable": False}
         return self._add_leaf("param", name, arr.shape, arr.dtype, arr, attrs)
 
-    def constant(self, name: str, value: Any, dtype: Any = None) -> Tensor:
-        """A stored value that is not trained (copied)."""
+    def constant(self, name: str | None, value: Any, dtype: Any = None) -> Tensor:
+        """A stored value that is not trained (copied); `name` None: a fresh "const" name."""
+        if name is None:
+            name = self.fresh_name("const").rsplit("/", 1)[-1]
         arr = np.array(value, dtype=dtype, copy=True)
         if dtype is None and arr.dtype.kind in "iu":
             arr = arr.astype(np.int64)
@@ -115,6 +97,7 @@ class Graph:
     def output(self, name: str, tensor: Tensor) -> Tensor:
         """Name `tensor` as an output of the graph."""
         tensor = self._own(tensor, f"output {name!r}")
+        _check_name(name, "output")
         if name in self._outputs:
             raise GraphError(f"output {name!r} is already defined")
         self._outputs[name] = tensor.name
@@ -230,38 +213,39 @@ class Graph:
 
     def add_node(self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None = None,
                  name: str | None = None) -> Tensor:
-        """Append `op` applied to the named nodes; its shape and dtype are inferred and checked.
+        """Append `op` applied to the named nodes. The op's declaration is checked (the number
+        of inputs, each attribute's name and type: GraphError), then its shape and dtype are
+        inferred and checked (ShapeError), each error naming the node and the op.
 
         `name` defaults to a fresh name from the op and the current scope.
         """
-        from cgraph.ops.registry import get_op  # the registry imports this module
-
         opdef = get_op(op)
-        attrs = dict(attrs or {})
-        name = self._fresh(op) if name is None else name
+        name = self.fresh_name(op.rsplit("/", 1)[-1]) if name is None else name
+        _check_name(name, f"node ({op})")
         if name in self._nodes:
             raise GraphError(f"node name {name!r} is already used")
+        inputs = tuple(inputs)
         metas = []
         for src in inputs:
-            if src not in self._nodes:
+            if not isinstance(src, str) or src not in self._nodes:
                 raise GraphError(f"{name} ({op}): input {src!r} is not a node of graph {self.name!r}")
             metas.append(self._nodes[src])
+        attrs = opdef.check(name, len(inputs), attrs or {})
         try:
             shape, dtype = opdef.infer(*[Meta(m.shape, m.dtype) for m in metas], **attrs)
         except ShapeError as e:
-            shapes = ", ".join(f"{m.name} {format_shape(m.shape)} {m.dtype}" for m in metas)
-            raise ShapeError(f"{name} ({op}): {e} [inputs: {shapes}]") from None
-        except TypeError as e:  # wrong attributes or arity
-            raise ShapeError(f"{name} ({op}): bad arguments: {e}") from None
-        node = Node(name, op, tuple(inputs), types.MappingProxyType(attrs), tuple(shape),
+            raise ShapeError(f"{name} ({op}): {e} [inputs: {_describe(metas)}]") from None
+        except Exception as e:  # a user op's infer, or a shape rule meeting values it never expected
+            raise ShapeError(f"{name} ({op}): shape inference failed: {type(e).__name__}: {e} "
+                             f"[inputs: {_describe(metas)}]") from None
+        node = Node(name, op, inputs, types.MappingProxyType(attrs), tuple(shape),
                     np.dtype(dtype), len(self._nodes))
         self._nodes[name] = node
         return Tensor(self, name)
 
     def _add_leaf(self, kind: str, name: str, shape: Shape, dtype: np.dtype,
                   value: np.ndarray | None, attrs: Mapping[str, Any] | None = None) -> Tensor:
-        if not isinstance(name, str) or not name:
-            raise GraphError(f"{kind} name must be a non-empty string, got {name!r}")
+        _check_name(name, kind)
         full = "/".join([*self._scopes, name])
         if full in self._nodes:
             raise GraphError(f"node name {full!r} is already used")
@@ -274,7 +258,7 @@ class Graph:
                 self._params[full] = value
         return Tensor(self, full)
 
-    def _fresh(self, base: str) -> str:
+    def fresh_name(self, base: str) -> str:
         """`base` in the current scope, numbered (`mul_1`, `mul_2`, ...) if taken."""
         stem = "/".join([*self._scopes, base])
         if stem not in self._nodes:
@@ -293,16 +277,18 @@ class Graph:
         return x
 
 
-@dataclass(frozen=True, slots=True)
-class Meta:
-    """What shape rules see of an input: its static shape and dtype."""
+def _check_name(name: Any, what: str) -> None:
+    """Names are non-empty strings that a file can hold (UTF-8)."""
+    if not isinstance(name, str) or not name:
+        raise GraphError(f"{what} name must be a non-empty string, got {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GraphError(f"{what} name {name!r} is not valid Unicode text") from None
 
-    shape: Shape
-    dtype: np.dtype
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+def _describe(metas: Sequence[Node]) -> str:
+    return ", ".join(f"{m.name} {format_shape(m.shape)} {m.dtype}" for m in metas)
 
 
 def _check_shape(shape: Any, name: str) -> Shape:
@@ -316,7 +302,7 @@ def _check_shape(shape: Any, name: str) -> Shape:
     return tuple(None if d is None else int(d) for d in dims)
 
 
-class Tensor:
+class Tensor(Operand):
     """A handle to one node of a graph; operators build new nodes in the same graph."""
 
     __slots__ = ("graph", "name")
@@ -348,7 +334,7 @@ class Tensor:
 
     @property
     def T(self) -> Tensor:
-        return _ops.transpose(self)
+        return apply("transpose", self, axes=tuple(range(self.ndim))[::-1])
 
     def __repr__(self) -> str:
         n = self.node
@@ -361,27 +347,24 @@ class Tensor:
         raise CgraphError(f"tensor {self.name!r} has no truth value while the graph is built; "
                           "use cg.where for a choice that depends on values")
 
-    def __add__(self, o: Any) -> Tensor: return _ops.add(self, o)
-    def __radd__(self, o: Any) -> Tensor: return _ops.add(o, self)
-    def __sub__(self, o: Any) -> Tensor: return _ops.sub(self, o)
-    def __rsub__(self, o: Any) -> Tensor: return _ops.sub(o, self)
-    def __mul__(self, o: Any) -> Tensor: return _ops.mul(self, o)
-    def __rmul__(self, o: Any) -> Tensor: return _ops.mul(o, self)
-    def __truediv__(self, o: Any) -> Tensor: return _ops.div(self, o)
-    def __rtruediv__(self, o: Any) -> Tensor: return _ops.div(o, self)
-    def __pow__(self, o: Any) -> Tensor: return _ops.pow(self, o)
-    def __rpow__(self, o: Any) -> Tensor: return _ops.pow(o, self)
-    def __matmul__(self, o: Any) -> Tensor: return _ops.matmul(self, o)
-    def __rmatmul__(self, o: Any) -> Tensor: return _ops.matmul(o, self)
-    def __neg__(self) -> Tensor: return _ops.neg(self)
+    def __add__(self, o: Any) -> Tensor: return apply("add", self, o)
+    def __radd__(self, o: Any) -> Tensor: return apply("add", o, self)
+    def __sub__(self, o: Any) -> Tensor: return apply("sub", self, o)
+    def __rsub__(self, o: Any) -> Tensor: return apply("sub", o, self)
+    def __mul__(self, o: Any) -> Tensor: return apply("mul", self, o)
+    def __rmul__(self, o: Any) -> Tensor: return apply("mul", o, self)
+    def __truediv__(self, o: Any) -> Tensor: return apply("div", self, o)
+    def __rtruediv__(self, o: Any) -> Tensor: return apply("div", o, self)
+    def __pow__(self, o: Any) -> Tensor: return apply("pow", self, o)
+    def __rpow__(self, o: Any) -> Tensor: return apply("pow", o, self)
+    def __matmul__(self, o: Any) -> Tensor: return apply("matmul", self, o)
+    def __rmatmul__(self, o: Any) -> Tensor: return apply("matmul", o, self)
+    def __neg__(self) -> Tensor: return apply("neg", self)
     def __pos__(self) -> Tensor: return self
-    def __abs__(self) -> Tensor: return _ops.abs(self)
-    def __lt__(self, o: Any) -> Tensor: return _ops.less(self, o)
-    def __le__(self, o: Any) -> Tensor: return _ops.less_equal(self, o)
-    def __gt__(self, o: Any) -> Tensor: return _ops.greater(self, o)
-    def __ge__(self, o: Any) -> Tensor: return _ops.greater_equal(self, o)
-    def __eq__(self, o: Any) -> Tensor: return _ops.equal(self, o)  # type: ignore[override]
-    def __getitem__(self, index: Any) -> Tensor: return _ops.getitem(self, index)
-
-
-from cgraph import ops as _ops  # noqa: E402  (the ops build on Graph and Tensor above)
+    def __abs__(self) -> Tensor: return apply("abs", self)
+    def __lt__(self, o: Any) -> Tensor: return apply("less", self, o)
+    def __le__(self, o: Any) -> Tensor: return apply("less_equal", self, o)
+    def __gt__(self, o: Any) -> Tensor: return apply("greater", self, o)
+    def __ge__(self, o: Any) -> Tensor: return apply("greater_equal", self, o)
+    def __eq__(self, o: Any) -> Tensor: return apply("equal", self, o)  # type: ignore[override]
+    def __getitem__(self, index: Any) -> Tensor: return apply("getitem", self, index=normalize_index(index))

@@ -13,12 +13,10 @@ folder, flushed to disk, then renamed over the target.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import secrets
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,7 +27,7 @@ import numpy as np
 from cgraph._proto import cgraph_pb2 as pb
 from cgraph.errors import CgraphError, GraphFormatError
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
-from cgraph.ops.registry import OPS
+from cgraph.ops.registry import get_op
 
 __all__ = ["FORMAT_VERSION", "INLINE_LIMIT", "READER_VERSION", "ModelFile", "dumps", "load", "loads",
            "read_model", "save"]
@@ -126,6 +124,11 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
     model.graph.name = g.name
     slots: list[tuple[pb.Tensor, np.ndarray]] = []
     for node in g.nodes.values():
+        if not node.is_leaf:  # what `load` would refuse, refused now, in the same words
+            try:
+                get_op(node.op).check(node.name, len(node.inputs), node.attrs)
+            except GraphError as e:
+                raise GraphError(f"cannot save graph {g.name!r}: {e}") from None
         msg = model.graph.node.add(name=node.name, op=node.op, input=node.inputs,
                                    dtype=_dtype_code(node.dtype, f"node {node.name!r} ({node.op})"))
         _encode_shape(msg.shape, node.shape)
@@ -394,8 +397,11 @@ def _check_graph(model: pb.Model) -> None:
             raise _Fail(f"{at}: the name is used by node {seen[node.name]} too")
         seen[node.name] = i
         leaf = node.op in LEAF_OPS
-        if not leaf and node.op not in OPS:
-            raise _Fail(f"{at}: unknown op {node.op!r}")
+        if not leaf:
+            try:
+                get_op(node.op)
+            except GraphError as e:
+                raise _Fail(f"{at}: {e}") from None
         if node.dtype not in _FROM_CODE:
             raise _Fail(f"{at}: unknown dtype code {node.dtype}")
         if not node.HasField("shape"):
@@ -417,8 +423,11 @@ def _check_graph(model: pb.Model) -> None:
             raise _Fail(f"{at}: only params have a trainable flag")
         if leaf and (node.input or node.attr):
             raise _Fail(f"{at}: a leaf takes no inputs or attributes")
-        if not leaf:
-            _decode_attrs(node, at)
+        if not leaf:  # the op's declaration: its inputs and attributes, in the builder's words
+            try:
+                get_op(node.op).check(node.name, len(node.input), _decode_attrs(node, at))
+            except GraphError as e:
+                raise _Fail(str(e)) from None
         dag.add_node(node.name)
         dag.add_edges_from((src, node.name) for src in node.input)
     for node in graph.node:
@@ -560,17 +569,16 @@ def _decode_ints(items: Any, at: str) -> tuple[int | None, ...]:
 
 
 def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
-    allowed, required = _attr_names(node.op)
+    """The attributes as Python values of the types the format gives them; whether the op
+    takes them (names, types, allowed values, required ones) is its declaration's to check."""
     attrs: dict[str, Any] = {}
+    declared = get_op(node.op).attrs
     for a in node.attr:
+        if a.name not in declared:
+            raise _Fail(get_op(node.op).unknown_attribute(node.name, a.name))
         if a.name in attrs:
             raise _Fail(f"{at}: attribute {a.name!r} is given twice")
-        if allowed is not None and a.name not in allowed:
-            raise _Fail(f"{at}: unknown attribute {a.name!r} (the op takes {sorted(allowed) or 'none'})")
         attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
-    missing = sorted(required - attrs.keys())
-    if missing:
-        raise _Fail(f"{at}: missing attribute {missing[0]!r}")
     return attrs
 
 
@@ -599,21 +607,3 @@ def _decode_index_item(it: pb.IndexItem, at: str) -> Any:
     if kind == "ellipsis" and it.ellipsis:
         return Ellipsis
     raise _Fail(f"{at}: an index entry that is not an int, slice, None or ...")
-
-
-@functools.cache
-def _attr_names(op: str) -> tuple[frozenset[str] | None, frozenset[str]]:
-    """The attribute names `op` takes and those it requires: the keyword-only arguments of its
-    shape rule (or of its kernel, when the shape rule takes any keywords)."""
-    opdef = OPS[op]
-    fn: Callable[..., Any]
-    for fn in (opdef.infer, opdef.kernel):
-        try:
-            params = list(inspect.signature(fn).parameters.values())
-        except (TypeError, ValueError):
-            break
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            continue
-        kw = [p for p in params if p.kind is p.KEYWORD_ONLY]
-        return frozenset(p.name for p in kw), frozenset(p.name for p in kw if p.default is p.empty)
-    return None, frozenset()

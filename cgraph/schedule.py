@@ -101,8 +101,7 @@ class Plan:
         for i, name in enumerate(ops):
             node = nodes[name]
             opdef = get_op(node.op)
-            fn = functools.partial(opdef.kernel, **node.attrs) if node.attrs else opdef.kernel
-            steps.append(Step(name, node.op, fn, node.inputs, opdef.view, frees[i], inplace[i]))
+            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i]))
         self.steps = tuple(steps)
 
     @functools.cached_property

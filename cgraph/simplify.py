@@ -7,9 +7,10 @@ checked) and returns where each old node went:
 
 - `fold`: an op whose inputs are all constants becomes a constant (small results only, so a
   broadcast zero is never materialised).
-- `identities`: `x * 1`, `1 * x`, `x + 0`, `0 + x`, `x - 0`, `x / 1`, `neg(neg(x))`, a transpose
-  of a transpose, a cast or a reshape that changes nothing: each becomes `x` when that has the
-  result's shape and dtype.
+- `identities`: the rules each op declares with its definition (`identity` in the registry:
+  `x * 1`, `x + 0`, `neg(neg(x))`, a transpose of a transpose, a cast or a reshape that changes
+  nothing, stop_gradient): a node becomes the node its rule names when that has the node's
+  shape and dtype.
 - `cse`: two nodes with the same op, inputs and attributes become one; so do equal small
   constants.
 
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cgraph.graph import Graph, Node
-from cgraph.ops.registry import get_op
+from cgraph.ops.registry import Arg, get_op
 
 FOLD_LIMIT = 1024  # the most elements a folded constant may have
 
@@ -73,42 +74,27 @@ def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
         values = [_const(d, s) for s in inputs]
         if any(v is None for v in values):
             return None
-        result = np.array(get_op(node.op).kernel(*values, **node.attrs), dtype=node.dtype)
-        return d._add_leaf("constant", d._fresh("folded"), result.shape, result.dtype, result).name
+        result = np.array(get_op(node.op).bind(node)(*values), dtype=node.dtype)
+        return d._add_leaf("constant", d.fresh_name("folded"), result.shape, result.dtype, result).name
 
     return _rebuild(g, rewrite)
 
 
-def _is(d: Graph, name: str, value: float) -> bool:
-    v = _const(d, name)
-    return v is not None and v.size <= FOLD_LIMIT and bool(np.all(v == value))
-
-
 def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
-    def keep(d: Graph, node: Node, name: str) -> str | None:
-        return name if _same(d, name, node) else None
+    def arg(d: Graph, name: str) -> Arg:
+        node = d.nodes[name]
+        value = _const(d, name)
+        small = value if value is not None and value.size <= FOLD_LIMIT else None
+        return Arg(name, node.op, node.attrs, node.inputs, small)
 
     def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
-        op, a = node.op, inputs[0] if inputs else None
-        if op in ("mul", "add") and len(inputs) == 2:
-            unit = 1 if op == "mul" else 0
-            b = inputs[1]
-            if _is(d, b, unit):
-                return keep(d, node, a)
-            if _is(d, a, unit):
-                return keep(d, node, b)
-        if op in ("sub", "div") and _is(d, inputs[1], 1 if op == "div" else 0):
-            return keep(d, node, a)
-        src = d.nodes[a] if a is not None else None
-        if op == "neg" and src.op == "neg":
-            return keep(d, node, src.inputs[0])
-        if op == "transpose" and src.op == "transpose":
-            perm = tuple(src.attrs["axes"][i] for i in node.attrs["axes"])
-            if perm == tuple(range(len(perm))):
-                return keep(d, node, src.inputs[0])
-        if op in ("cast", "reshape") and len(inputs) == 1 and None not in node.shape:
-            return keep(d, node, a)
-        return None
+        if node.is_leaf:
+            return None
+        rule = get_op(node.op).identity
+        if rule is None or not inputs:
+            return None
+        to = rule(node, [arg(d, s) for s in inputs])
+        return to if to is not None and _same(d, to, node) else None
 
     return _rebuild(g, rewrite)
 

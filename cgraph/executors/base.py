@@ -18,7 +18,8 @@ from cgraph.schedule import Plan, Stats, run_plan
 
 
 def check_feed(node: Node, value: Any) -> np.ndarray:
-    """`value` as an array of input `node`'s dtype and shape, or FeedError saying why not."""
+    """`value` as a read-only array of input `node`'s dtype and shape, or FeedError saying why
+    not."""
     arr = value if type(value) is np.ndarray else np.asarray(value)
     if arr.dtype != node.dtype:
         if not np.can_cast(arr.dtype, node.dtype, "same_kind"):
@@ -28,6 +29,9 @@ def check_feed(node: Node, value: Any) -> np.ndarray:
     if len(shape) != len(node.shape) or any(d is not None and d != s for d, s in zip(node.shape, shape, strict=True)):
         raise FeedError(f"feed {node.name!r}: shape {format_shape(shape)} does not match the "
                         f"input's {format_shape(node.shape)}")
+    if arr.flags.writeable:  # no step, whatever the graph, can write into the caller's array
+        arr = arr.view()
+        arr.flags.writeable = False
     return arr
 
 

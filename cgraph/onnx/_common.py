@@ -15,6 +15,7 @@ from cgraph.errors import CgraphError
 EXTRA_HINT = "pip install 'cgraph-ad[onnx]'"
 CONSTANTS_KEY = "cgraph.constants"  # metadata_props: JSON list of initializers that were constants
 FROZEN_KEY = "cgraph.frozen"  # metadata_props: JSON list of params with trainable=False
+STOP_GRADIENT_DOC = "cgraph.stop_gradient"  # the doc_string that marks an Identity as stop_gradient
 
 
 class OnnxError(CgraphError, ValueError):

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgraph.graph import Graph, Node
-from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, np_to_onnx_type, registrar, require
+from cgraph.onnx._common import (
+    CONSTANTS_KEY,
+    FROZEN_KEY,
+    STOP_GRADIENT_DOC,
+    OnnxError,
+    np_to_onnx_type,
+    registrar,
+    require,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -156,6 +164,14 @@ def _where(e: _Emitter, n: Node) -> str:
 @_rule("cast")
 def _cast(e: _Emitter, n: Node) -> str:
     return e.cast(e.x(n, 0), n.dtype)
+
+
+@_rule("stop_gradient")
+def _stop_gradient(e: _Emitter, n: Node) -> str:
+    """Identity, marked in its doc_string so that cgraph's import restores stop_gradient"""
+    out = e.node("Identity", [e.x(n, 0)])
+    e.nodes[-1].doc_string = STOP_GRADIENT_DOC
+    return out
 
 
 # ---- shapes and moving elements -----------------------------------------------------------

@@ -22,7 +22,15 @@ import numpy as np
 import cgraph.ops as ops
 from cgraph.errors import CgraphError
 from cgraph.graph import DTYPES, Graph, Tensor
-from cgraph.onnx._common import CONSTANTS_KEY, FROZEN_KEY, OnnxError, onnx_to_np_type, registrar, require
+from cgraph.onnx._common import (
+    CONSTANTS_KEY,
+    FROZEN_KEY,
+    STOP_GRADIENT_DOC,
+    OnnxError,
+    onnx_to_np_type,
+    registrar,
+    require,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -123,7 +131,9 @@ def _pow(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Identity")
 def _identity(r: _Reader, n: Any) -> list[Tensor]:
-    return [r.t(n.input[0])]
+    """The input itself; an Identity that cgraph's export marked as stop_gradient is one."""
+    x = r.t(n.input[0])
+    return [ops.stop_gradient(x) if n.doc_string == STOP_GRADIENT_DOC else x]
 
 
 @_rule("Where")

@@ -1,5 +1,6 @@
-"""The ops: functions that build nodes (`cg.add`, `cg.matmul`, ...), one definition each in
-the registry (`cgraph.ops.registry.OPS`) with its kernel, shape rule and derivative rules."""
+"""The ops: functions that build nodes (`cg.add`, `cg.matmul`, ...), each op one declared
+contract in the registry (`cgraph.ops.registry`), with its kernel, shape and dtype rules and
+derivative rules; `cg.define_op` adds your own through the same door."""
 
 from cgraph.ops.array import (
     broadcast_to,
@@ -36,6 +37,7 @@ from cgraph.ops.elementwise import (
     softplus,
     sqrt,
     square,
+    stop_gradient,
     sub,
     tanh,
     where,
@@ -50,13 +52,13 @@ from cgraph.ops.nn import (
     softmax_cross_entropy,
 )
 from cgraph.ops.reduce import max, mean, sum
-from cgraph.ops.registry import OPS, OpDef
+from cgraph.ops.registry import NONDIFF, ZERO, Attr, OpDef, define_op, op_info
 
 __all__ = [
-    "OPS", "OpDef", "abs", "add", "batch_norm", "binary_cross_entropy", "broadcast_to", "cast",
-    "concat", "cos", "div", "equal", "exp", "expand_dims", "getitem", "greater", "greater_equal",
-    "less", "less_equal", "log", "log_softmax", "logistic", "logsumexp", "matmul", "max",
-    "maximum", "mean", "minimum", "mse", "mul", "neg", "pow", "relu", "reshape", "sign", "sin",
-    "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "sub", "sum",
+    "NONDIFF", "ZERO", "Attr", "OpDef", "abs", "add", "batch_norm", "binary_cross_entropy", "broadcast_to",
+    "cast", "concat", "cos", "define_op", "div", "equal", "exp", "expand_dims", "getitem", "greater",
+    "greater_equal", "less", "less_equal", "log", "log_softmax", "logistic", "logsumexp", "matmul", "max",
+    "maximum", "mean", "minimum", "mse", "mul", "neg", "op_info", "pow", "relu", "reshape", "sign", "sin",
+    "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "sub", "sum",
     "tanh", "transpose", "where",
 ]

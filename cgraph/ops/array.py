@@ -8,31 +8,51 @@ int64 vector computed right after x so that x itself need not be kept for the ba
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgraph.errors import DerivativeError, ShapeError
-from cgraph.graph import Meta, Shape, Tensor
 from cgraph.ops.registry import (
+    INT64,
     NONDIFF,
+    NUMERIC,
+    PROMOTE,
+    SAME,
+    SAME_NUMERIC,
+    Arg,
+    Attr,
+    Operand,
     apply,
-    broadcast_shapes,
     define,
+    passthrough,
+)
+from cgraph.shapes import (
+    Meta,
+    Shape,
+    broadcast_shapes,
     normalize_axes,
+    normalize_index,
     static_with_sentinels,
 )
 
+if TYPE_CHECKING:
+    from cgraph.graph import Tensor
+
 # ---- matmul -------------------------------------------------------------------------------
 
-def _matmul_infer(a: Meta, b: Meta) -> tuple[Shape, np.dtype]:
+def _matmul_shape(a: Meta, b: Meta) -> Shape:
+    """Both inputs have at least 2 dimensions; a's last size and b's second-to-last agree
+    (where both are known); the leading (batch) axes BROADCAST; the result is batch + (a's
+    second-to-last size, b's last size)."""
     if a.ndim < 2 or b.ndim < 2:
         raise ShapeError("matmul needs 2-D (or batched) operands; reshape vectors to matrices")
     k1, k2 = a.shape[-1], b.shape[-2]
     if k1 is not None and k2 is not None and k1 != k2:
         raise ShapeError(f"inner sizes {k1} and {k2} differ")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    return (*batch, a.shape[-2], b.shape[-1]), np.result_type(a.dtype, b.dtype)
+    return (*batch, a.shape[-2], b.shape[-1])
 
 
 def matrix_transpose(x: Tensor) -> Tensor:
@@ -42,61 +62,90 @@ def matrix_transpose(x: Tensor) -> Tensor:
     return transpose(x, axes)
 
 
-define("matmul", np.matmul, _matmul_infer,
-       jvp=(lambda t, out, a, b: matmul(t, b), lambda t, out, a, b: matmul(a, t)),
-       vjp=(lambda g, out, a, b: matmul(g, matrix_transpose(b)),
-            lambda g, out, a, b: matmul(matrix_transpose(a), g)))
+matmul = define(
+    "matmul", np.matmul, inputs=("a", "b"), shape=_matmul_shape, dtype=NUMERIC,
+    jvp=(lambda t, out, a, b: matmul(t, b), lambda t, out, a, b: matmul(a, t)),
+    vjp=(lambda g, out, a, b: matmul(g, matrix_transpose(b)), lambda g, out, a, b: matmul(matrix_transpose(a), g)),
+    doc="a @ b for matrices, or stacks of them (numpy.matmul; the batch axes broadcast)",
+    grad_doc="JVP: t_a @ b + a @ t_b; VJP: g @ b^T to a, a^T @ g to b (transposing the last two axes)")
 
 
 # ---- transpose ----------------------------------------------------------------------------
 
-def _transpose_infer(x: Meta, *, axes: tuple[int, ...]) -> tuple[Shape, np.dtype]:
+def _transpose_shape(x: Meta, *, axes: tuple[int, ...]) -> Shape:
+    """`axes` is a permutation of 0 .. ndim-1; output axis i is x's axis axes[i]."""
     if sorted(axes) != list(range(x.ndim)):
         raise ShapeError(f"axes {tuple(axes)} are not a permutation of {x.ndim} dimensions")
-    return tuple(x.shape[a] for a in axes), x.dtype
+    return tuple(x.shape[a] for a in axes)
 
 
-define("transpose", lambda x, *, axes: x.transpose(axes), _transpose_infer, view=True,
-       jvp=(lambda t, out, x, *, axes: transpose(t, axes),),
-       vjp=(lambda g, out, x, *, axes: transpose(g, tuple(np.argsort(axes).tolist())),))
+def _transpose_identity(node: Any, args: list[Arg]) -> str | None:
+    """A transpose of a transpose that together permute nothing is the inner input."""
+    src = args[0]
+    if src.op == "transpose":
+        perm = tuple(src.attrs["axes"][i] for i in node.attrs["axes"])
+        if perm == tuple(range(len(perm))):
+            return src.inputs[0]
+    return None
+
+
+_transpose = define(
+    "transpose", lambda x, *, axes: x.transpose(axes), inputs=("x",), shape=_transpose_shape, dtype=SAME,
+    attrs={"axes": Attr("ints", doc="a permutation of the axes")}, view=True,
+    jvp=(lambda t, out, x, *, axes: transpose(t, axes),),
+    vjp=(lambda g, out, x, *, axes: transpose(g, tuple(np.argsort(axes).tolist())),),
+    identity=_transpose_identity, doc="the axes permuted (numpy.transpose); a view",
+    grad_doc="JVP: the tangent permuted alike; VJP: the cotangent by the inverse permutation")
 
 
 # ---- shapes known at run time ------------------------------------------------------------
 
-define("shape_of", lambda x: np.array(x.shape, dtype=np.int64),
-       lambda x: ((x.ndim,), np.dtype(np.int64)), jvp=(NONDIFF,), vjp=(NONDIFF,), eager=True, gives_shape=True,
-       doc="the run-time shape of x, for rules that need a size only known then")
+def _shape_of_shape(x: Meta) -> Shape:
+    """(ndim,): one entry per axis of x."""
+    return (x.ndim,)
+
+
+_shape_of = define("shape_of", lambda x: np.array(x.shape, dtype=np.int64), inputs=("x",), shape=_shape_of_shape,
+                   dtype=INT64, jvp=(NONDIFF,), vjp=(NONDIFF,), eager=True, gives_shape=True,
+                   doc="the run-time shape of x, for rules that need a size only known then")
 
 
 def shape_like(x: Tensor) -> tuple[int, ...] | Tensor:
     """x's shape: static if every size is known, else a `shape_of(x)` node."""
     if None in x.shape:
-        return apply("shape_of", x)
+        return _shape_of(x)
     return tuple(x.shape)  # type: ignore[arg-type]
 
 
 def _with_shape(op: str, x: Tensor, shape: Any, **attrs: Any) -> Tensor:
     """Build an op that takes a target shape: static as an attribute, or a shape_of node (then
     the attribute keeps the static shape, with None, for shape inference)."""
-    if isinstance(shape, Tensor):
+    if isinstance(shape, Operand):
         src = shape.graph[shape.node.inputs[0]] if shape.op == "shape_of" else None
         static = src.shape if src is not None else (None,) * (shape.shape[0] or 0)
         return apply(op, x, shape, shape=tuple(static), **attrs)
     return apply(op, x, shape=tuple(int(d) for d in shape), **attrs)
 
 
-def _check_shape_input(s: Meta | None) -> None:
+SHAPE_INPUT = ("x", "sizes?")  # sizes: the target shape computed at run time (shape_of)
+SHAPE_ATTR = {"shape": Attr("dims", doc="the target shape (with a shape input: its static sizes, None where "
+                                        "known only at run time)")}
+
+
+def _check_shape_input(s: Meta | None, shape: tuple) -> None:
     if s is not None and (s.dtype != np.int64 or s.ndim != 1):
         raise ShapeError("a run-time shape must be a 1-D int64 tensor")
+    if s is not None and s.shape[0] is not None and s.shape[0] != len(shape):
+        raise ShapeError(f"the shape input has {s.shape[0]} entries, the attribute shape {len(shape)}")
 
 
 # ---- reshape ------------------------------------------------------------------------------
 
 def _reshape_sizes(src: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    total = int(np.prod(src))
+    total = math.prod(src)
     if shape.count(-1) > 1 or any(d < -1 for d in shape):
         raise ShapeError(f"bad target shape {shape}")
-    known = int(np.prod([d for d in shape if d != -1]))
+    known = math.prod(d for d in shape if d != -1)
     if -1 in shape:
         if known == 0 or total % known:
             raise ShapeError(f"cannot reshape {total} elements into {shape}")
@@ -106,45 +155,62 @@ def _reshape_sizes(src: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, .
     return shape
 
 
-def _reshape_infer(x: Meta, s: Meta | None = None, *, shape: tuple) -> tuple[Shape, np.dtype]:
-    _check_shape_input(s)
+def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
+    """With a shape input (an int64 vector), `shape`. Else: `shape` has sizes >= 0 and at most
+    one -1 (none of them None); when x's sizes are all known, the element counts agree and -1
+    is the size that makes them agree; with unknown sizes in x, a -1 is None unless the known
+    sizes alone decide it."""
+    _check_shape_input(s, shape)
     if s is not None:
-        return tuple(shape), x.dtype
+        return tuple(shape)
+    if None in shape:
+        raise ShapeError(f"target shape {tuple(shape)} has a None size but no shape input")
     if None not in x.shape:
-        return _reshape_sizes(x.shape, tuple(shape)), x.dtype  # type: ignore[arg-type]
+        return _reshape_sizes(x.shape, tuple(shape))  # type: ignore[arg-type]
     if -1 not in shape:  # sizes are given; run time checks the element count
-        return tuple(shape), x.dtype
-    return static_with_sentinels(lambda d: _reshape_sizes(d, tuple(shape)), x.shape), x.dtype
+        if shape.count(-1) > 1 or any(d < -1 for d in shape):
+            raise ShapeError(f"bad target shape {shape}")
+        return tuple(shape)
+    return static_with_sentinels(lambda d: _reshape_sizes(d, tuple(shape)), x.shape)
 
 
 def _reshape_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) -> np.ndarray:
     return np.reshape(x, shape if s is None else tuple(s.tolist()))
 
 
-define("reshape", _reshape_kernel, _reshape_infer, view=True, shape_arg=True,
-       jvp=(lambda t, out, x, *s, shape: apply("reshape", t, *s, shape=shape), NONDIFF),
-       vjp=(lambda g, out, x, *s, shape: reshape(g, shape_like(x)), NONDIFF),
-       doc="a view where numpy can make one, else a copy")
+_reshape = define(
+    "reshape", _reshape_kernel, inputs=SHAPE_INPUT, shape=_reshape_shape, dtype=SAME, attrs=SHAPE_ATTR, view=True,
+    shape_arg=True, jvp=(lambda t, out, x, *s, shape: _reshape(t, *s, shape=shape), NONDIFF),
+    vjp=(lambda g, out, x, *s, shape: reshape(g, shape_like(x)), NONDIFF), identity=passthrough(static=True),
+    doc="x with a new shape (numpy.reshape, C order): a view where numpy can make one, else a copy",
+    grad_doc="JVP: the tangent reshaped alike; VJP: the cotangent reshaped back to x's shape")
 
 
 # ---- broadcasting and its transpose ------------------------------------------------------
 
-def _broadcast_infer(x: Meta, s: Meta | None = None, *, shape: tuple) -> tuple[Shape, np.dtype]:
-    _check_shape_input(s)
+def _broadcast_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
+    """`shape`, which has at least x's number of dimensions. Without a shape input, x's shape
+    BROADCASTs to it (`shape` has no None, and BROADCAST of x's shape and `shape` is `shape`)."""
+    _check_shape_input(s, shape)
     if len(shape) < x.ndim:
         raise ShapeError(f"cannot broadcast to fewer dimensions ({len(shape)})")
+    if s is None and (None in shape or any(d < 0 for d in shape)):
+        raise ShapeError(f"bad target shape {tuple(shape)}")
     out = broadcast_shapes(x.shape, tuple(shape))
     if tuple(out) != tuple(shape) and s is None:
         raise ShapeError(f"cannot broadcast to {tuple(shape)}")
-    return tuple(shape), x.dtype
+    return tuple(shape)
 
 
 def _broadcast_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) -> np.ndarray:
     return np.broadcast_to(x, shape if s is None else tuple(s.tolist()))
 
 
-def _sum_to_infer(x: Meta, s: Meta | None = None, *, shape: tuple) -> tuple[Shape, np.dtype]:
-    _check_shape_input(s)
+def _sum_to_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
+    """`shape` has at most x's number of dimensions; aligned at the right, each of its sizes is
+    1, None, or x's size (where known). The result is `shape`, where a None takes x's size
+    (a size that is not summed); with a shape input, `shape` itself."""
+    _check_shape_input(s, shape)
     lead = x.ndim - len(shape)
     if lead < 0:
         raise ShapeError(f"cannot sum to more dimensions ({len(shape)})")
@@ -152,9 +218,9 @@ def _sum_to_infer(x: Meta, s: Meta | None = None, *, shape: tuple) -> tuple[Shap
         if t not in (1, None) and d not in (t, None):
             raise ShapeError(f"cannot sum to {tuple(shape)}")
     if s is not None:  # the run-time shape decides; in a prediction `shape` is already concrete
-        return tuple(shape), x.dtype
+        return tuple(shape)
     # a None in the target is a size that is not summed: x's own (known once x's is)
-    return tuple(d if t is None else t for d, t in zip(x.shape[lead:], shape, strict=True)), x.dtype
+    return tuple(d if t is None else t for d, t in zip(x.shape[lead:], shape, strict=True))
 
 
 def _sum_to_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) -> np.ndarray:
@@ -167,44 +233,59 @@ def _sum_to_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) 
     return r.reshape(r.shape[lead:]) if lead else r
 
 
-define("broadcast_to", _broadcast_kernel, _broadcast_infer, view=True, shape_arg=True,
-       jvp=(lambda t, out, x, *s, shape: apply("broadcast_to", t, *s, shape=shape), NONDIFF),
-       vjp=(lambda g, out, x, *s, shape: sum_to_like(g, x), NONDIFF),
-       doc="a read-only view of x repeated to `shape`")
-define("sum_to", _sum_to_kernel, _sum_to_infer, shape_arg=True,
-       jvp=(lambda t, out, x, *s, shape: apply("sum_to", t, *s, shape=shape), NONDIFF),
-       vjp=(lambda g, out, x, *s, shape: broadcast_to(g, shape_like(x)), NONDIFF),
-       doc="sum over the axes that broadcasting to `shape` added (the VJP of broadcasting); "
-           "with a run-time shape, also over a size that is 1 only at run time")
+_broadcast_to = define(
+    "broadcast_to", _broadcast_kernel, inputs=SHAPE_INPUT, shape=_broadcast_shape, dtype=SAME, attrs=SHAPE_ATTR,
+    view=True, shape_arg=True, jvp=(lambda t, out, x, *s, shape: _broadcast_to(t, *s, shape=shape), NONDIFF),
+    vjp=(lambda g, out, x, *s, shape: sum_to_like(g, x), NONDIFF),
+    doc="x repeated along axes of size 1 (and new leading axes) to `shape` (numpy.broadcast_to); a read-only view",
+    grad_doc="JVP: the tangent broadcast alike; VJP: the cotangent summed back to x's shape (sum_to)")
+_sum_to = define(
+    "sum_to", _sum_to_kernel, inputs=SHAPE_INPUT, shape=_sum_to_shape, dtype=SAME_NUMERIC, attrs=SHAPE_ATTR,
+    shape_arg=True, jvp=(lambda t, out, x, *s, shape: _sum_to(t, *s, shape=shape), NONDIFF),
+    vjp=(lambda g, out, x, *s, shape: broadcast_to(g, shape_like(x)), NONDIFF),
+    doc="x summed over the axes that broadcasting to `shape` added or stretched (the VJP of broadcast_to); "
+        "with a shape input, also over a size that is 1 only at run time",
+    grad_doc="JVP: the tangent summed alike; VJP: the cotangent broadcast back to x's shape")
 
 
-def _axes_infer(x: Meta, *, axes: tuple[int, ...], insert: bool) -> tuple[Shape, np.dtype]:
-    shape = list(x.shape)
-    if insert:
-        for a in axes:
-            shape.insert(a, 1)
-    else:
-        if any(x.shape[a] not in (1, None) for a in axes):
-            raise ShapeError(f"cannot squeeze axes {axes}: sizes are not 1")
-        shape = [d for i, d in enumerate(shape) if i not in axes]
-    return tuple(shape), x.dtype
+def _expand_dims_shape(x: Meta, *, axes: tuple[int, ...]) -> Shape:
+    """Each entry of `axes` is in [-(ndim + k), ndim + k) for k = len(axes), with no repeats;
+    the result has ndim + k axes, size 1 at those positions and x's sizes, in order, elsewhere."""
+    new = normalize_axes(axes, x.ndim + len(axes))
+    sizes = iter(x.shape)
+    return tuple(1 if i in new else next(sizes) for i in range(x.ndim + len(axes)))
 
 
-define("expand_dims", lambda x, *, axes: np.expand_dims(x, axes),
-       lambda x, *, axes: _axes_infer(x, axes=axes, insert=True), view=True,
-       jvp=(lambda t, out, x, *, axes: expand_dims(t, axes),),
-       vjp=(lambda g, out, x, *, axes: squeeze(g, axes),))
-define("squeeze", lambda x, *, axes: np.squeeze(x, axes),
-       lambda x, *, axes: _axes_infer(x, axes=axes, insert=False), view=True,
-       jvp=(lambda t, out, x, *, axes: squeeze(t, axes),),
-       vjp=(lambda g, out, x, *, axes: expand_dims(g, axes),))
+def _squeeze_shape(x: Meta, *, axes: tuple[int, ...]) -> Shape:
+    """Each entry of `axes` is in [-ndim, ndim), with no repeats, and x's size there is 1 (or
+    None: it must be 1 at run time); the result is x's shape without those axes."""
+    gone = normalize_axes(axes, x.ndim)
+    if any(x.shape[a] not in (1, None) for a in gone):
+        raise ShapeError(f"cannot squeeze axes {tuple(axes)}: sizes are not 1")
+    return tuple(d for i, d in enumerate(x.shape) if i not in gone)
+
+
+AXES = {"axes": Attr("ints", doc="the axes")}
+_expand_dims = define(
+    "expand_dims", lambda x, *, axes: np.expand_dims(x, axes), inputs=("x",), shape=_expand_dims_shape,
+    dtype=SAME, attrs=AXES, view=True,
+    jvp=(lambda t, out, x, *, axes: expand_dims(t, axes),), vjp=(lambda g, out, x, *, axes: squeeze(g, axes),),
+    doc="x with axes of size 1 inserted at the positions `axes` of the result (numpy.expand_dims); a view",
+    grad_doc="JVP: the tangent expanded alike; VJP: the cotangent squeezed back")
+_squeeze = define(
+    "squeeze", lambda x, *, axes: np.squeeze(x, axes), inputs=("x",), shape=_squeeze_shape, dtype=SAME, attrs=AXES,
+    view=True, jvp=(lambda t, out, x, *, axes: squeeze(t, axes),),
+    vjp=(lambda g, out, x, *, axes: expand_dims(g, axes),),
+    doc="x without its axes `axes`, each of size 1 (numpy.squeeze); a view",
+    grad_doc="JVP: the tangent squeezed alike; VJP: the cotangent expanded back")
 
 
 # ---- concat -------------------------------------------------------------------------------
 
-def _concat_infer(*xs: Meta, axis: int) -> tuple[Shape, np.dtype]:
-    if not xs:
-        raise ShapeError("concat needs at least one tensor")
+def _concat_shape(*xs: Meta, axis: int) -> Shape:
+    """The inputs have the same number of dimensions, `axis` is in [-ndim, ndim); along `axis`
+    the size is the sum of the inputs' (None if any is None); along every other axis the known
+    sizes agree and give the size (None if none is known)."""
     ndim = xs[0].ndim
     if any(x.ndim != ndim for x in xs):
         raise ShapeError("concat needs tensors of the same number of dimensions")
@@ -219,7 +300,7 @@ def _concat_infer(*xs: Meta, axis: int) -> tuple[Shape, np.dtype]:
             if len(known) > 1:
                 raise ShapeError(f"sizes {dims} differ along axis {i}")
             out.append(known.pop() if known else None)
-    return tuple(out), np.result_type(*(x.dtype for x in xs))
+    return tuple(out)
 
 
 def _concat_vjp(g: Tensor, out: Tensor, *xs: Tensor, index: int, axis: int) -> Tensor:
@@ -238,32 +319,14 @@ def _concat_jvp(tangents: list, out: Tensor, *xs: Tensor, axis: int) -> Tensor:
                   axis=axis)
 
 
-define("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_infer, variadic=True,
-       jvp=_concat_jvp, vjp=(_concat_vjp,))
+_concat = define(
+    "concat", lambda *xs, axis: np.concatenate(xs, axis=axis), inputs=("xs+",), shape=_concat_shape, dtype=PROMOTE,
+    attrs={"axis": Attr("int", doc="the axis joined along")}, jvp=_concat_jvp, vjp=(_concat_vjp,),
+    doc="the inputs joined along `axis` (numpy.concatenate)",
+    grad_doc="JVP: the tangents joined alike; VJP: the cotangent's slice of each input's extent along `axis`")
 
 
 # ---- basic indexing -----------------------------------------------------------------------
-
-def normalize_index(index: Any) -> tuple:
-    """`index` as a tuple of ints, slices (of ints), None and Ellipsis: basic slicing only."""
-    items = index if isinstance(index, tuple) else (index,)
-    out = []
-    for it in items:
-        if isinstance(it, (bool, np.bool_)) or isinstance(it, (Tensor, np.ndarray, list)):
-            raise ShapeError(f"only basic indexing (ints, slices, None, ...) is supported, got {it!r}")
-        if isinstance(it, (int, np.integer)):
-            out.append(int(it))
-        elif isinstance(it, slice):
-            for v in (it.start, it.stop, it.step):
-                if v is not None and not isinstance(v, (int, np.integer)):
-                    raise ShapeError(f"slice bounds must be ints, got {it!r}")
-            out.append(slice(*(None if v is None else int(v) for v in (it.start, it.stop, it.step))))
-        elif it is None or it is Ellipsis:
-            out.append(it)
-        else:
-            raise ShapeError(f"unsupported index {it!r}")
-    return tuple(out)
-
 
 def _index_shape(shape: tuple[int, ...], index: tuple) -> tuple[int, ...]:
     dummy = np.lib.stride_tricks.as_strided(np.zeros(1), shape=shape, strides=(0,) * len(shape))
@@ -273,13 +336,25 @@ def _index_shape(shape: tuple[int, ...], index: tuple) -> tuple[int, ...]:
         raise ShapeError(f"index {index!r}: {e}") from None
 
 
-def _getitem_infer(x: Meta, *, index: tuple) -> tuple[Shape, np.dtype]:
-    return static_with_sentinels(lambda s: _index_shape(s, index), x.shape), x.dtype
+def _getitem_shape(x: Meta, *, index: tuple) -> Shape:
+    """numpy basic indexing x[index] (integers drop their axis and MUST be in range for a known
+    size; slices clamp as Python's; None inserts an axis of size 1; Ellipsis stands for the
+    axes not otherwise indexed; there are at most ndim integers and slices). A size is None
+    where it depends on a None size of x."""
+    return static_with_sentinels(lambda s: _index_shape(s, index), x.shape)
 
 
-def _scatter_infer(g: Meta, s: Meta | None = None, *, shape: tuple, index: tuple) -> tuple[Shape, np.dtype]:
-    _check_shape_input(s)
-    return tuple(shape), g.dtype
+def _scatter_shape(g: Meta, s: Meta | None = None, *, shape: tuple, index: tuple) -> Shape:
+    """`shape` (with None where the shape input decides); g is what `zeros(shape)[index]` would
+    be, where `shape` is static."""
+    _check_shape_input(s, shape)
+    if s is None:
+        if None in shape or any(d < 0 for d in shape):
+            raise ShapeError(f"bad target shape {tuple(shape)}")
+        want = _index_shape(tuple(shape), index)
+        if len(want) != g.ndim or any(d is not None and d != w for d, w in zip(g.shape, want, strict=True)):
+            raise ShapeError(f"values of shape {g.shape} do not fit {tuple(shape)}[{index!r}]")
+    return tuple(shape)
 
 
 def _scatter_kernel(g: np.ndarray, s: np.ndarray | None = None, *, shape: tuple, index: tuple) -> np.ndarray:
@@ -288,26 +363,29 @@ def _scatter_kernel(g: np.ndarray, s: np.ndarray | None = None, *, shape: tuple,
     return out
 
 
-define("getitem", lambda x, *, index: x[index], _getitem_infer, view=True,
-       jvp=(lambda t, out, x, *, index: getitem(t, index),),
-       vjp=(lambda g, out, x, *, index: _with_shape("scatter", g, shape_like(x), index=index),))
-define("scatter", _scatter_kernel, _scatter_infer, shape_arg=True,
-       jvp=(lambda t, out, g, *s, shape, index: apply("scatter", t, *s, shape=shape, index=index), NONDIFF),
-       vjp=(lambda c, out, g, *s, shape, index: getitem(c, index), NONDIFF),
-       doc="zeros of `shape` with `g` written at `index` (the VJP of getitem)")
+INDEX = Attr("index", doc="a basic index")
+_getitem = define(
+    "getitem", lambda x, *, index: x[index], inputs=("x",), shape=_getitem_shape, dtype=SAME,
+    attrs={"index": INDEX}, view=True,
+    jvp=(lambda t, out, x, *, index: getitem(t, index),),
+    vjp=(lambda g, out, x, *, index: _with_shape("scatter", g, shape_like(x), index=index),),
+    doc="x[index] for numpy basic indexing; a view",
+    grad_doc="JVP: the tangent indexed alike; VJP: zeros of x's shape with the cotangent at `index` (scatter)")
+_scatter = define(
+    "scatter", _scatter_kernel, inputs=("g", "sizes?"), shape=_scatter_shape, dtype=SAME,
+    attrs={**SHAPE_ATTR, "index": INDEX}, shape_arg=True,
+    jvp=(lambda t, out, g, *s, shape, index: _scatter(t, *s, shape=shape, index=index), NONDIFF),
+    vjp=(lambda c, out, g, *s, shape, index: getitem(c, index), NONDIFF),
+    doc="zeros of `shape` with g written at `index` (the VJP of getitem)",
+    grad_doc="JVP: the tangent scattered alike; VJP: the cotangent indexed by `index`")
 
 
 # ---- the functions users call -------------------------------------------------------------
 
-def matmul(a: Any, b: Any) -> Tensor:
-    """a @ b for matrices, or stacks of them (batch axes broadcast)."""
-    return apply("matmul", a, b)
-
-
 def transpose(x: Tensor, axes: Any = None) -> Tensor:
     """Permute axes (default: reverse them), as numpy.transpose; a view."""
     axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) for a in axes)
-    return apply("transpose", x, axes=axes)
+    return _transpose(x, axes=axes)
 
 
 def reshape(x: Tensor, shape: Any) -> Tensor:
@@ -323,7 +401,7 @@ def broadcast_to(x: Any, shape: Any) -> Tensor:
 def sum_to(x: Tensor, shape: Shape | Tensor) -> Tensor:
     """Sum x down to `shape`, which x broadcasts from: static (None sizes are left alone), or
     a `shape_of` node, whose run-time sizes say which axes broadcasting stretched."""
-    if not isinstance(shape, Tensor) and tuple(x.shape) == tuple(shape):
+    if not isinstance(shape, Operand) and tuple(x.shape) == tuple(shape):
         return x
     return _with_shape("sum_to", x, shape)
 
@@ -339,12 +417,12 @@ def sum_to_like(g: Tensor, x: Tensor) -> Tensor:
 def expand_dims(x: Tensor, axes: Any) -> Tensor:
     """Insert axes of size 1 at the positions `axes` of the result."""
     axes = normalize_axes(axes, x.ndim + len(axes if isinstance(axes, tuple) else (axes,)))
-    return apply("expand_dims", x, axes=axes)
+    return _expand_dims(x, axes=axes)
 
 
 def squeeze(x: Tensor, axes: Any) -> Tensor:
     """Remove axes of size 1."""
-    return apply("squeeze", x, axes=normalize_axes(axes, x.ndim))
+    return _squeeze(x, axes=normalize_axes(axes, x.ndim))
 
 
 def concat(xs: Any, axis: int = 0) -> Tensor:
@@ -352,15 +430,15 @@ def concat(xs: Any, axis: int = 0) -> Tensor:
     xs = list(xs)
     if not xs:
         raise ShapeError("concat needs at least one tensor")
-    return apply("concat", *xs, axis=int(axis))
+    return _concat(*xs, axis=int(axis))
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
     """x[index] for basic indexing (ints, slices, None, ...); a view."""
-    return apply("getitem", x, index=normalize_index(index))
+    return _getitem(x, index=normalize_index(index))
 
 
 def zeros_like(x: Tensor) -> Tensor:
     """Zeros of x's shape and dtype: a read-only broadcast of one stored zero."""
-    zero = x.graph.constant(x.graph._fresh("zero").rsplit("/", 1)[-1], np.zeros((), x.dtype))
+    zero = x.graph.constant(None, np.zeros((), x.dtype))
     return broadcast_to(zero, shape_like(x))

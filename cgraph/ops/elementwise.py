@@ -1,73 +1,83 @@
-"""Elementwise ops (numpy broadcasting): arithmetic, math functions, comparisons, where, cast.
+"""Elementwise ops (numpy broadcasting): arithmetic, math functions, comparisons, where, cast,
+stop_gradient.
 
-Unary math ops are defined by their derivative alone (`_unary`): both the JVP and the VJP are a
-product with it, as in autograd's elementwise rules.
+An elementwise op's Jacobian is diagonal, so one rule per input (`deriv`) serves as both its
+JVP and its VJP: `t * d(out)/d(x)` for a tangent or a cotangent `t`, as in autograd's
+elementwise rules. Unary math ops are defined by that partial derivative alone (`_unary`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.errors import ShapeError
-from cgraph.graph import Meta, Tensor
 from cgraph.ops.registry import (
+    CAST,
+    COMPARE,
+    DTYPES,
+    FLOAT,
     NONDIFF,
+    NUMERIC,
+    PROMOTE,
+    SAME,
+    WHERE,
     ZERO,
-    apply,
-    compare_infer,
+    Attr,
     define,
-    elementwise_infer,
-    float_infer,
+    elementwise_shape,
+    involution,
+    passthrough,
+    same_shape,
+    unit,
 )
+
+if TYPE_CHECKING:
+    from cgraph.graph import Tensor
 
 # ---- arithmetic -------------------------------------------------------------------------
 
-define("add", np.add, elementwise_infer, inplace=True,
-       jvp=(lambda t, out, a, b: t, lambda t, out, a, b: t),
-       vjp=(lambda g, out, a, b: g, lambda g, out, a, b: g))
-define("sub", np.subtract, elementwise_infer, inplace=True,
-       jvp=(lambda t, out, a, b: t, lambda t, out, a, b: neg(t)),
-       vjp=(lambda g, out, a, b: g, lambda g, out, a, b: neg(g)))
-define("mul", np.multiply, elementwise_infer, inplace=True,
-       jvp=(lambda t, out, a, b: mul(t, b), lambda t, out, a, b: mul(a, t)),
-       vjp=(lambda g, out, a, b: mul(g, b), lambda g, out, a, b: mul(a, g)))
-define("div", np.divide, float_infer, inplace=True,
-       jvp=(lambda t, out, a, b: div(t, b), lambda t, out, a, b: neg(div(mul(t, out), b))),
-       vjp=(lambda g, out, a, b: div(g, b), lambda g, out, a, b: neg(div(mul(g, out), b))))
+BINARY = ("a", "b")
+
+add = define("add", np.add, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+             deriv=(lambda t, out, a, b: t, lambda t, out, a, b: t), identity=unit(0, 0, 1),
+             doc="a + b", grad_doc="d/da = 1, d/db = 1")
+sub = define("sub", np.subtract, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+             deriv=(lambda t, out, a, b: t, lambda t, out, a, b: neg(t)), identity=unit(0, 1),
+             doc="a - b", grad_doc="d/da = 1, d/db = -1")
+mul = define("mul", np.multiply, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+             deriv=(lambda t, out, a, b: mul(t, b), lambda t, out, a, b: mul(a, t)), identity=unit(1, 0, 1),
+             doc="a * b", grad_doc="d/da = b, d/db = a")
+div = define("div", np.divide, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
+             deriv=(lambda t, out, a, b: div(t, b), lambda t, out, a, b: neg(div(mul(t, out), b))),
+             identity=unit(1, 1), doc="a / b (true division; the inputs' result type must be a float)",
+             grad_doc="d/da = 1 / b, d/db = -out / b")
 
 
 def _pow_da(a: Tensor, b: Tensor) -> Tensor:
     return mul(b, pow(a, sub(b, 1)))
 
 
-define("pow", np.power, float_infer, inplace=True,
-       jvp=(lambda t, out, a, b: mul(t, _pow_da(a, b)), lambda t, out, a, b: mul(t, mul(out, log(a)))),
-       vjp=(lambda g, out, a, b: mul(g, _pow_da(a, b)), lambda g, out, a, b: mul(g, mul(out, log(a)))),
-       doc="a ** b; the derivative wrt b is out * log(a), so it needs a > 0 where it is used")
+pow = define("pow", np.power, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,  # noqa: A001
+             deriv=(lambda t, out, a, b: mul(t, _pow_da(a, b)), lambda t, out, a, b: mul(t, mul(out, log(a)))),
+             doc="a ** b; the derivative wrt b is out * log(a), so it needs a > 0 where it is used",
+             grad_doc="d/da = b * a ** (b - 1), d/db = out * log(a)")
 
 
-def _unary(name: str, kernel: Any, deriv: Any, infer: Any = float_infer, doc: str = "") -> None:
-    """An elementwise op whose JVP is `t * deriv(x, out)` and VJP `g * deriv(x, out)`."""
-    inplace = isinstance(kernel, np.ufunc)
-    if deriv is ZERO:
-        define(name, kernel, infer, jvp=(ZERO,), vjp=(ZERO,), doc=doc, inplace=inplace)
-        return
-    define(name, kernel, infer,
-           jvp=(lambda t, out, x: mul(t, deriv(x, out)),),
-           vjp=(lambda g, out, x: mul(g, deriv(x, out)),), doc=doc, inplace=inplace)
-
-
-def _linear_unary(name: str, kernel: Any, fn: Any, infer: Any = elementwise_infer) -> None:
-    define(name, kernel, infer, jvp=(lambda t, out, x: fn(t),), vjp=(lambda g, out, x: fn(g),),
-           inplace=isinstance(kernel, np.ufunc))
+def _unary(name: str, kernel: Any, deriv: Any, grad_doc: str, dtype: Any = FLOAT, doc: str = "",
+           **flags: Any) -> Any:
+    """An elementwise op of one input whose derivative is `deriv(x, out)` (or ZERO)."""
+    rule = ZERO if deriv is ZERO else (lambda t, out, x: mul(t, deriv(x, out)))
+    return define(name, kernel, inputs=("x",), shape=same_shape, dtype=dtype, deriv=(rule,), doc=doc,
+                  grad_doc=grad_doc, inplace=isinstance(kernel, np.ufunc), **flags)
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
     # For x < -709, e^-x overflows to inf and the result is its limit, 0: no NaN, no warning.
     with np.errstate(over="ignore"):
         e = np.exp(-x)
+    if not isinstance(e, np.ndarray):  # a 0-d input gives a numpy scalar, which has no `out=`
+        return np.reciprocal(e + 1)
     e += 1.0
     return np.reciprocal(e, out=e)
 
@@ -76,21 +86,25 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
 
 
-_linear_unary("neg", np.negative, lambda t: neg(t))
-_unary("exp", np.exp, lambda x, out: out)
-_unary("log", np.log, lambda x, out: reciprocal(x))
-_unary("sqrt", np.sqrt, lambda x, out: div(0.5, out))
-_unary("square", np.square, lambda x, out: mul(2.0, x), infer=elementwise_infer)
-_unary("abs", np.abs, lambda x, out: sign(x), infer=elementwise_infer,
-       doc="|x|; its derivative at 0 is taken as 0 (sign(0))")
-_unary("sign", np.sign, ZERO, infer=elementwise_infer)
-_unary("sin", np.sin, lambda x, out: cos(x))
-_unary("cos", np.cos, lambda x, out: neg(sin(x)))
-_unary("tanh", np.tanh, lambda x, out: sub(1.0, square(out)))
-_unary("logistic", _logistic, lambda x, out: mul(out, sub(1.0, out)))
-_unary("relu", lambda x: np.maximum(x, 0), lambda x, out: cast(greater(x, 0), x.dtype),
-       infer=elementwise_infer, doc="max(x, 0); its derivative at 0 is taken as 0")
-_unary("softplus", _softplus, lambda x, out: logistic(x), doc="log(1 + e^x), computed stably")
+neg = define("neg", np.negative, inputs=("x",), shape=same_shape, dtype=NUMERIC, inplace=True,
+             deriv=(lambda t, out, x: neg(t),), identity=involution("neg"), doc="-x", grad_doc="d/dx = -1")
+exp = _unary("exp", np.exp, lambda x, out: out, "d/dx = out", doc="e ** x")
+log = _unary("log", np.log, lambda x, out: reciprocal(x), "d/dx = 1 / x", doc="the natural logarithm")
+sqrt = _unary("sqrt", np.sqrt, lambda x, out: div(0.5, out), "d/dx = 0.5 / out", doc="the square root")
+square = _unary("square", np.square, lambda x, out: mul(2.0, x), "d/dx = 2 x", dtype=NUMERIC, doc="x * x")
+abs = _unary("abs", np.abs, lambda x, out: sign(x), "d/dx = sign(x) (0 at 0)", dtype=NUMERIC,  # noqa: A001
+             doc="|x|; its derivative at 0 is taken as 0 (sign(0))")
+sign = _unary("sign", np.sign, ZERO, "zero", dtype=NUMERIC, doc="-1, 0 or 1 as x is negative, zero or positive")
+sin = _unary("sin", np.sin, lambda x, out: cos(x), "d/dx = cos(x)", doc="the sine")
+cos = _unary("cos", np.cos, lambda x, out: neg(sin(x)), "d/dx = -sin(x)", doc="the cosine")
+tanh = _unary("tanh", np.tanh, lambda x, out: sub(1.0, square(out)), "d/dx = 1 - out ** 2",
+              doc="the hyperbolic tangent")
+logistic = _unary("logistic", _logistic, lambda x, out: mul(out, sub(1.0, out)), "d/dx = out (1 - out)",
+                  doc="1 / (1 + e ** -x), computed without overflow")
+relu = _unary("relu", lambda x: np.maximum(x, 0), lambda x, out: cast(greater(x, 0), x.dtype),
+              "d/dx = 1 where x > 0, else 0", dtype=NUMERIC, doc="max(x, 0); its derivative at 0 is taken as 0")
+softplus = _unary("softplus", _softplus, lambda x, out: logistic(x), "d/dx = logistic(x)",
+                  doc="log(1 + e ** x), computed without overflow")
 
 
 def reciprocal(x: Tensor) -> Tensor:
@@ -104,178 +118,60 @@ def _share(win: Tensor, tie: Tensor, dtype: Any) -> Tensor:
     return add(cast(win, dtype), mul(0.5, cast(tie, dtype)))
 
 
-def _extremum(name: str, kernel: Any, wins: Any) -> None:
+def _extremum(name: str, kernel: Any, wins: Any, doc: str) -> Any:
     def weight_a(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _share(wins(a, b), equal(a, b), out.dtype)
 
     def weight_b(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _share(wins(b, a), equal(a, b), out.dtype)
 
-    define(name, kernel, elementwise_infer, inplace=True,
-           jvp=(lambda t, out, a, b: mul(t, weight_a(out, a, b)),
-                lambda t, out, a, b: mul(t, weight_b(out, a, b))),
-           vjp=(lambda g, out, a, b: mul(g, weight_a(out, a, b)),
-                lambda g, out, a, b: mul(g, weight_b(out, a, b))))
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=PROMOTE, inplace=True,
+                  deriv=(lambda t, out, a, b: mul(t, weight_a(out, a, b)),
+                         lambda t, out, a, b: mul(t, weight_b(out, a, b))),
+                  doc=doc, grad_doc="1 to the side that wins, 0 to the other; 1/2 to each on a tie")
 
 
-_extremum("maximum", np.maximum, lambda a, b: greater(a, b))
-_extremum("minimum", np.minimum, lambda a, b: less(a, b))
+maximum = _extremum("maximum", np.maximum, lambda a, b: greater(a, b),
+                    "the larger of a and b, elementwise; where a == b each side gets half the derivative")
+minimum = _extremum("minimum", np.minimum, lambda a, b: less(a, b),
+                    "the smaller of a and b, elementwise; where a == b each side gets half the derivative")
 
 
 # ---- comparisons (bool results, no derivative) and where ------------------------------------
 
-for _name, _kernel in (("less", np.less), ("less_equal", np.less_equal), ("greater", np.greater),
-                       ("greater_equal", np.greater_equal), ("equal", np.equal)):
-    define(_name, _kernel, compare_infer, jvp=(NONDIFF, NONDIFF), vjp=(NONDIFF, NONDIFF))
-
-
-def _where_infer(c: Meta, a: Meta, b: Meta) -> tuple[Any, np.dtype]:
-    if c.dtype != np.bool_:
-        raise ShapeError(f"the condition must be bool, got {c.dtype}")
-    shape, _ = elementwise_infer(c, a, b)
-    return shape, np.result_type(a.dtype, b.dtype)
-
-
-define("where", np.where, _where_infer,
-       jvp=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
-       vjp=(NONDIFF, lambda g, out, c, a, b: where(c, g, 0.0), lambda g, out, c, a, b: where(c, 0.0, g)))
-
-
-def _cast_infer(x: Meta, *, dtype: str) -> tuple[Any, np.dtype]:
-    from cgraph.graph import as_dtype
-
-    return x.shape, as_dtype(dtype)
-
-
-def _cast_rule(t: Tensor, out: Tensor, x: Tensor, *, dtype: str) -> Tensor | None:
-    return cast(t, dtype)
-
-
-def _cast_back(g: Tensor, out: Tensor, x: Tensor, *, dtype: str) -> Tensor:
-    return cast(g, x.dtype)
-
-
-define("cast", lambda x, *, dtype: x.astype(dtype), _cast_infer, jvp=(_cast_rule,), vjp=(_cast_back,),
-       doc="convert to another dtype; bool and int inputs carry no derivative")
-
-
-# ---- the functions users call -------------------------------------------------------------
-
-def add(a: Any, b: Any) -> Tensor:
-    """a + b"""
-    return apply("add", a, b)
-
-
-def sub(a: Any, b: Any) -> Tensor:
-    """a - b"""
-    return apply("sub", a, b)
-
-
-def mul(a: Any, b: Any) -> Tensor:
-    """a * b"""
-    return apply("mul", a, b)
-
-
-def div(a: Any, b: Any) -> Tensor:
-    """a / b (true division; ints give float64)"""
-    return apply("div", a, b)
-
-
-def pow(a: Any, b: Any) -> Tensor:  # noqa: A001  (the name users expect: cg.pow)
-    """a ** b"""
-    return apply("pow", a, b)
-
-
-def neg(x: Any) -> Tensor:
-    """-x"""
-    return apply("neg", x)
-
-
-def exp(x: Any) -> Tensor:
-    return apply("exp", x)
-
-
-def log(x: Any) -> Tensor:
-    return apply("log", x)
-
-
-def sqrt(x: Any) -> Tensor:
-    return apply("sqrt", x)
-
-
-def square(x: Any) -> Tensor:
-    return apply("square", x)
-
-
-def abs(x: Any) -> Tensor:  # noqa: A001
-    return apply("abs", x)
-
-
-def sign(x: Any) -> Tensor:
-    return apply("sign", x)
-
-
-def sin(x: Any) -> Tensor:
-    return apply("sin", x)
-
-
-def cos(x: Any) -> Tensor:
-    return apply("cos", x)
-
-
-def tanh(x: Any) -> Tensor:
-    return apply("tanh", x)
-
-
-def logistic(x: Any) -> Tensor:
-    """1 / (1 + e^-x), computed without overflow"""
-    return apply("logistic", x)
-
-
-def relu(x: Any) -> Tensor:
-    return apply("relu", x)
-
-
-def softplus(x: Any) -> Tensor:
-    """log(1 + e^x), computed without overflow"""
-    return apply("softplus", x)
-
-
-def maximum(a: Any, b: Any) -> Tensor:
-    """Elementwise max; where a == b each side gets half the derivative."""
-    return apply("maximum", a, b)
-
-
-def minimum(a: Any, b: Any) -> Tensor:
-    """Elementwise min; where a == b each side gets half the derivative."""
-    return apply("minimum", a, b)
-
-
-def less(a: Any, b: Any) -> Tensor:
-    return apply("less", a, b)
-
-
-def less_equal(a: Any, b: Any) -> Tensor:
-    return apply("less_equal", a, b)
-
-
-def greater(a: Any, b: Any) -> Tensor:
-    return apply("greater", a, b)
-
-
-def greater_equal(a: Any, b: Any) -> Tensor:
-    return apply("greater_equal", a, b)
-
-
-def equal(a: Any, b: Any) -> Tensor:
-    return apply("equal", a, b)
-
-
-def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """a where cond (a bool tensor) holds, else b."""
-    return apply("where", cond, a, b)
+def _compare(name: str, kernel: Any, doc: str) -> Any:
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=COMPARE,
+                  deriv=(NONDIFF, NONDIFF), doc=doc)
+
+
+less = _compare("less", np.less, "a < b")
+less_equal = _compare("less_equal", np.less_equal, "a <= b")
+greater = _compare("greater", np.greater, "a > b")
+greater_equal = _compare("greater_equal", np.greater_equal, "a >= b")
+equal = _compare("equal", np.equal, "a == b")
+
+where = define("where", np.where, inputs=("cond", "a", "b"), shape=elementwise_shape, dtype=WHERE,
+               deriv=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
+               doc="a where cond (a bool tensor) holds, else b",
+               grad_doc="d/da = 1 where cond, else 0; d/db = 1 where not cond, else 0; none for cond")
+
+
+# ---- cast and stop_gradient ----------------------------------------------------------------
+
+_cast = define("cast", lambda x, *, dtype: x.astype(dtype), inputs=("x",), shape=same_shape, dtype=CAST,
+               attrs={"dtype": Attr("str", allowed=tuple(map(str, DTYPES)), doc="the dtype to convert to")},
+               jvp=(lambda t, out, x, *, dtype: cast(t, dtype),), vjp=(lambda g, out, x, *, dtype: cast(g, x.dtype),),
+               identity=passthrough(static=True),
+               doc="x converted to another dtype (numpy's astype); bool and int values carry no derivative",
+               grad_doc="JVP: the tangent cast to `dtype`; VJP: the cotangent cast back to x's dtype")
 
 
 def cast(x: Any, dtype: Any) -> Tensor:
     """x converted to `dtype` (float64, float32, int64 or bool)."""
-    return apply("cast", x, dtype=str(np.dtype(dtype)))
+    return _cast(x, dtype=str(np.dtype(dtype)))
+
+
+stop_gradient = define(
+    "stop_gradient", lambda x: x, inputs=("x",), shape=same_shape, dtype=SAME, view=True, deriv=(ZERO,),
+    identity=passthrough(static=False), grad_doc="zero, in both modes",
+    doc="the value of x, with derivative zero in both modes (for targets, moving averages, straight-through tricks)")

@@ -7,16 +7,19 @@ log-probabilities; binary_cross_entropy, mse and batch_norm are built from other
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cgraph.errors import ShapeError
-from cgraph.graph import Meta, Shape, Tensor
 from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
-from cgraph.ops.reduce import count, reduce_keep, sum, unreduce
+from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
-from cgraph.ops.registry import apply, check_float, define, graph_of, lift, lift_all, normalize_axes
+from cgraph.ops.registry import SAME_FLOAT, Attr, DtypeRule, define, graph_of, lift, lift_all
+from cgraph.shapes import Meta, Shape, normalize_axes
+
+if TYPE_CHECKING:
+    from cgraph.graph import Tensor
 
 
 def _shifted(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -42,39 +45,52 @@ def _logsumexp(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.nd
     return r if keepdims else np.squeeze(r, axis=axes)
 
 
-def _same_float(x: Meta, **_: Any) -> tuple[Shape, np.dtype]:
-    check_float(x)
-    return x.shape, x.dtype
+def _over_axes(x: Meta, *, axes: tuple[int, ...]) -> Shape:
+    """x's shape; every entry of `axes` is in [-ndim, ndim), with no repeats."""
+    normalize_axes(axes, x.ndim)
+    return x.shape
 
 
-def _lse_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
-    check_float(x)
-    if keepdims:
-        return tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype
-    return tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype
-
-
-define("softmax", _softmax, _same_float,
-       jvp=(lambda t, out, x, *, axes: mul(out, sub(t, sum(mul(t, out), axes, keepdims=True))),),
-       vjp=(lambda g, out, x, *, axes: mul(out, sub(g, sum(mul(g, out), axes, keepdims=True))),))
-define("log_softmax", _log_softmax, _same_float,
-       jvp=(lambda t, out, x, *, axes: sub(t, sum(mul(exp(out), t), axes, keepdims=True)),),
-       vjp=(lambda g, out, x, *, axes: sub(g, mul(exp(out), sum(g, axes, keepdims=True))),))
-define("logsumexp", _logsumexp, _lse_infer,
-       jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, softmax(x, axes)), axes, keepdims),),
-       vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),))
+AXES = {"axes": Attr("ints", doc="the axes normalised over")}
+_softmax_op = define(
+    "softmax", _softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    jvp=(lambda t, out, x, *, axes: mul(out, sub(t, sum(mul(t, out), axes, keepdims=True))),),
+    vjp=(lambda g, out, x, *, axes: mul(out, sub(g, sum(mul(g, out), axes, keepdims=True))),),
+    doc="exp(x) / sum(exp(x)) over `axes`, computed with the max trick",
+    grad_doc="out * (t - sum(t * out)) over `axes`, for a tangent or a cotangent t")
+_log_softmax_op = define(
+    "log_softmax", _log_softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    jvp=(lambda t, out, x, *, axes: sub(t, sum(mul(exp(out), t), axes, keepdims=True)),),
+    vjp=(lambda g, out, x, *, axes: sub(g, mul(exp(out), sum(g, axes, keepdims=True))),),
+    doc="x - logsumexp(x) over `axes`, computed stably",
+    grad_doc="JVP: t - sum(exp(out) t); VJP: g - exp(out) sum(g), sums over `axes`")
+_logsumexp_op = define(
+    "logsumexp", _logsumexp, inputs=("x",), shape=reduce_shape, dtype=SAME_FLOAT, attrs=REDUCE_ATTRS,
+    jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, softmax(x, axes)), axes, keepdims),),
+    vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),),
+    doc="log(sum(exp(x))) over `axes`, with the max trick",
+    grad_doc="softmax(x) over `axes`: JVP sum(t softmax(x)); VJP g softmax(x)")
 
 
 # ---- cross-entropy from log-probabilities: -sum(y * logp) / rows ----------------------------
 
-def _rows_infer(logp: Meta, y: Meta) -> tuple[Shape, np.dtype]:
-    check_float(logp)
+def _rows_shape(logp: Meta, y: Meta) -> Shape:
+    """() (a scalar); logp has at least 2 dimensions (rows, classes...) and y has logp's
+    number of dimensions, with sizes that agree where both are known."""
     if logp.ndim < 2:
         raise ShapeError("logits need a batch axis and a class axis (N, C)")
     if y.ndim != logp.ndim or any(a is not None and b is not None and a != b
                                   for a, b in zip(logp.shape, y.shape, strict=True)):
         raise ShapeError("targets must have the shape of the logits")
-    return (), logp.dtype
+    return ()
+
+
+def _nll_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[0].kind != "f":
+        raise ShapeError(f"needs float log-probabilities, got {dtypes[0]}")
+    if dtypes[1] == np.bool_:
+        raise ShapeError("needs number targets, got bool")
+    return dtypes[0]
 
 
 def _nll(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -91,27 +107,30 @@ def _scaled(other: Tensor, g: Tensor, logp: Tensor) -> Tensor:
     return mul(other, neg(div(g, count(logp, (0,)))))
 
 
-define("nll", _nll, _rows_infer,
-       jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
-       vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
-       doc="the mean over rows of -sum(y * logp): cross-entropy from log-probabilities")
+_nll_op = define(
+    "nll", _nll, inputs=("logp", "y"), shape=_rows_shape,
+    dtype=DtypeRule("logp's dtype, which MUST be float64 or float32; y MUST NOT be bool", _nll_dtype),
+    jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
+    vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
+    doc="the mean over rows (axis 0) of -sum(y * logp): cross-entropy from log-probabilities",
+    grad_doc="d/dlogp = -y / rows, d/dy = -logp / rows")
 
 
 # ---- the functions users call -------------------------------------------------------------
 
 def softmax(x: Tensor, axis: Any = -1) -> Tensor:
     """exp(x) / sum(exp(x)) over `axis`, computed with the max trick."""
-    return apply("softmax", x, axes=normalize_axes(axis, x.ndim))
+    return _softmax_op(x, axes=normalize_axes(axis, x.ndim))
 
 
 def log_softmax(x: Tensor, axis: Any = -1) -> Tensor:
     """x - logsumexp(x) over `axis`, computed stably."""
-    return apply("log_softmax", x, axes=normalize_axes(axis, x.ndim))
+    return _log_softmax_op(x, axes=normalize_axes(axis, x.ndim))
 
 
 def logsumexp(x: Tensor, axis: Any = -1, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x))) over `axis`, with the max trick."""
-    return apply("logsumexp", x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+    return _logsumexp_op(x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
 
 
 def softmax_cross_entropy(logits: Tensor, onehot: Any) -> Tensor:
@@ -125,7 +144,7 @@ def softmax_cross_entropy(logits: Tensor, onehot: Any) -> Tensor:
     g = graph_of("softmax_cross_entropy", (logits, onehot))
     logits, y = lift_all(g, (logits, onehot))
     logp = log_softmax(logits, -1)
-    return g.add_node("nll", [logp.name, y.name], name=g._fresh("softmax_cross_entropy"))
+    return g.add_node("nll", [logp.name, y.name], name=g.fresh_name("softmax_cross_entropy"))
 
 
 def _per_row_mean(per_element: Tensor) -> Tensor:

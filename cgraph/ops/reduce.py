@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.graph import Meta, Shape, Tensor
 from cgraph.ops.array import broadcast_to, expand_dims, shape_like
 from cgraph.ops.elementwise import cast, div, equal, mul
-from cgraph.ops.registry import ZERO, apply, define, normalize_axes
+from cgraph.ops.registry import MEAN, SAME, SAME_NUMERIC, ZERO, Attr, define
+from cgraph.shapes import Meta, Shape, normalize_axes
+
+if TYPE_CHECKING:
+    from cgraph.graph import Tensor
 
 SMALL = 8  # up to this many elements along the last axis, a max loops over the columns
 
@@ -45,16 +48,17 @@ def _reduce_kernel(ufunc: np.ufunc) -> Any:
     return kernel
 
 
-def _reduce_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
-    normalize_axes(axes, x.ndim)  # checks range
+def reduce_shape(x: Meta, *, axes: tuple[int, ...], keepdims: bool = False) -> Shape:
+    """REDUCE: every entry of `axes` is in [-ndim, ndim) and no axis appears twice (negative
+    entries count from the end); the reduced axes become size 1 with `keepdims`, else they are
+    removed; the other sizes are x's (None stays None)."""
+    axes = normalize_axes(axes, x.ndim)
     if keepdims:
-        return tuple(1 if i in axes else d for i, d in enumerate(x.shape)), x.dtype
-    return tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype
+        return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes)
 
 
-def _float_reduce_infer(x: Meta, *, axes: tuple[int, ...], keepdims: bool) -> tuple[Shape, np.dtype]:
-    shape, dtype = _reduce_infer(x, axes=axes, keepdims=keepdims)
-    return shape, (dtype if dtype.kind == "f" else np.dtype(np.float64))
+REDUCE_ATTRS = {"axes": Attr("ints", doc="the axes reduced"), "keepdims": Attr("bool", False)}
 
 
 def unreduce(g: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
@@ -67,18 +71,29 @@ def count(x: Tensor, axes: tuple[int, ...]) -> float | Tensor:
     static, else a `dim_size` node computed at run time."""
     sizes = [x.shape[a] for a in axes]
     if None in sizes:
-        return apply("dim_size", x, axes=axes)
+        return _dim_size(x, axes=axes)
     return float(np.prod(sizes))
 
 
-define("dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a in axes])),
-       lambda x, *, axes: ((), x.dtype), jvp=(ZERO,), vjp=(ZERO,), eager=True,
-       doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
+def _scalar_shape(x: Meta, **attrs: Any) -> Shape:
+    """() (a scalar); every entry of `axes` is in [-ndim, ndim)."""
+    normalize_axes(attrs["axes"], x.ndim)
+    return ()
+
+
+_dim_size = define(
+    "dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a in axes])), inputs=("x",),
+    shape=_scalar_shape, dtype=SAME, attrs={"axes": Attr("ints", doc="the axes whose sizes multiply")},
+    jvp=(ZERO,), vjp=(ZERO,), eager=True, grad_doc="zero",
+    doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
 _sum_kernel = _reduce_kernel(np.add)
-define("sum", _sum_kernel, _reduce_infer,
-       jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
-       vjp=(lambda g, out, x, *, axes, keepdims: broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),))
+_sum = define("sum", _sum_kernel, inputs=("x",), shape=reduce_shape, dtype=SAME_NUMERIC, attrs=REDUCE_ATTRS,
+              jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
+              vjp=(lambda g, out, x, *, axes, keepdims:
+                   broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),),
+              doc="the sum over `axes` (numpy.sum); a bool x is summed by `cg.sum` after a cast to int64",
+              grad_doc="JVP: the sum of the tangent; VJP: the cotangent broadcast back over the reduced axes")
 
 
 def _mean_kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
@@ -87,10 +102,12 @@ def _mean_kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.
     return _sum_kernel(x, axes=axes, keepdims=keepdims) / math.prod(x.shape[a] for a in axes)
 
 
-define("mean", _mean_kernel, _float_reduce_infer,
-       jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
-       vjp=(lambda g, out, x, *, axes, keepdims:
-            broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),))
+_mean = define("mean", _mean_kernel, inputs=("x",), shape=reduce_shape, dtype=MEAN, attrs=REDUCE_ATTRS,
+               jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
+               vjp=(lambda g, out, x, *, axes, keepdims:
+                    broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),),
+               doc="the mean over `axes` (numpy.mean; ints and bools average as float64)",
+               grad_doc="JVP: the mean of the tangent; VJP: the cotangent / count, broadcast back")
 
 
 def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
@@ -99,29 +116,31 @@ def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) ->
     return div(hit, sum(hit, axes, keepdims=True))
 
 
-define("max", _reduce_kernel(np.maximum), _reduce_infer,
-       jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
-       vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
-                                                     _max_share(out, x, axes, keepdims)),),
-       doc="the largest element; where several tie, they share the derivative equally")
+_max = define("max", _reduce_kernel(np.maximum), inputs=("x",), shape=reduce_shape, dtype=SAME, attrs=REDUCE_ATTRS,
+              jvp=(lambda t, out, x, *, axes, keepdims:
+                   sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
+              vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
+                                                            _max_share(out, x, axes, keepdims)),),
+              doc="the largest element over `axes` (numpy.max)",
+              grad_doc="to the elements that reach the max; where k of them tie, each gets 1/k")
 
 
-def _reduction(op: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
-    return apply(op, x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
+def _reduction(op: Any, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
+    return op(x, axes=normalize_axes(axis, x.ndim), keepdims=bool(keepdims))
 
 
 def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Sum over `axis` (None: all), as numpy.sum (bools are counted as int64)."""
     if x.dtype == np.bool_:
         x = cast(x, np.int64)
-    return _reduction("sum", x, axis, keepdims)
+    return _reduction(_sum, x, axis, keepdims)
 
 
 def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
     """Mean over `axis` (None: all), as numpy.mean."""
-    return _reduction("mean", x, axis, keepdims)
+    return _reduction(_mean, x, axis, keepdims)
 
 
 def max(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Max over `axis` (None: all), as numpy.max; ties share the derivative."""
-    return _reduction("max", x, axis, keepdims)
+    return _reduction(_max, x, axis, keepdims)
