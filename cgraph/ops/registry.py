@@ -595,8 +595,6 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
     if not isinstance(name, str) or "/" not in name or not all(name.split("/")):
         raise GraphError(f"user op name {_short(name)} must contain a '/' between non-empty parts "
                          "(e.g. 'my/square_plus'), so that it never clashes with a built-in op")
-    if name in OPS and not OPS[name].user:
-        raise GraphError(f"op {name!r} is built in")
     if not callable(kernel) or not callable(infer):
         raise TypeError(f"define_op({name!r}): kernel and infer must be callable")
     try:
