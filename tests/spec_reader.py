@@ -22,6 +22,14 @@ class SpecError(Exception):
     """The file is not a valid cgraph model file."""
 
 
+class InferenceMismatch(SpecError):
+    """A node's stored dtype or shape is not what inference gives (which the error carries)."""
+
+    def __init__(self, msg: str, dtype: str, shape: tuple):
+        super().__init__(msg)
+        self.dtype, self.shape = dtype, shape
+
+
 def _fail(msg: str):
     raise SpecError(msg)
 
@@ -200,9 +208,9 @@ def _axis(a: int, n: int, what: str) -> int:
     return a + n if a < 0 else a
 
 
-def _axes(axes, n: int, what: str, repeats: bool = False) -> list[int]:
+def _axes(axes, n: int, what: str) -> list[int]:
     out = [_axis(a, n, what) for a in axes]
-    if not repeats and len(set(out)) != len(out):
+    if len(set(out)) != len(out):
         _fail(f"{what}: repeated axis in {axes}")
     return out
 
@@ -215,7 +223,10 @@ def reduce_shape(shape, axes, keepdims, what):
 
 
 def _slice_len_known(sl, n: int) -> int:
-    return len(range(*slice(*sl).indices(n)))
+    start, stop, step = slice(*sl).indices(n)  # Python's slice length, without len()'s size limit
+    if step > 0:
+        return max(0, (stop - start + step - 1) // step)
+    return max(0, (start - stop - step - 1) // -step)
 
 
 def _slice_len_unknown(sl):
@@ -230,9 +241,8 @@ def _slice_len_unknown(sl):
     if start_end == stop_end:
         n = max(abs(start or 0), abs(stop or 0)) + 1
         return _slice_len_known(sl, n)
-    if stop_end:  # only the end it walks towards is from the end: grows with n
-        return None
-    return 0
+    upper_end = stop_end if step > 0 else start_end
+    return None if upper_end else 0  # only the upper end from the end: grows with n
 
 
 ELLIPSIS = "..."
@@ -357,7 +367,7 @@ def _attr_value(v, typ: str, what: str):
 # the op catalogue: (min inputs, max inputs or None), attributes {name: (type, default)}, rule
 
 def _same(ins, at, w):
-    return ins[0]
+    return ins[0][1]
 
 
 def _bcast(ins, at, w):
@@ -444,6 +454,8 @@ def _check_sizes(ins, at, w):
             _fail(f"{w}: sizes must be a 1-D int64 tensor")
         if s[0] is not None and s[0] != len(at["shape"]):
             _fail(f"{w}: sizes has {s[0]} entries, shape {len(at['shape'])}")
+        if any(v is not None and v < 0 for v in at["shape"]):
+            _fail(f"{w}: negative size in shape {at['shape']}")
         return True
     return False
 
@@ -458,9 +470,10 @@ def s_broadcast_to(ins, at, w):
     x = ins[0][1]
     if len(shape) < len(x):
         _fail(f"{w}: shape {shape} has fewer dimensions than x {x}")
+    b = broadcast(x, shape, what=w)
     if not _check_sizes(ins, at, w):
         _static_target(shape, w)
-        if broadcast(x, shape, what=w) != tuple(shape):
+        if b != tuple(shape):
             _fail(f"{w}: x {x} does not broadcast to {shape}")
     return tuple(shape)
 
@@ -485,7 +498,7 @@ def s_concat(ins, at, w):
 
 
 def s_dim_size(ins, at, w):
-    _axes(at["axes"], len(ins[0][1]), w, repeats=True)  # GUESS: repeats not forbidden here
+    _axes(at["axes"], len(ins[0][1]), w)
     return ()
 
 
@@ -571,12 +584,11 @@ def s_reshape(ins, at, w):
 
 def s_scatter(ins, at, w):
     shape = tuple(at["shape"])
-    if _check_sizes(ins, at, w):
-        return shape  # GUESS: with a sizes input the catalogue checks nothing more
-    _static_target(shape, w)
+    if not _check_sizes(ins, at, w):
+        _static_target(shape, w)
     want = getitem_shape(shape, at["index"], w)
     g = ins[0][1]
-    if len(g) != len(want) or any(a is not None and a != b for a, b in zip(g, want)):
+    if len(g) != len(want) or any(a is not None and b is not None and a != b for a, b in zip(g, want)):
         _fail(f"{w}: g's shape {g} is not {want}, the shape of shape[index]")
     return shape
 
@@ -597,6 +609,8 @@ def s_squeeze(ins, at, w):
 def s_sum_to(ins, at, w):
     shape = tuple(at["shape"])
     x = ins[0][1]
+    if any(s is not None and s < 0 for s in shape):
+        _fail(f"{w}: negative size in shape {shape}")
     if len(shape) > len(x):
         _fail(f"{w}: shape {shape} has more dimensions than x {x}")
     xs = x[len(x) - len(shape):]
@@ -740,10 +754,9 @@ def _check_model(model, payload: bytes) -> None:
                 _fail(f"{w}: cast to {attrs['dtype']!r}")
             want_dt = drule(ins, attrs, w)
             want_shape = tuple(srule(ins, attrs, w))
-            if want_dt != dt:
-                _fail(f"{w}: stored dtype {dt}, inference gives {want_dt}")
-            if want_shape != shape:
-                _fail(f"{w}: stored shape {shape}, inference gives {want_shape}")
+            if (want_dt, want_shape) != (dt, shape):
+                raise InferenceMismatch(f"{w}: stored {dt} {shape}, inference gives {want_dt} {want_shape}",
+                                        want_dt, want_shape)
         known[node.name] = (dt, shape)
     names = set()
     for o in g.output:
