@@ -2,11 +2,13 @@
 
 It checks that the two documents are a specification: nothing here comes from cgraph's code (only the
 protobuf classes generated from the proto are used). `validate(data)` returns for a valid file and
-raises `SpecError` for any other. Places where the documents left a choice are marked GUESS.
+raises `SpecError` for any other. Where the documents were wrong or left a choice, they were
+corrected (and cgraph with them where it disagreed); this reader follows the corrected documents.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 
 from google.protobuf.message import DecodeError
@@ -546,9 +548,11 @@ def s_nll(ins, at, w):
 
 def s_reshape(ins, at, w):
     shape = tuple(at["shape"])
-    if _check_sizes(ins, at, w):
-        return shape
     x = ins[0][1]
+    if _check_sizes(ins, at, w):
+        if None not in shape and None not in x and math.prod(shape) != math.prod(x):
+            _fail(f"{w}: {x} cannot reshape to {shape}")
+        return shape
     if any(s is None or s < -1 for s in shape) or shape.count(-1) > 1:
         _fail(f"{w}: bad reshape target {shape}")
     K = 1

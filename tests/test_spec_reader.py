@@ -737,27 +737,31 @@ def test_random_single_op_files_agree(op):
 
 # ---- the places where the documents and cgraph first disagreed ------------------------------------
 
-F, I, B = "float64", "int64", "bool"
+F64, I64 = "float64", "int64"
 FOUND = [  # (op, inputs, attrs, stored (dtype, shape), valid?)
     # getitem on an axis of unknown size with a negative step: the upper end is the start
-    ("getitem", [(F, (None,))], {"index": (slice(None, None, -2),)}, (F, (None,)), True),
-    ("getitem", [(F, (None,))], {"index": (slice(-2, None, -1),)}, (F, (None,)), True),
-    ("getitem", [(F, (None,))], {"index": (slice(None, 3, -1),)}, (F, (None,)), True),
-    ("getitem", [(F, (None,))], {"index": (slice(5, -3, -1),)}, (F, (0,)), True),
-    ("getitem", [(F, (None,))], {"index": (slice(None, -3, -1),)}, (F, (2,)), True),
+    ("getitem", [(F64, (None,))], {"index": (slice(None, None, -2),)}, (F64, (None,)), True),
+    ("getitem", [(F64, (None,))], {"index": (slice(-2, None, -1),)}, (F64, (None,)), True),
+    ("getitem", [(F64, (None,))], {"index": (slice(None, 3, -1),)}, (F64, (None,)), True),
+    ("getitem", [(F64, (None,))], {"index": (slice(5, -3, -1),)}, (F64, (0,)), True),
+    ("getitem", [(F64, (None,))], {"index": (slice(None, -3, -1),)}, (F64, (2,)), True),
     # dim_size: no repeated axes
-    ("dim_size", [(F, (None, 3))], {"axes": (0, -2)}, (F, ()), False),
+    ("dim_size", [(F64, (None, 3))], {"axes": (0, -2)}, (F64, ()), False),
     # broadcast_to with a sizes input: x and `shape` still broadcast where sizes are known
-    ("broadcast_to", [(F, (2, 3)), (I, (2,))], {"shape": (None, 5)}, (F, (None, 5)), False),
-    ("broadcast_to", [(F, (2, 3)), (I, (2,))], {"shape": (None, 3)}, (F, (None, 3)), True),
+    ("broadcast_to", [(F64, (2, 3)), (I64, (2,))], {"shape": (None, 5)}, (F64, (None, 5)), False),
+    ("broadcast_to", [(F64, (2, 3)), (I64, (2,))], {"shape": (None, 3)}, (F64, (None, 3)), True),
     # with a sizes input, `shape` has no negative size (the builder made (1, -1) nodes that
     # saved and then did not load)
-    ("reshape", [(F, (1, 1)), (I, (2,))], {"shape": (1, -1)}, (F, (1, 0)), False),
-    ("sum_to", [(F, (None, 3))], {"shape": (-3, 3)}, (F, (0, 3)), False),
+    ("reshape", [(F64, (1, 1)), (I64, (2,))], {"shape": (1, -1)}, (F64, (1, 0)), False),
+    ("sum_to", [(F64, (None, 3))], {"shape": (-3, 3)}, (F64, (0, 3)), False),
+    # reshape with a sizes input: the element counts agree where both are static
+    ("reshape", [(F64, (2, 3)), (I64, (2,))], {"shape": (5, 7)}, (F64, (5, 7)), False),
+    ("reshape", [(F64, (2, 3)), (I64, (2,))], {"shape": (3, 2)}, (F64, (3, 2)), True),
+    ("reshape", [(F64, (2, 3)), (I64, (2,))], {"shape": (None, 7)}, (F64, (None, 7)), True),
     # scatter with a sizes input: `index` is checked against `shape`, g's shape against it
-    ("scatter", [(F, (1,)), (I, (1,))], {"shape": (3,), "index": (5,)}, (F, (3,)), False),
-    ("scatter", [(F, (7,)), (I, (1,))], {"shape": (3,), "index": (0,)}, (F, (3,)), False),
-    ("scatter", [(F, (7,)), (I, (2,))], {"shape": (None, 7), "index": (0,)}, (F, (None, 7)), True),
+    ("scatter", [(F64, (1,)), (I64, (1,))], {"shape": (3,), "index": (5,)}, (F64, (3,)), False),
+    ("scatter", [(F64, (7,)), (I64, (1,))], {"shape": (3,), "index": (0,)}, (F64, (3,)), False),
+    ("scatter", [(F64, (7,)), (I64, (2,))], {"shape": (None, 7), "index": (0,)}, (F64, (None, 7)), True),
 ]
 
 

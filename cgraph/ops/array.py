@@ -144,7 +144,8 @@ def _check_shape_input(s: Meta | None, shape: tuple) -> None:
 # ---- reshape ------------------------------------------------------------------------------
 
 def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """With a `sizes` input, `shape`. Else every entry of `shape` is an integer >= -1, at most one
+    """With a `sizes` input, `shape`, whose element count MUST equal x's when neither has a None.
+    Else every entry of `shape` is an integer >= -1, at most one
     is -1, and none is None. Let K be the product of x's known sizes and k the product of
     `shape`'s entries other than -1. When x's sizes are all known, K is its element count: with
     a -1, k MUST NOT be 0 and MUST divide K, and the -1 becomes K / k; without, k MUST equal K.
@@ -154,6 +155,8 @@ def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
     its size is known), and `shape` then has no negative size."""
     _check_shape_input(s, shape)
     if s is not None:
+        if None not in shape and None not in x.shape and math.prod(shape) != math.prod(x.shape):
+            raise ShapeError(f"cannot reshape {_elements(x)} into {tuple(shape)}")
         return tuple(shape)
     if None in shape or shape.count(-1) > 1 or any(d < -1 for d in shape):
         raise ShapeError(f"bad target shape {tuple(shape)}")
