@@ -139,14 +139,19 @@ class _Program:
         d, forward = info.d, info.forward
         nodes = d.nodes
         self.items: list[tuple[str, str, tuple[str, ...]]] = []  # (name, original, inputs)
+        self.before: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}  # copies made before a node
+        self.inputs: dict[str, tuple[str, ...]] = {}  # each original node's inputs, some copies
         copies: dict[str, str] = {}
         for node in nodes.values():
             inputs = node.inputs
             if node.index >= info.first_backward and not node.is_leaf and not info.eager[node.name]:
                 wanted = [i for i in inputs if i in forward and i not in stored and i not in copies]
                 if wanted:
+                    start = len(self.items)
                     self._recompute(d, wanted, forward, stored, copies)
+                    self.before[node.name] = self.items[start:]
                 inputs = tuple(copies.get(i, i) for i in inputs)
+            self.inputs[node.name] = inputs
             self.items.append((node.name, node.name, inputs))
         self.recomputed = tuple(copies)
         self.orig = {name: orig for name, orig, _ in self.items}
@@ -171,17 +176,16 @@ class _Program:
             self.items.append((name, v, tuple(copies.get(i, i) for i in nodes[v].inputs)))
 
     def build(self, d: Graph) -> Graph:
-        r = Graph(d.name)
-        r.metadata = dict(d.metadata)
+        """The derivative graph rewritten: each recomputed copy built just before the backward
+        step that first reads it, and backward steps reading the copies."""
         nodes = d.nodes
-        for name, orig, inputs in self.items:
-            node = nodes[orig]
-            if node.is_leaf:
-                r._add_leaf(node.op, name, node.shape, node.dtype, d._values.get(name), node.attrs)
-            else:
-                r.add_node(node.op, inputs, node.attrs, name=name)
-        r._outputs = dict(d._outputs)
-        return r
+
+        def rewrite(r: Graph, node: Node, inputs: list[str]) -> str | None:
+            for name, orig, ins in self.before.get(node.name, ()):
+                r.copy_node(nodes[orig], ins, name=name)
+            return None if node.is_leaf else r.copy_node(node, self.inputs[node.name]).name
+
+        return d.rebuild(rewrite)[0]
 
     def simulate(self, info: _Graphinfo) -> int:
         """The peak bytes `Plan.predict_peak` gives for the built program, from the same order

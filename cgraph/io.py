@@ -139,8 +139,8 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
             _encode_attr(msg.attr.add(name=k).value, v, f"node {node.name!r} ({node.op}) attribute {k!r}")
         if node.op in ("param", "constant"):
             slots.append((msg.value, _little_endian(g.value(node.name), f"{node.op} {node.name!r}")))
-    for out, src in g._outputs.items():
-        model.graph.output.add(name=out, node=src)
+    for out, t in g.outputs.items():
+        model.graph.output.add(name=out, node=t.name)
     for k, v in g.state.items():
         if not isinstance(k, str) or not k:
             raise GraphError(f"cannot save graph {g.name!r}: state names must be non-empty str, got {k!r}")
@@ -529,8 +529,7 @@ def _build(model: pb.Model, values: Iterator[np.ndarray]) -> Graph:
         if node.op in LEAF_OPS:
             value = next(values) if node.HasField("value") else None
             frozen = node.HasField("trainable") and not node.trainable  # absent means trainable
-            attrs = {"trainable": False} if frozen else {}
-            g._add_leaf(node.op, node.name, shape, dtype, value, attrs)
+            g.add_leaf(node.op, node.name, shape, dtype, value, trainable=not frozen)
             continue
         attrs = _decode_attrs(node, at)
         try:
