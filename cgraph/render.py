@@ -28,7 +28,7 @@ import networkx as nx
 import numpy as np
 
 from cgraph.checkpoint import RECOMPUTE, MemoryPlan
-from cgraph.errors import CgraphError
+from cgraph.errors import RenderError, RenderWarning
 from cgraph.graph import Graph, Node, format_shape
 from cgraph.schedule import Plan
 from cgraph.tracing import Trace, trace
@@ -55,14 +55,6 @@ _PLAN_STYLE: dict[str, dict[str, str]] = {
     "recomputed": {"fillcolor": "#fed7aa"},
     "pending": {"fillcolor": "#ffffff", "fontcolor": "#6b7280"},
 }
-
-
-class RenderError(CgraphError, ValueError):
-    """A graph cannot be drawn as asked: an unknown format, a bad option, no `dot` program."""
-
-
-class RenderWarning(UserWarning):
-    """A graph was folded to keep its drawing readable and fast."""
 
 
 def _label(*lines: str) -> str:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgraph.errors import OnnxError
 from cgraph.graph import Graph, Node
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
-    OnnxError,
     np_to_onnx_type,
     registrar,
     require,
