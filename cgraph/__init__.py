@@ -28,8 +28,7 @@ from cgraph.ops import __all__ as _ops_all
 from cgraph.render import render, to_dot
 from cgraph.tracing import Trace, trace
 from cgraph.train import fit, predict
-
-__version__ = "0.1.0"
+from cgraph.version import __version__ as __version__
 
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",

@@ -1,4 +1,4 @@
-"""Derivative transforms: a graph in, a derivative graph out (DESIGN.md decision 2).
+"""Derivative transforms: a graph in, a derivative graph out.
 
 `jvp_graph` copies the forward graph and, node by node in the same sweep, adds each value's
 tangent (forward mode: the lecture's a4dot = a2dot*a3 + a2*a3dot). `vjp_graph` copies the

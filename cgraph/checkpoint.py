@@ -1,4 +1,4 @@
-"""Checkpointing: reverse mode under a memory budget (DESIGN.md decision 4).
+"""Checkpointing: reverse mode under a memory budget.
 
 A reverse-mode graph keeps every forward value that a backward step reads until that step has
 run, so on an n-layer chain n activations are alive when the backward sweep starts. Under a
