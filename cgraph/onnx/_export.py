@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgraph.errors import OnnxError
 from cgraph.graph import Graph, Node
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
-    OnnxError,
     np_to_onnx_type,
     registrar,
     require,
 )
+from cgraph.version import __version__
 
 if TYPE_CHECKING:
     import onnx
@@ -471,8 +472,6 @@ def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     opsets = [onnx.helper.make_opsetid("", opset)]
     model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="cgraph",
                                    ir_version=onnx.helper.find_min_ir_version_for(opsets))
-    from cgraph import __version__
-
     model.producer_version = __version__
     props = {**g.metadata, CONSTANTS_KEY: json.dumps(constants), FROZEN_KEY: json.dumps(frozen)}
     onnx.helper.set_model_props(model, props)
