@@ -10,6 +10,7 @@ contract (`op_info`); your own ops go through the same door (`define_op`).
 from cgraph import nn, onnx, optim
 from cgraph.autodiff import gradient_graph
 from cgraph.checkpoint import MemoryPlan
+from cgraph.control import cond, scan, while_loop
 from cgraph.errors import (
     CgraphError,
     DerivativeError,
@@ -33,7 +34,8 @@ from cgraph.version import __version__ as __version__
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
     "GraphError", "GraphFormatError", "MemoryBudgetError", "MemoryPlan", "Node", "ReverseMode", "ShapeError",
-    "Tensor", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
+    "Tensor", "cond", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict", "scan",
+    "while_loop",
     *[n for n in _ops_all if n not in ("NONDIFF", "ZERO", "Attr", "OpDef")],
 ]
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format

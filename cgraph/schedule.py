@@ -32,8 +32,9 @@ import numpy as np
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, ShapeError
 from cgraph.graph import Graph, Meta, Node, format_shape
-from cgraph.memory import Ledger, account
+from cgraph.memory import Ledger, account, tally
 from cgraph.ops.registry import LEAF_OPS, get_op
+from cgraph.shapes import nbytes
 from cgraph.simplify import DEFAULT, simplify
 
 
@@ -47,6 +48,8 @@ class Step(NamedTuple):
     view: bool
     free: tuple[str, ...]
     inplace: int = -1  # which input the result is written over (`out=`), or -1
+    part: int = -1  # a `result` step: which result of its input (a tuple) it is, or -1
+    multi: bool = False  # a control-flow step: its value is `Results`, with its kernel's peak
 
 
 @dataclass
@@ -105,7 +108,8 @@ class Plan:
         for i, name in enumerate(ops):
             node = nodes[name]
             opdef = get_op(node.op)
-            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i]))
+            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i],
+                              node.attrs["index"] if opdef.project else -1, opdef.multi))
         self.steps = tuple(steps)
 
     @functools.cached_property
@@ -122,9 +126,31 @@ class Plan:
     def predict_peak(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> int:
         """The peak bytes a run will measure when the leaves have these concrete shapes, from
         shape inference and liveness alone."""
+        return self.predict(leaf_shapes)[0]
+
+    def predict(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
+        """The peak bytes (as `predict_peak`) and the bytes still alive at the end (the targets'
+        own buffers)."""
         meta = concrete_shapes(self.graph, leaf_shapes, {s.name for s in self.steps} | set(self.leaves))
-        return account(self.steps, {n: nbytes(m) for n, m in meta.items()},
-                       {n for n, m in meta.items() if not m.shape})
+        return tally(self.steps, {n: step_size(m) for n, m in meta.items()},
+                     {n for n, m in meta.items() if not m.shape}, transients(self.graph, self.steps, meta))
+
+
+def step_size(meta: Meta) -> int | tuple[int, ...]:
+    """What the books record for a value of this Meta: its bytes, or each result's."""
+    return tuple(nbytes(p) for p in meta.parts) if meta.parts is not None else nbytes(meta)
+
+
+def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) -> dict[str, int]:
+    """The peak of each control-flow step's kernel, from its op's `peak` rule at these Metas."""
+    out = {}
+    for s in steps:
+        if s.multi:
+            node = graph.nodes[s.name]
+            rule = get_op(node.op).peak
+            assert rule is not None
+            out[s.name] = rule(node, [meta[i] for i in node.inputs], meta[s.name])
+    return out
 
 
 def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
@@ -144,15 +170,10 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
         attrs = dict(node.attrs)
         if opdef.shape_arg and len(node.inputs) > 1:
             attrs["shape"] = shape_value[node.inputs[1]]
-        shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
-        meta[node.name] = Meta(tuple(shape), np.dtype(dtype))
+        meta[node.name] = opdef.meta(*[meta[i] for i in node.inputs], **attrs)
         if opdef.gives_shape:
             shape_value[node.name] = meta[node.inputs[0]].shape
     return meta
-
-
-def nbytes(meta: Meta) -> int:
-    return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
 
 
 def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
@@ -177,7 +198,8 @@ def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
             continue
         for k, src in enumerate(node.inputs):
             arg = nodes[src]
-            if (src in frees[i] and not arg.is_leaf and src not in viewed and not get_op(arg.op).view
+            shared = arg.is_leaf or get_op(arg.op).view or get_op(arg.op).project  # a result: the tuple's too
+            if (src in frees[i] and not shared and src not in viewed
                     and arg.shape == node.shape and arg.dtype == node.dtype):
                 inplace[i] = k
                 break
@@ -189,7 +211,7 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]
     order and measures the peak bytes. Runs the plan's compiled straight-line code
     (cgraph.codegen); if a kernel fails, runs the plan step by step to name the failing node."""
     try:
-        outs, peak = plan.runner(leaves)
+        outs, peak, _ = plan.runner(leaves)
     except Exception:
         return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats)
     stats.peak_bytes = peak
@@ -200,10 +222,19 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]
 def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[Any, ...]:
     """`run_plan` one step at a time, in a loop over the plan: the reference the generated code
     is tested against, and the path that names a failing node."""
+    outs, peak, _ = interpret_run(plan, values)
+    stats.peak_bytes = peak
+    stats.steps = len(plan.steps)
+    return outs
+
+
+def interpret_run(plan: Plan, values: dict[str, Any]) -> tuple[tuple[Any, ...], int, int]:
+    """Run `plan` step by step on `values` (the leaves'), as the runner does: (the targets'
+    values, the peak bytes, the bytes alive at the end)."""
     books = Ledger()
     live = peak = 0
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace = step
+        name, op, fn, args, view, free, inplace, _, multi = step
         ins = [values[a] for a in args]
         try:
             out = fn(*ins) if inplace < 0 else fn(*ins, out=ins[inplace])
@@ -214,16 +245,14 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
             raise ShapeError(f"{name} ({op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
-        live += books.record(step, out.nbytes, shares)
-        if live > peak:
-            peak = live
+        added = books.record(step, out.sizes if multi else out.nbytes, shares)
+        peak = max(peak, live + (out.peak if multi else 0), live + added)
+        live += added
         for f in free:
             del values[f]
             live -= books.release(f)
-    stats.peak_bytes = peak
-    stats.steps = len(plan.steps)
-    return tuple(values[t] for t in plan.targets)
+    return tuple(values[t] for t in plan.targets), peak, live
 
 
-__all__ = ["Plan", "Stats", "Step", "account", "concrete_shapes", "interpret_plan", "liveness", "run_plan",
-           "schedule_order"]
+__all__ = ["Plan", "Stats", "Step", "account", "tally", "concrete_shapes", "interpret_plan", "interpret_run",
+           "liveness", "nbytes", "run_plan", "schedule_order", "step_size", "transients"]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cgraph.graph import Graph, Node
-from cgraph.ops.registry import Arg, get_op
+from cgraph.ops.registry import Arg, Subgraph, get_op
 
 FOLD_LIMIT = 1024  # the most elements a folded constant may have
 
@@ -44,8 +44,8 @@ def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
     def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
         if node.is_leaf or not inputs or None in node.shape:
             return None
-        if int(np.prod(node.shape)) > FOLD_LIMIT:
-            return None
+        if int(np.prod(node.shape)) > FOLD_LIMIT or get_op(node.op).multi or get_op(node.op).project:
+            return None  # a loop is never run while a plan is made
         values = [_const(d, s) for s in inputs]
         if any(v is None for v in values):
             return None
@@ -86,13 +86,18 @@ def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
                 return None
             key: Any = ("constant", v.dtype.str, v.shape, v.tobytes())
         else:
-            key = (node.op, tuple(inputs), repr(sorted(node.attrs.items())))
+            key = (node.op, tuple(inputs), repr(sorted((k, _attr_key(v)) for k, v in node.attrs.items())))
         if key in seen:
             return seen[key]
         seen[key] = node.name
         return None
 
     return g.rebuild(rewrite)
+
+
+def _attr_key(value: Any) -> Any:
+    """An attribute as a key: a body (a graph) by identity, as it has no value equality."""
+    return ("graph", id(value)) if isinstance(value, Subgraph) else value
 
 
 PASSES: dict[str, Callable[[Graph], tuple[Graph, dict[str, str]]]] = {
