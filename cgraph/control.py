@@ -505,12 +505,15 @@ def _inline(src: Graph, dst: Graph, inputs: dict[str, Tensor], nodes: set[str] |
             continue
         if nodes is not None and node.name not in nodes:
             continue
-        name = node.name if node.name not in dst.nodes else dst.fresh_name(node.name)
         if node.op == "input":
-            raise GraphError(f"{src.name}: input {node.name!r} has no value in {dst.name!r}")
+            continue  # not read by the nodes copied (else they find no value for it below)
+        name = node.name if node.name not in dst.nodes else dst.fresh_name(node.name)
         if node.is_leaf:
             where[node.name] = dst.add_leaf(node.op, name, node.shape, node.dtype, src.value(node.name)).name
         else:
+            missing = [i for i in node.inputs if i not in where]
+            if missing:
+                raise GraphError(f"{src.name}: {node.name} reads {missing[0]!r}, which has no value in {dst.name!r}")
             where[node.name] = dst.add_node(node.op, [where[i] for i in node.inputs], node.attrs, name=name).name
     return where
 
@@ -592,22 +595,22 @@ def _scan_jvp(ts: list[Any], _: Any, *xs: Tensor, body: Graph, carries: int, sli
 
 def _cond_jvp(ts: list[Any], _: Any, pred: Tensor, *xs: Tensor, then_branch: Graph, else_branch: Graph
               ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Any, ...]]:
-    names = list(then_branch.inputs)
     act = [i for i, t in enumerate(ts[1:]) if t is not None]
-    outs = list(then_branch.outputs)
-    fl = [j for j, o in enumerate(outs) if then_branch.outputs[o].dtype.kind == "f"]
-    specs = [(n, x.node.meta) for n, x in zip(names, xs, strict=True)]
-    specs += [(TANGENT + names[i], xs[i].node.meta) for i in act]
+    n = len(then_branch.outputs)
+    fl = [j for j, o in enumerate(then_branch.outputs.values()) if o.dtype.kind == "f"]
+    specs = [(f"in/{i}", x.node.meta) for i, x in enumerate(xs)]
+    specs += [(f"tangent/{i}", xs[i].node.meta) for i in act]
     branches = []
     for br in (then_branch, else_branch):
+        names, outs = list(br.inputs), list(br.outputs)
         J = jvp_graph(br, outs, [names[i] for i in act])
         B, ins = _new_body(br.name, specs)
-        where = _inline(J, B, {n: ins[n] for n in ins if n in J.nodes})
+        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))} | {TANGENT + names[i]: ins[f"tangent/{i}"] for i in act}
+        where = _inline(J, B, bind)
         branches.append(_finish(B, [*(B[where[J.output_node(o)]] for o in outs),
                                     *(B[where[J.output_node(TANGENT + outs[j])]] for j in fl)]))
     new = _cond(pred, *xs, *(ts[1 + i] for i in act), then_branch=branches[0], else_branch=branches[1])
     res = results_of(new)
-    n = len(outs)
     tans = dict(zip(fl, res[n:], strict=True))
     return new, tuple(res[:n]), tuple(tans.get(j) for j in range(n))
 
@@ -814,17 +817,17 @@ def _cond_save(active: Sequence[bool], pred: Tensor, *xs: Tensor, then_branch: G
 def _cond_vjp(cots: list[Any], saved: Any, pred: Tensor, *xs: Tensor, then_branch: Graph, else_branch: Graph
               ) -> list[Any]:
     active, res = saved
-    names = list(then_branch.inputs)
-    outs = list(then_branch.outputs)
     wrt = [i for i in range(len(xs)) if active[1 + i]]
-    fl = [j for j, o in enumerate(outs) if then_branch.outputs[o].dtype.kind == "f"]
-    specs = [(n, x.node.meta) for n, x in zip(names, xs, strict=True)]
-    specs += [(COTANGENT + outs[j], res[j].node.meta) for j in fl]
+    fl = [j for j, o in enumerate(then_branch.outputs.values()) if o.dtype.kind == "f"]
+    specs = [(f"in/{i}", x.node.meta) for i, x in enumerate(xs)]
+    specs += [(f"cot/{j}", res[j].node.meta) for j in fl]
     branches = []
     for br in (then_branch, else_branch):
+        names, outs = list(br.inputs), list(br.outputs)
         V = vjp_graph(br, outs, [names[i] for i in wrt], seed=Seed.INPUT)
         B, ins = _new_body(br.name, specs)
-        where = _inline(V, B, {n: ins[n] for n in ins if n in V.nodes})
+        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))} | {COTANGENT + outs[j]: ins[f"cot/{j}"] for j in fl}
+        where = _inline(V, B, bind)
         branches.append(_finish(B, [B[where[V.output_node(f"grad/{names[i]}")]] for i in wrt]))
     ct = [cots[j] if cots[j] is not None else zeros_like(res[j]) for j in fl]
     back = results_of(_cond(pred, *xs, *ct, then_branch=branches[0], else_branch=branches[1]))
