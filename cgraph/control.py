@@ -43,7 +43,7 @@ from cgraph.ops.elementwise import equal, where
 from cgraph.graph import Graph, Meta, Node, Tensor, format_shape
 from cgraph.memory import Results
 from cgraph.ops.registry import RESULTS, Attr, DtypeRule, Operand, define, get_op, lift
-from cgraph.schedule import Plan, concrete_shapes, get_eager, interpret_run
+from cgraph.schedule import Plan, concrete_shapes, interpret_run
 from cgraph.shapes import TUPLE, nbytes
 
 _TRACING: list[Graph] = []  # the bodies being traced, innermost last
@@ -627,7 +627,7 @@ def _while_jvp(ts: list[Any], _: Any, *xs: Tensor, cond: Graph, body: Graph, car
     specs += [(names[i], xs[i].node.meta) for i in range(c, len(names))]
     specs += [(TANGENT + names[i], xs[i].node.meta) for i in act if i >= c]
     C, cins = _new_body("cond", specs)
-    where = _inline(cond, C, {n: cins[n] for n in names})
+    where = _inline(cond, C, {cn: cins[names[i]] for i, cn in enumerate(cond.inputs)})
     _finish(C, [C[where[cond.output_node(o)]] for o in cond.outputs])
     J = jvp_graph(body, list(body.outputs), [names[i] for i in act])
     B, ins = _new_body("jvp_body", specs)
@@ -662,9 +662,6 @@ class _ScanVJP:
         V = vjp_graph(body, outs, [names[i] for i in wrt], seed=Seed.INPUT)
         first = next(n.index for n in V.nodes.values() if n.name.startswith(COTANGENT))
         fwd = {n.name for n in V.nodes.values() if n.index < first}
-        for n in V.nodes.values():  # tiny shape values of forward values are computed forward
-            if n.index > first and not n.is_leaf and get_eager(n.op) and set(n.inputs) <= fwd:
-                fwd.add(n.name)
         read = [s for n in V.nodes.values() if n.name not in fwd for s in n.inputs if s in fwd]
         read = sorted(set(read), key=lambda r: V.nodes[r].index)
         pos = {n: i for i, n in enumerate(names)}
@@ -843,7 +840,7 @@ def _while_as_scan(xs: Sequence[Tensor], cond: Graph, body: Graph, c: int, max_t
     names = list(body.inputs)
     metas = [x.node.meta for x in xs]
     B, ins = _new_body("body", [("done", Meta((), np.dtype(bool))), *zip(names, metas, strict=True)])
-    w = _inline(cond, B, {n: ins[n] for n in names})
+    w = _inline(cond, B, {cn: ins[names[i]] for i, cn in enumerate(cond.inputs)})
     p = B[w[cond.output_node(next(iter(cond.outputs)))]]
     run = where(ins["done"], False, p)
     ident, iins = _new_body("keep", list(zip(names, metas, strict=True)))
