@@ -51,6 +51,7 @@ class _Emitter:
         self.value: dict[str, str] = {}  # cgraph node name -> ONNX value name
         self.used: set[str] = set(g.nodes) | set(g.outputs)
         self.hint = ""  # the cgraph node being exported: a prefix for helper value names
+        self.parts: dict[str, list[str]] = {}  # a control-flow node's ONNX outputs
 
     def fresh(self, base: str) -> str:
         name, i = base, 1
@@ -100,7 +101,7 @@ class _Emitter:
         return self.node("Squeeze", [x, self.const([int(a) for a in axes])])
 
 
-Rule = Callable[[_Emitter, Node], str]
+Rule = Callable[[_Emitter, Node], "str | None"]
 RULES: dict[str, Rule] = {}
 
 
@@ -169,8 +170,12 @@ for _op, _onnx_op in _COMPARE.items():
 
 @_rule("where")
 def _where(e: _Emitter, n: Node) -> str:
-    """Where, a and b cast to the output's dtype"""
-    return e.node("Where", [e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)])
+    """Where, a and b cast to the output's dtype (for bools, which onnxruntime's Where lacks:
+    Or(And(cond, a), And(Not(cond), b)))"""
+    c, a, b = e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)
+    if n.dtype == np.bool_:
+        return e.node("Or", [e.node("And", [c, a]), e.node("And", [e.node("Not", [c]), b])])
+    return e.node("Where", [c, a, b])
 
 
 @_rule("cast")
@@ -404,6 +409,153 @@ def _nll(e: _Emitter, n: Node) -> str:
     return e.node("Neg", [e.reduce("ReduceMean", per_row, [0], keepdims=False)])
 
 
+# ---- control flow --------------------------------------------------------------------------
+#
+# A body becomes an ONNX subgraph: its inputs are bound to the ONNX values the operator gives
+# the subgraph, or to values of the graph around it (ONNX subgraphs read those by name), its
+# constants are Constant nodes and its outputs Identity nodes of fresh names. A control-flow
+# rule records its node's ONNX outputs (`e.parts`) and returns None; `result` picks one.
+
+def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str, Node]]) -> Any:
+    """The ONNX GraphProto of `body`: `formal` lists (ONNX input name, the body input it is);
+    `bind` gives the other inputs' outer names."""
+    onnx = e.onnx
+    sub = _Emitter(body, e.opset)
+    sub.used = e.used  # one namespace for the graph and its subgraphs
+    sub.parts = {}
+    for node in body.nodes.values():
+        if node.op == "input":
+            sub.value[node.name] = bind[node.name]
+        elif node.is_leaf:
+            sub.hint = node.name
+            sub.value[node.name] = sub.const(np.asarray(body.value(node.name)), body.nodes[node.name].dtype)
+        else:
+            sub.hint = e.fresh(node.name)
+            got = RULES[node.op](sub, node)
+            if got is not None:
+                sub.value[node.name] = got
+    outs = []
+    for o, t in body.outputs.items():
+        name = e.fresh(f"{body.name}/{o}")
+        sub.nodes.append(onnx.helper.make_node("Identity", [sub.value[t.name]], [name], name=name))
+        outs.append(_value_info(onnx, name, t.dtype, t.shape, symbols=False))
+    ins = [_value_info(onnx, n, node.dtype, node.shape, symbols=False) for n, node in formal]
+    return onnx.helper.make_graph(sub.nodes, e.fresh(body.name), ins, outs)
+
+
+def _formal(e: _Emitter, body: Graph, names: list[str], which: range) -> tuple[dict[str, str], list]:
+    """Fresh ONNX input names for the body inputs at positions `which`."""
+    bind, formal = {}, []
+    for i in which:
+        n = names[i]
+        bind[n] = e.fresh(f"{body.name}/{n}")
+        formal.append((bind[n], body.nodes[n]))
+    return bind, formal
+
+
+def _outputs(e: _Emitter, n: Node, count: int) -> list[str]:
+    return [e.fresh(f"{e.hint}/{i}") for i in range(count)]
+
+
+@_rule("result")
+def _result(e: _Emitter, n: Node) -> str:
+    """the ONNX output of its control-flow node (If, Scan or Loop) at `index`"""
+    return e.parts[n.inputs[0]][n.attrs["index"]]
+
+
+@_rule("cond")
+def _cond(e: _Emitter, n: Node) -> None:
+    """If, the branches as subgraphs reading the operands from the graph around them"""
+    outer = [e.value[s] for s in n.inputs[1:]]
+    branches = []
+    for key in ("then_branch", "else_branch"):
+        body = n.attrs[key]
+        branches.append(_body(e, body, dict(zip(body.inputs, outer, strict=True)), []))
+    outs = _outputs(e, n, len(n.parts or ()))
+    e.nodes.append(e.onnx.helper.make_node("If", [e.value[n.inputs[0]]], outs, name=e.fresh(e.hint),
+                                           then_branch=branches[0], else_branch=branches[1]))
+    e.parts[n.name] = outs
+
+
+@_rule("scan")
+def _scan(e: _Emitter, n: Node) -> None:
+    """Scan (reverse: scan_input_directions and scan_output_directions 1; with no slices, a
+    ConstantOfShape of the length scanned)"""
+    a = n.attrs
+    body, c, m = a["body"], a["carries"], a["slices"]
+    names = list(body.inputs)
+    bind, formal = _formal(e, body, names, range(c + m))
+    bind.update({names[i]: e.value[s] for i, s in enumerate(n.inputs) if i >= c + m})
+    xs = [e.value[s] for s in n.inputs[c:c + m]]
+    if not m:
+        dummy = e.fresh(f"{e.hint}/step")
+        formal.append((dummy, Node(dummy, "input", (), {}, (), np.dtype(np.int64), 0)))
+        xs = [e.node("ConstantOfShape", [e.const([a["length"]])], value=e.onnx.helper.make_tensor(
+            "zero", np_to_onnx_type(np.dtype(np.int64)), [1], [0]))]
+    graph = _body(e, body, bind, formal)
+    outs = _outputs(e, n, len(n.parts or ()))
+    ny = len(outs) - c
+    direction = int(a["reverse"])
+    directions = {"scan_output_directions": [direction] * ny} if ny else {}
+    e.nodes.append(e.onnx.helper.make_node(
+        "Scan", [e.value[s] for s in n.inputs[:c]] + xs, outs, name=e.fresh(e.hint), body=graph,
+        num_scan_inputs=len(xs), scan_input_directions=[direction] * len(xs), **directions))
+    e.parts[n.name] = outs
+
+
+@_rule("while_loop")
+def _while_loop(e: _Emitter, n: Node) -> None:
+    """Loop (M = max_trips, or none), its condition the cond subgraph run on the initial carries
+    (an If-free copy of its nodes before the loop) and again in the body on the new carries"""
+    onnx = e.onnx
+    a = n.attrs
+    cond, body, c = a["cond"], a["body"], a["carries"]
+    names = list(body.inputs)
+    outer = [e.value[s] for s in n.inputs]
+    first = _inline_cond(e, cond, outer)
+    bind, formal = _formal(e, body, names, range(c))
+    bind.update({names[i]: outer[i] for i in range(c, len(names))})
+    step, flag = e.fresh(f"{e.hint}/trip"), e.fresh(f"{e.hint}/cond")
+    formal = [(step, Node(step, "input", (), {}, (), np.dtype(np.int64), 0)),
+              (flag, Node(flag, "input", (), {}, (), np.dtype(bool), 0)), *formal]
+    graph = _body(e, body, bind, formal)
+    # the body's new carries, then cond on them, as the loop body's outputs: cond first
+    new = [o.name for o in graph.output]
+    again = _inline_cond(e, cond, new + outer[c:], into=graph)
+    keep = e.fresh(f"{e.hint}/again")
+    graph.node.append(onnx.helper.make_node("Identity", [again], [keep], name=keep))
+    graph.output.insert(0, _value_info(onnx, keep, np.dtype(bool), (), symbols=False))
+    outs = _outputs(e, n, c)
+    trips = e.const(np.int64(a["max_trips"])) if a["max_trips"] >= 0 else ""
+    e.nodes.append(onnx.helper.make_node("Loop", [trips, first, *outer[:c]], outs, name=e.fresh(e.hint), body=graph))
+    e.parts[n.name] = outs
+
+
+def _inline_cond(e: _Emitter, cond: Graph, values: list[str], into: Any = None) -> str:
+    """cond's nodes on the values `values` (its inputs in order), appended to `e` or to the
+    subgraph `into`; returns the name of its output."""
+    sub = _Emitter(cond, e.opset)
+    sub.used = e.used
+    sub.parts = {}
+    for node in cond.nodes.values():
+        if node.op == "input":
+            sub.value[node.name] = values[list(cond.inputs).index(node.name)]
+        elif node.is_leaf:
+            sub.hint = node.name
+            sub.value[node.name] = sub.const(np.asarray(cond.value(node.name)), node.dtype)
+        else:
+            sub.hint = e.fresh(node.name)
+            got = RULES[node.op](sub, node)
+            if got is not None:
+                sub.value[node.name] = got
+    (out,) = cond.outputs.values()
+    if into is None:
+        e.nodes += sub.nodes
+    else:
+        into.node.extend(sub.nodes)
+    return sub.value[out.name]
+
+
 EXPORTABLE: frozenset[str] = frozenset(RULES)
 
 
@@ -458,7 +610,8 @@ def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         start = len(e.nodes)
         e.hint = name
         result = RULES[node.op](e, node)
-        _name_result(e, start, result, name)
+        if result is not None:  # None: a control-flow node, whose outputs its results name
+            _name_result(e, start, result, name)
 
     graph_outputs = []
     for out, src in outputs.items():
