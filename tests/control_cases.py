@@ -168,3 +168,15 @@ def all_cases() -> list[Case]:
 
 def params_of(g: cg.Graph) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in g.params.items()}
+
+
+def comparable(attrs: dict) -> dict:
+    """A node's attributes with each body (a Graph, equal only to itself) as a description of
+    its nodes, values and outputs, so that a graph and its reloaded copy compare equal."""
+    return {k: graph_key(v) if isinstance(v, cg.Graph) else v for k, v in attrs.items()}
+
+
+def graph_key(g: cg.Graph) -> tuple:
+    nodes = tuple((n.name, n.op, n.inputs, tuple(comparable(dict(n.attrs)).items()), n.shape, str(n.dtype),
+                   g.value(n.name).tobytes() if n.op in ("param", "constant") else None) for n in g.nodes.values())
+    return g.name, nodes, tuple((k, t.name) for k, t in g.outputs.items())

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from control_cases import all_cases, comparable
 from specs import build_graph, case_id, cases
 
 import cgraph as cg
@@ -100,8 +101,18 @@ def spec_graphs() -> list[tuple[str, cg.Graph, dict[str, np.ndarray]]]:
     return out
 
 
+def control_graphs() -> list[tuple[str, cg.Graph, dict[str, np.ndarray]]]:
+    """The control-flow cases (tests/control_cases.py: cond, scan, while_loop, nested), with
+    their gradient graphs."""
+    out = []
+    for c in all_cases():
+        out.append((c.name, c.graph, c.feeds))
+        out.append((c.name + "-grad", cg.gradient_graph(c.graph, "loss", c.wrt), c.feeds))
+    return out
+
+
 ALL = [("batch", *batch_graph()), ("batch32", *batch_graph("float32")), ("batch-grad", *grad_of_batch()),
-       ("batch32-grad", *grad_of_batch("float32")), *spec_graphs()]
+       ("batch32-grad", *grad_of_batch("float32")), *spec_graphs(), *control_graphs()]
 
 
 def run(g: cg.Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,7 +124,7 @@ def assert_same_graph(g: cg.Graph, h: cg.Graph) -> None:
     assert list(h.nodes) == list(g.nodes)
     for name, a in g.nodes.items():
         b = h.nodes[name]
-        assert (b.op, b.inputs, dict(b.attrs), b.shape, b.dtype) == (a.op, a.inputs, dict(a.attrs), a.shape, a.dtype)
+        assert (b.op, b.inputs, comparable(dict(b.attrs)), b.shape, b.dtype) == (a.op, a.inputs, comparable(dict(a.attrs)), a.shape, a.dtype)
         if a.op in ("param", "constant"):
             va, vb = g.value(name), h.value(name)
             assert va.dtype == vb.dtype and va.shape == vb.shape and va.tobytes() == vb.tobytes()
@@ -218,7 +229,7 @@ def test_layout_matches_the_specification():
     refs = [n.value.payload for n in model.graph.node if n.HasField("value")] + [t.payload for t in model.state]
     assert [(r.offset, r.length) for r in refs] == [(0, 48), (48, 8), (56, 16)]
     assert all(zlib.crc32(data[m + r.offset:m + r.offset + r.length]) == r.crc32 for r in refs)
-    assert model.format_version == 1 and model.min_reader_version == 1
+    assert model.format_version == 2 and model.min_reader_version == 1
     assert (model.producer_name, model.producer_version) == ("cgraph", cg.__version__)
 
 
@@ -354,9 +365,58 @@ def test_duplicate_node_name():
 
 def test_future_format_version():
     m = decoded()
-    m.format_version, m.min_reader_version = 3, 2
+    m.format_version, m.min_reader_version = 4, 3
     msg = load_error(reframe(m))
-    assert "needs a reader of format version 2" in msg and "reads format version 1" in msg
+    assert "needs a reader of format version 3" in msg and "reads format version 2" in msg
+
+
+def test_a_version_1_file_still_loads():
+    """tests/data/model_v1.pb was written by cgraph's format version 1 writer."""
+    data = (ROOT / "tests" / "data" / "model_v1.pb").read_bytes()
+    m = pb.Model.FromString(data[:-30])
+    assert (m.format_version, m.min_reader_version) == (1, 1)
+    g = cg.loads(data)
+    assert_same_graph(g, v1_graph())
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    assert_bitwise(cg.Evaluator(g).run({"x": X}), cg.Evaluator(v1_graph()).run({"x": X}))
+
+
+def v1_graph() -> cg.Graph:
+    """The graph of tests/data/model_v1.pb."""
+    rng = np.random.default_rng(7)
+    g = cg.Graph("v1-fixture")
+    x = g.input("x", (None, 3))
+    W = g.param("W", rng.normal(size=(3, 4)))
+    s = g.param("bn/mean", np.zeros(4), trainable=False)
+    h = cg.tanh(x @ W - s)[:, 1:3] * 2.0
+    g.output("y", cg.sum(cg.softmax(h), axis=-1, keepdims=True))
+    g.output("h", h)
+    g.metadata["written by"] = "format version 1"
+    g.state["step"] = np.array(3)
+    return g
+
+
+def test_only_files_with_control_flow_need_a_version_2_reader():
+    for name, g, _ in ALL:
+        m = pb.Model.FromString(cg.dumps(g)[:-30])
+        control = any(n.op in ("cond", "scan", "while_loop") for n in g.nodes.values())
+        assert (m.format_version, m.min_reader_version) == (2, 2 if control else 1), name
+
+
+def test_bodies_with_params_or_bad_shapes_are_refused():
+    from control_cases import rnn
+    g = rnn().graph
+    m = pb.Model.FromString(cg.dumps(g)[:-30])
+    (scan,) = [n for n in m.graph.node if n.op == "scan"]
+    body = next(a for a in scan.attr if a.name == "body").value.graph
+    body.node[0].op = "param"
+    msg = load_error(reframe(m))
+    assert "attribute 'body': node 0 ('carry', op 'param')" in msg and "no params" in msg
+    m = pb.Model.FromString(cg.dumps(g)[:-30])
+    (scan,) = [n for n in m.graph.node if n.op == "scan"]
+    body = next(a for a in scan.attr if a.name == "body").value.graph
+    body.node[0].shape.dim[1].value = 7
+    assert "attribute 'body': matmul (matmul): inner sizes 7 and 4 differ" in load_error(reframe(m))
 
 
 def test_newer_but_compatible_file_loads():
