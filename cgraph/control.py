@@ -29,6 +29,7 @@ once its condition fails.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,10 +150,10 @@ class _Body:
     input goes among the plan's leaves, which outputs the kernel must copy to own them (a leaf,
     a view, an output given twice), and the plan's predictions per input shapes."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, outputs: int | None = None) -> None:
         self.graph = graph
         names = list(graph.inputs)
-        self.plan = plan = Plan(graph, [graph.output_node(o) for o in graph.outputs])
+        self.plan = plan = Plan(graph, [graph.output_node(o) for o in list(graph.outputs)[:outputs]])
         pos = {n: i for i, n in enumerate(names)}
         self.template = [None if kind == "input" else plan.graph.value(n)
                          for n, kind in zip(plan.leaves, plan.leaf_kinds, strict=True)]
@@ -191,14 +192,16 @@ class _Body:
         return got
 
 
-_BODIES: weakref.WeakKeyDictionary[Graph, _Body] = weakref.WeakKeyDictionary()
+_BODIES: weakref.WeakKeyDictionary[Graph, dict[int | None, _Body]] = weakref.WeakKeyDictionary()
 
 
-def body_of(graph: Graph) -> _Body:
-    """The compiled body of `graph` (compiled once per body graph)."""
-    b = _BODIES.get(graph)
+def body_of(graph: Graph, outputs: int | None = None) -> _Body:
+    """The compiled body of `graph` (compiled once per body graph), computing all its outputs or
+    the first `outputs`."""
+    table = _BODIES.setdefault(graph, {})
+    b = table.get(outputs)
     if b is None:
-        b = _BODIES[graph] = _Body(graph)
+        b = table[outputs] = _Body(graph, outputs)
     return b
 
 
@@ -267,15 +270,18 @@ def _scan_length(xs: Sequence[Meta], length: int) -> int | None:
     return sizes.pop() if sizes else None
 
 
-def _scan_shape(*metas: Meta, body: Graph, carries: int, slices: int, length: int, reverse: bool
-                ) -> tuple[Meta, ...]:
+def _scan_shape(*metas: Meta, body: Graph, carries: int, slices: int, length: int, reverse: bool,
+                checkpoints: int = 0) -> tuple[Meta, ...]:
     """The inputs are the body's, in order: `carries` carries, `slices` slices (each scanned
     along its first axis), the rest read whole; the slices' first sizes (and `length`, when at
     least 0) agree, and give the number of steps n (`length` when there are no slices). Each
     input matches the body input's declaration (a slice without its first axis): the same dtype
     and number of axes, sizes equal where both are known. The body, re-inferred with these
     inputs, gives the carries unchanged (the same shapes and dtypes) and then the per-step
-    outputs ys. The results: the final carries, then each y stacked, of shape (n,) + y's."""
+    outputs ys. The results: the final carries, then each y stacked, of shape (n,) + y's, then
+    with `checkpoints` s > 0 each carry stacked, of shape (s,) + the carry's: the carries that
+    enter the steps the binomial schedule of n steps and s snapshots stores in its first sweep
+    (see `binomial_schedule`), in the order stored (the slots left over are zeros)."""
     c, m = carries, slices
     if c + m > len(metas):
         raise ShapeError(f"{c} carries and {m} slices, but {len(metas)} inputs")
@@ -285,7 +291,8 @@ def _scan_shape(*metas: Meta, body: Graph, carries: int, slices: int, length: in
     if len(outs) < c:
         raise ShapeError(f"the body gives {len(outs)} outputs for {c} carries")
     _check_carry_metas(outs[:c], metas[:c], "the body")
-    return (*outs[:c], *(Meta((n, *y.shape), y.dtype) for y in outs[c:]))
+    return (*outs[:c], *(Meta((n, *y.shape), y.dtype) for y in outs[c:]),
+            *(Meta((checkpoints, *x.shape), x.dtype) for x in (metas[:c] if checkpoints else ())))
 
 
 def _cond_shape(pred: Meta, *metas: Meta, then_branch: Graph, else_branch: Graph) -> tuple[Meta, ...]:
@@ -333,7 +340,8 @@ def _result_shape(x: Meta, *, index: int) -> tuple:
 
 # ---- kernels and their books ------------------------------------------------------------------
 
-def _scan_kernel(*args: Any, body: Graph, carries: int, slices: int, length: int, reverse: bool) -> Results:
+def _scan_kernel(*args: Any, body: Graph, carries: int, slices: int, length: int, reverse: bool,
+                 checkpoints: int = 0) -> Results:
     b = body_of(body)
     c, m = carries, slices
     carry, xs = list(args[:c]), args[c:c + m]
@@ -343,17 +351,24 @@ def _scan_kernel(*args: Any, body: Graph, carries: int, slices: int, length: int
     inputs = [*carry, *(x[0] if n else np.empty(x.shape[1:], x.dtype) for x in xs), *args[c + m:]]
     _, _, metas = b.predict([np.shape(v) for v in inputs])
     ys = [np.empty((n, *y.shape), y.dtype) for y in metas[c:]]
+    keep = {}
+    if checkpoints:
+        keep = {k: j for j, k in enumerate(first_sweep(n, checkpoints))}
+        ys += [np.zeros((checkpoints, *np.shape(x)), np.asarray(x).dtype) for x in carry]
     Y = sum(y.nbytes for y in ys)
     own = top = 0
     steps = range(n - 1, -1, -1) if reverse else range(n)
-    for i in steps:
+    for k, i in enumerate(steps):
+        if k in keep:
+            for stack, v in zip(ys[len(ys) - c:], carry, strict=True):
+                stack[keep[k]] = v
         for k, x in enumerate(xs):
             inputs[c + k] = x[i]
         inputs[:c] = carry
         outs, peak, end = b.run(inputs)
         new, copied = _own(outs, b.borrowed, range(c))
         top = max(top, own + max(peak, end + copied))
-        for y, v in zip(ys, outs[c:], strict=True):
+        for y, v in zip(ys, outs[c:], strict=False):
             y[i] = v
         if i == steps[0]:
             _check_carries(new, carry)
@@ -370,7 +385,7 @@ def _scan_peak(node: Node, metas: Sequence[Meta], out: Meta) -> int:
     b = body_of(a["body"])
     c, m = a["carries"], a["slices"]
     assert out.parts is not None
-    n = out.parts[c].shape[0] if len(out.parts) > c else _scan_length(metas[c:c + m], a["length"])
+    n = _scan_length(metas[c:c + m], a["length"])
     inner = [*(x.shape for x in metas[:c]), *(x.shape[1:] for x in metas[c:c + m]), *(x.shape for x in metas[c + m:])]
     peak, end, outs = b.predict(inner)
     M = max(peak, end + _borrowed_bytes(b, outs, range(c)))
@@ -463,7 +478,9 @@ _scan = define(
            "carries": Attr("int", minimum=0, doc="how many inputs (the first) are carries"),
            "slices": Attr("int", minimum=0, doc="how many inputs (after the carries) are scanned along axis 0"),
            "length": Attr("int", -1, minimum=-1, doc="the number of steps (-1: the slices' length)"),
-           "reverse": Attr("bool", False, doc="run the steps from the last slice to the first")},
+           "reverse": Attr("bool", False, doc="run the steps from the last slice to the first"),
+           "checkpoints": Attr("int", 0, minimum=0, doc="also return the carries that a budgeted reverse sweep "
+                                                        "(scan_revolve) starts from, in that many snapshots")},
     peak=_scan_peak,
     doc="a loop over the slices' first axis (as jax.lax.scan): carry, y_i = body(carry, x_i, ...) for each "
         "step; the results are the final carries, then the ys stacked along a new first axis",
@@ -556,7 +573,7 @@ def _inner_metas(metas: Sequence[Meta], c: int, m: int) -> list[Meta]:
 
 
 def _scan_jvp(ts: list[Any], _: Any, *xs: Tensor, body: Graph, carries: int, slices: int, length: int,
-              reverse: bool) -> tuple[Tensor, tuple[Tensor, ...], tuple[Any, ...]]:
+              reverse: bool, checkpoints: int = 0) -> tuple[Tensor, tuple[Tensor, ...], tuple[Any, ...]]:
     c, m = carries, slices
     names = list(body.inputs)
     deps = _float_deps(body)
@@ -751,6 +768,31 @@ class _ScanVJP:
         self.backward = _finish(B, [*(ins[f"carry/{j}"] for j in self.pass_along), *(grad[j] for j in self.live),
                                     *(ins[f"acc/{i}"] + grad[i] for i in self.acc),
                                     *(grad[i] for i in self.grad_slices)])
+        self._V, self._names, self._metas, self._c, self._m = V, names, metas, c, m
+        self._adjoint: Graph | None = None
+        _FORWARDS[self.forward] = (self, body)
+        _BACKWARDS[self.backward] = self
+
+    def adjoint(self) -> Graph:
+        """The body's whole VJP as one step of a budgeted reverse sweep: (carries, slices, the
+        values read whole, carry cotangents, ys' cotangents, accumulators) -> (carry
+        cotangents, accumulators, slices' cotangents)."""
+        if self._adjoint is None:
+            V, names, c, m = self._V, self._names, self._c, self._m
+            body_outs = [o for o in V.outputs if not o.startswith("grad/")]
+            metas = _inner_metas(self._metas, c, m)
+            cm = [V.nodes[V.output_node(o)].meta for o in body_outs]
+            specs = [*zip(names, metas, strict=True), *((f"g/{j}", cm[j]) for j in self.live),
+                     *((f"gy/{j}", cm[j]) for j in self.ys), *((f"acc/{i}", metas[i]) for i in self.acc)]
+            A, ins = _new_body("adjoint", specs)
+            bind = {n: ins[n] for n in names}
+            bind.update({COTANGENT + body_outs[j]: ins[f"g/{j}"] for j in self.live})
+            bind.update({COTANGENT + body_outs[j]: ins[f"gy/{j}"] for j in self.ys})
+            where = _inline(V, A, bind)
+            grad = {i: A[where[V.output_node(f"grad/{names[i]}")]] for i in self.wrt}
+            self._adjoint = _finish(A, [*(grad[j] for j in self.live), *(ins[f"acc/{i}"] + grad[i] for i in self.acc),
+                                        *(grad[i] for i in self.grad_slices)])
+        return self._adjoint
 
 
 _VJPS: weakref.WeakKeyDictionary[Graph, dict[tuple, _ScanVJP]] = weakref.WeakKeyDictionary()
@@ -765,7 +807,7 @@ def _scan_vjp_of(body: Graph, c: int, m: int, active: tuple[bool, ...], metas: S
 
 
 def _scan_save(active: Sequence[bool], *xs: Tensor, body: Graph, carries: int, slices: int, length: int,
-               reverse: bool) -> tuple[Tensor, tuple[Tensor, ...], Any]:
+               reverse: bool, checkpoints: int = 0) -> tuple[Tensor, tuple[Tensor, ...], Any]:
     c, m = carries, slices
     plan = _scan_vjp_of(body, c, m, tuple(active), [x.node.meta for x in xs])
     new = _scan(*xs, body=plan.forward, carries=c, slices=m, length=length, reverse=reverse)
@@ -775,7 +817,7 @@ def _scan_save(active: Sequence[bool], *xs: Tensor, body: Graph, carries: int, s
 
 
 def _scan_vjp(cots: list[Any], saved: Any, *xs: Tensor, body: Graph, carries: int, slices: int, length: int,
-              reverse: bool) -> list[Any]:
+              reverse: bool, checkpoints: int = 0) -> list[Any]:
     plan, res, length, reverse = saved
     c, m = carries, slices
     n = len(body.outputs)
@@ -874,6 +916,304 @@ for _op, _jvp, _save, _vjp in ((_scan, _scan_jvp, _scan_save, _scan_vjp), (_cond
     object.__setattr__(_def, "jvp", _jvp)
     object.__setattr__(_def, "save", _save)
     object.__setattr__(_def, "vjp", _vjp)
+
+
+# ---- reverse mode under a memory budget: binomial checkpointing --------------------------------
+#
+# Griewank's revolve: with s snapshots and each step advanced at most r times, C(s + r, s) steps
+# can be reversed; `binomial_schedule` makes the schedule (its total of advances is Griewank's
+# minimum, r * n - C(s + r, r - 1)). Reverse mode under a budget runs a scan's forward sweep
+# with `checkpoints=s` (the first sweep's snapshots are its extra results) and, instead of the
+# reverse scan over stacked carries and residuals, a `scan_revolve` node that follows the rest
+# of the schedule: it restores snapshots, advances with the body, and at each step runs the
+# body's whole VJP (the step's forward values recomputed, "taping"), storing new snapshots in the
+# slots the schedule frees.
+
+def _beta(s: int, r: int) -> int:
+    return math.comb(s + r, s)
+
+
+def binomial_schedule(n: int, s: int) -> list[tuple[Any, ...]]:
+    """The actions that reverse n steps from the initial state with s snapshot slots:
+    ("advance", a, b) steps a..b-1 from the current state, ("store", k) the current state (the
+    carry entering step k) in a slot, ("restore", k) it (k = 0: the initial state), ("free", k)
+    its slot, and ("turn", k): the adjoint of step k, from the current state (which enters it)."""
+    acts: list[tuple[Any, ...]] = []
+    stack = [(0, n, s, False)]
+    while stack:  # (a, b, s, restore first): reverse steps a..b-1, the state entering a available
+        a, b, k, restore = stack.pop()
+        if isinstance(a, str):  # a deferred action
+            acts.append((a, b))
+            continue
+        if restore:
+            acts.append(("restore", a))
+        length = b - a
+        if length == 1:
+            acts.append(("turn", a))
+            continue
+        if k == 0:
+            for t in range(b - 1, a - 1, -1):
+                if t < b - 1:
+                    acts.append(("restore", a))
+                if t > a:
+                    acts.append(("advance", a, t))
+                acts.append(("turn", t))
+            continue
+        r = 1
+        while _beta(k, r) < length:
+            r += 1
+        lo, hi = max(1, length - _beta(k - 1, r)), min(length - 1, _beta(k, r - 1))
+        m = a + max(lo, min(hi, _beta(k, r - 2) if r >= 2 else 1))
+        acts += [("advance", a, m), ("store", m)]
+        stack += [(a, m, k, True), ("free", m, 0, False), (m, b, k - 1, False)]
+    return acts
+
+
+def first_sweep(n: int, s: int) -> list[int]:
+    """The steps whose entering carries the schedule stores before its first turn."""
+    out = []
+    for act in binomial_schedule(n, s):
+        if act[0] == "turn":
+            break
+        if act[0] == "store":
+            out.append(act[1])
+    return out
+
+
+def revolve_counts(n: int, s: int) -> tuple[int, int, int]:
+    """For a scan of n steps reversed with s snapshots: (the most times a step's body is run
+    forward, counting the forward sweep and not the VJP's own recomputation at its turn; the
+    forward steps the reverse sweep adds, turns included; the snapshots it stores at most)."""
+    runs = [1] * n  # the forward sweep
+    extra = n  # each turn runs the body's whole VJP
+    first = first_sweep(n, s)
+    live = top = len(first)
+    acts = binomial_schedule(n, s)
+    start = next(i for i, a in enumerate(acts) if a[0] == "turn")
+    begin = first[-1] if first else 0
+    for t in range(begin, n - 1):  # from the last snapshot to the first turn
+        runs[t] += 1
+        extra += 1
+    for act in acts[start:]:
+        if act[0] == "advance":
+            for t in range(act[1], act[2]):
+                runs[t] += 1
+            extra += act[2] - act[1]
+        elif act[0] == "store":
+            live += 1
+            top = max(top, live)
+        elif act[0] == "free":
+            live -= 1
+    return max(runs, default=0), extra, top
+
+
+def _revolve_shape(*metas: Meta, advance: Graph, adjoint: Graph, carries: int, slices: int, cotangents: int,
+                   ys: int, snapshots: int, reverse: bool) -> tuple[Meta, ...]:
+    """The inputs: the initial carries (`carries`), the snapshots the forward scan stored (each
+    carry stacked, (snapshots,) + its shape), the slices (`slices`, each scanned along axis 0),
+    the values `advance` reads whole, the cotangents of the carries the adjoint carries back
+    (`cotangents`), the stacked cotangents of the ys (`ys`), and the accumulators of the values
+    read whole (the rest). `advance` (carries, slices, the rest) gives at least the carries
+    unchanged; `adjoint` takes (carries, slices, the values read whole, cotangents, ys'
+    cotangents, accumulators) and gives (cotangents, accumulators, the slices' cotangents).
+    The results: the cotangents, the accumulators, and the slices' cotangents stacked, (n,) +
+    each."""
+    c, m = carries, slices
+    k = len(advance.inputs) - c - m
+    if 2 * c + m + k + cotangents + ys > len(metas):
+        raise ShapeError("too few inputs")
+    n = _scan_length(metas[2 * c:2 * c + m], -1)
+    for x, ck in zip(metas[:c], metas[c:2 * c], strict=True):
+        if ck.dtype != x.dtype or ck.shape != (snapshots, *x.shape):
+            raise ShapeError(f"snapshots {_describe_meta(ck)} for a carry {_describe_meta(x)}")
+    inner = [*metas[:c], *(Meta(x.shape[1:], x.dtype) for x in metas[2 * c:2 * c + m])]
+    rest = metas[2 * c + m:]
+    outs = infer_body(advance, [*inner, *rest[:k]], "advance")
+    _check_carry_metas(outs[:c], metas[:c], "advance")
+    cy = rest[k + cotangents:k + cotangents + ys]
+    adj = [*inner, *rest[:k + cotangents], *(Meta(y.shape[1:], y.dtype) for y in cy), *rest[k + cotangents + ys:]]
+    got = infer_body(adjoint, adj, "adjoint")
+    acc = len(rest) - k - cotangents - ys
+    return (*got[:cotangents + acc], *(Meta((n, *g.shape), g.dtype) for g in got[cotangents + acc:]))
+
+
+def _revolve_kernel(*args: Any, advance: Graph, adjoint: Graph, carries: int, slices: int, cotangents: int,
+                    ys: int, snapshots: int, reverse: bool) -> Results:
+    c, m, L, Y = carries, slices, cotangents, ys
+    fa, fb = body_of(advance, c), body_of(adjoint)
+    k = len(advance.inputs) - c - m
+    init, stacks, xs = args[:c], args[c:2 * c], args[2 * c:2 * c + m]
+    rest = args[2 * c + m:]
+    closures, g, gys, acc = rest[:k], list(rest[k:k + L]), rest[k + L:k + L + Y], list(rest[k + L + Y:])
+    n = len(xs[0]) if m else 0
+    order = list(range(n - 1, -1, -1)) if reverse else list(range(n))
+    stacks = [s if s.flags.writeable else s.copy() for s in stacks]  # the forward scan's own: written over
+    slot = {t: j for j, t in enumerate(first_sweep(n, snapshots))}
+    free = [j for j in range(snapshots) if j not in slot.values()]
+    shapes = [*(np.shape(v) for v in init), *(x.shape[1:] for x in xs), *(np.shape(v) for v in closures),
+              *(np.shape(v) for v in g), *(y.shape[1:] for y in gys), *(np.shape(v) for v in acc)]
+    gx: list[Any] = []
+    state, peaks = list(init), [0, 0]
+
+    def step(t: int) -> None:
+        outs, pk, end = fa.run([*state, *(x[order[t]] for x in xs), *closures])
+        new, copied = _own(outs, fa.borrowed, range(c))
+        peaks[0] = max(peaks[0], pk, end + copied)
+        state[:] = new
+
+    def restore(t: int) -> None:
+        state[:] = [np.array(s[slot[t]], copy=True) for s in stacks] if t else list(init)
+
+    acts = binomial_schedule(n, snapshots) if n else []
+    start = next((i for i, a in enumerate(acts) if a[0] == "turn"), 0)
+    if n:
+        last = max(slot, default=0)
+        restore(last)
+        for t in range(last, n - 1):
+            step(t)
+    for act in acts[start:]:
+        kind, t = act[0], act[1]
+        if kind == "advance":
+            for u in range(t, act[2]):
+                step(u)
+        elif kind == "restore":
+            restore(t)
+        elif kind == "store":
+            slot[t] = free.pop()
+            for s, v in zip(stacks, state, strict=True):
+                s[slot[t]] = v
+        elif kind == "free":
+            free.append(slot.pop(t))
+        else:  # turn
+            i = order[t]
+            outs, pk, end = fb.run([*state, *(x[i] for x in xs), *closures, *g, *(y[i] for y in gys), *acc])
+            new, copied = _own(outs, fb.borrowed, range(L + len(acc)))
+            peaks[1] = max(peaks[1], pk, end + copied)
+            g, acc = new[:L], new[L:]
+            if not gx:
+                gx = [np.empty((n, *np.shape(v)), np.asarray(v).dtype) for v in outs[L + len(acc):]]
+            for stack, v in zip(gx, outs[L + len(acc):], strict=True):
+                stack[i] = v
+    if not n:
+        g, acc = [np.array(v, copy=True) for v in g], [np.array(v, copy=True) for v in acc]
+        gx = [np.zeros((0, *mm.shape), mm.dtype) for mm in fb.predict(shapes)[2][L + len(acc):]]
+    pa, pb = _revolve_parts(fa, fb, shapes, c, L, len(acc))
+    peaks = [peaks[0] or pa, peaks[1] or pb]
+    results = [*g, *acc, *gx]
+    return Results.of(results, sum(v.nbytes for v in results) + sum(np.asarray(v).nbytes for v in init) + max(peaks))
+
+
+def _revolve_parts(fa: _Body, fb: _Body, shapes: Sequence[tuple[int, ...]], c: int, L: int, A: int) -> tuple[int, int]:
+    """The advance body's and the adjoint's peaks (or, if larger, their ends and copies), for
+    the adjoint's input shapes (whose first ones are the advance body's)."""
+    pa, ea, oa = fa.predict(shapes[:len(fa.names)])
+    pb, eb, ob = fb.predict(shapes)
+    return max(pa, ea + _borrowed_bytes(fa, oa, range(c))), max(pb, eb + _borrowed_bytes(fb, ob, range(L + A)))
+
+
+def _revolve_peak(node: Node, metas: Sequence[Meta], out: Meta) -> int:
+    a = node.attrs
+    c, m, L, Y = a["carries"], a["slices"], a["cotangents"], a["ys"]
+    fa, fb = body_of(a["advance"], c), body_of(a["adjoint"])
+    rest = metas[2 * c + m:]
+    k = len(a["advance"].inputs) - c - m
+    inner = [*(x.shape for x in metas[:c]), *(x.shape[1:] for x in metas[2 * c:2 * c + m])]
+    shapes = [*inner, *(x.shape for x in rest[:k + L]), *(y.shape[1:] for y in rest[k + L:k + L + Y]),
+              *(x.shape for x in rest[k + L + Y:])]
+    assert out.parts is not None
+    pa, pb = _revolve_parts(fa, fb, shapes, c, L, len(rest) - k - L - Y)
+    return sum(nbytes(p) for p in out.parts) + sum(nbytes(x) for x in metas[:c]) + max(pa, pb)
+
+
+_scan_revolve = define(
+    "scan_revolve", _revolve_kernel, inputs=("xs*",), shape=_revolve_shape, dtype=RESULTS, multi=True,
+    attrs={"advance": Attr("graph", doc="the scan's body (its carries are what advancing needs)"),
+           "adjoint": Attr("graph", doc="the body's whole VJP: a step's forward values, then its cotangents"),
+           "carries": Attr("int", minimum=0, doc="how many carries"),
+           "slices": Attr("int", minimum=0, doc="how many slices"),
+           "cotangents": Attr("int", minimum=0, doc="how many carry cotangents flow from step to step"),
+           "ys": Attr("int", minimum=0, doc="how many stacked cotangents of ys"),
+           "snapshots": Attr("int", minimum=1, doc="the snapshot slots (the forward scan's checkpoints)"),
+           "reverse": Attr("bool", False, doc="the forward scan ran from the last slice")},
+    peak=_revolve_peak,
+    doc="the reverse sweep of a scan under a memory budget (binomial checkpointing, as Griewank's revolve): "
+        "from the snapshots of the forward sweep, the carries are recomputed as the schedule says and each "
+        "step's VJP runs once, in reverse order",
+    grad_doc="none (it is itself a derivative, made only in a budgeted reverse-mode plan)")
+
+
+class ScanBudget:
+    """A scan's reverse sweep under a budget: its forward node, steps and snapshots."""
+
+    def __init__(self, name: str, steps: int, snapshots: int, carry_bytes: int) -> None:
+        self.name, self.steps, self.snapshots = name, steps, snapshots
+        self.most_runs, self.extra_steps, self.stored = revolve_counts(steps, snapshots)
+        self.stored_bytes = self.stored * carry_bytes
+
+    def __str__(self) -> str:
+        return (f"    {self.name}: {self.steps} steps, {self.stored} stored carries ({self.stored_bytes} B), each step "
+                f"run forward at most {self.most_runs} times, {self.extra_steps} extra step evaluations")
+
+
+_FORWARDS: weakref.WeakKeyDictionary[Graph, tuple[_ScanVJP, Graph]] = weakref.WeakKeyDictionary()
+_BACKWARDS: weakref.WeakKeyDictionary[Graph, _ScanVJP] = weakref.WeakKeyDictionary()
+
+
+def budgeted_scans(d: Graph) -> list[str]:
+    """The forward scans of a reverse-mode graph that `with_snapshots` can rewrite."""
+    return [n.name for n in d.nodes.values() if n.op == "scan" and n.attrs["body"] in _FORWARDS]
+
+
+def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
+    """`d` (a reverse-mode graph) with each scan's reverse sweep by binomial checkpointing in
+    `snapshots` slots (at most the steps - 1 of each, given in `steps`) instead of stacked carries
+    and residuals."""
+    fwd: dict[str, tuple[Tensor, Node, _ScanVJP, Graph, int]] = {}
+    src: dict[str, str] = {}  # a result of a forward scan -> that scan
+    back: dict[str, tuple[Tensor, int]] = {}
+
+    def rewrite(r: Graph, node: Node, inputs: list[str]) -> str | None:
+        if node.op == "scan" and node.attrs["body"] in _FORWARDS:
+            plan, body = _FORWARDS[node.attrs["body"]]
+            s = max(1, min(snapshots, steps[node.name] - 1))
+            a = node.attrs
+            new = _scan(*(r[i] for i in inputs), body=body, carries=a["carries"], slices=a["slices"],
+                        length=a["length"], reverse=a["reverse"], checkpoints=s)
+            fwd[node.name] = (new, node, plan, body, s)
+            return new.name
+        if node.op == "result" and node.inputs[0] in fwd:
+            new, old, plan, body, s = fwd[node.inputs[0]]
+            src[node.name] = node.inputs[0]
+            return results_of(new)[node.attrs["index"]].name if node.attrs["index"] < len(body.outputs) else new.name
+        if node.op == "scan" and node.attrs["body"] in _BACKWARDS:
+            plan = _BACKWARDS[node.attrs["body"]]
+            new, old, _, body, s = fwd[next(src[i] for i in node.inputs if i in src)]
+            c, m = old.attrs["carries"], old.attrs["slices"]
+            P, L, A = len(plan.pass_along), len(plan.live), len(plan.acc)
+            res = results_of(new)
+            ins = [r[i] for i in inputs]
+            gy_at = P + L + A + len(plan.stacked) + len(plan.internal) + len(plan.ys_read) + len(plan.slices_read)
+            fins = [r[where[x]] for x in old.inputs]
+            rev = _scan_revolve(*fins[:c], *res[len(body.outputs):], *fins[c:], *ins[P:P + L],
+                                *ins[gy_at:gy_at + len(plan.ys)], *ins[P + L:P + L + A],
+                                advance=body, adjoint=plan.adjoint(), carries=c, slices=m, cotangents=L,
+                                ys=len(plan.ys), snapshots=s, reverse=old.attrs["reverse"])
+            back[node.name] = (rev, P)
+            return rev.name
+        if node.op == "result" and node.inputs[0] in back:
+            rev, P = back[node.inputs[0]]
+            j = node.attrs["index"]
+            return results_of(rev)[j - P].name if j >= P else rev.name
+        return None
+
+    where: dict[str, str] = {}
+
+    def tracked(r: Graph, node: Node, inputs: list[str]) -> str | None:
+        to = rewrite(r, node, inputs)
+        where[node.name] = to if to is not None else node.name
+        return to
+
+    return d.rebuild(tracked)[0]
 
 
 # ---- the functions users call -----------------------------------------------------------------
