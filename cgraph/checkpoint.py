@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cgraph.control import ScanBudget, budgeted_scans, with_snapshots
 from cgraph.errors import MemoryBudgetError
 from cgraph.graph import Graph, Node, format_shape
 from cgraph.memory import account
 from cgraph.ops.registry import get_op
-from cgraph.control import ScanBudget, budgeted_scans, with_snapshots
 from cgraph.schedule import Plan, Step, concrete_shapes, get_eager, liveness, nbytes, order_keys
 
 RECOMPUTE = "recompute/"  # prefix of the copies of forward nodes run in the backward sweep

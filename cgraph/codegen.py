@@ -43,7 +43,8 @@ def compile_plan(plan: Plan) -> Runner:
         var[step.name] = f"v{i}"
     # Values whose buffer may be shared: view steps and the values they view, tuples of results
     # and the results taken from them.
-    shared = {s.name for s in plan.steps if s.view or s.multi or s.part >= 0} | {s.args[0] for s in plan.steps if s.view}
+    shared = {s.name for s in plan.steps if s.view or s.multi or s.part >= 0}
+    shared |= {s.args[0] for s in plan.steps if s.view}
     shared -= set(plan.leaves)
     ns: dict[str, Any] = {"_share": np.may_share_memory, "_Ledger": Ledger}
     body = ["def run(leaves):"]

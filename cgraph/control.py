@@ -39,10 +39,10 @@ import numpy as np
 
 from cgraph.autodiff import COTANGENT, TANGENT, Seed, differentiable, jvp_graph, vjp_graph
 from cgraph.errors import DerivativeError, GraphError, ShapeError
-from cgraph.ops.array import zeros_like
-from cgraph.ops.elementwise import equal, where
 from cgraph.graph import Graph, Meta, Node, Tensor, format_shape
 from cgraph.memory import Results
+from cgraph.ops.array import zeros_like
+from cgraph.ops.elementwise import equal, where
 from cgraph.ops.registry import RESULTS, Attr, DtypeRule, Operand, define, get_op, lift
 from cgraph.schedule import Plan, concrete_shapes, interpret_run
 from cgraph.shapes import TUPLE, nbytes
@@ -347,7 +347,8 @@ def _scan_kernel(*args: Any, body: Graph, carries: int, slices: int, length: int
     carry, xs = list(args[:c]), args[c:c + m]
     n = len(xs[0]) if m else length
     if any(len(x) != n for x in xs) or (m and length >= 0 and length != n):
-        raise ValueError(f"the slices have {[len(x) for x in xs]} steps{f', length is {length}' if length >= 0 else ''}")
+        given = f", length is {length}" if length >= 0 else ""
+        raise ValueError(f"the slices have {[len(x) for x in xs]} steps{given}")
     inputs = [*carry, *(x[0] if n else np.empty(x.shape[1:], x.dtype) for x in xs), *args[c + m:]]
     _, _, metas = b.predict([np.shape(v) for v in inputs])
     ys = [np.empty((n, *y.shape), y.dtype) for y in metas[c:]]
@@ -622,7 +623,8 @@ def _cond_jvp(ts: list[Any], _: Any, pred: Tensor, *xs: Tensor, then_branch: Gra
         names, outs = list(br.inputs), list(br.outputs)
         J = jvp_graph(br, outs, [names[i] for i in act])
         B, ins = _new_body(br.name, specs)
-        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))} | {TANGENT + names[i]: ins[f"tangent/{i}"] for i in act}
+        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))}
+        bind |= {TANGENT + names[i]: ins[f"tangent/{i}"] for i in act}
         where = _inline(J, B, bind)
         branches.append(_finish(B, [*(B[where[J.output_node(o)]] for o in outs),
                                     *(B[where[J.output_node(TANGENT + outs[j])]] for j in fl)]))
@@ -640,7 +642,8 @@ def _while_jvp(ts: list[Any], _: Any, *xs: Tensor, cond: Graph, body: Graph, car
     given = {i for i, t in enumerate(ts) if t is not None}
     live = _carry_fixed_point(deps, c, {j for j in given if j < c}, {i for i in given if i >= c})
     act = sorted(live | {i for i in given if i >= c})
-    specs = [(names[i], xs[i].node.meta) for i in range(c)] + [(TANGENT + names[j], xs[j].node.meta) for j in sorted(live)]
+    specs = [(names[i], xs[i].node.meta) for i in range(c)]
+    specs += [(TANGENT + names[j], xs[j].node.meta) for j in sorted(live)]
     specs += [(names[i], xs[i].node.meta) for i in range(c, len(names))]
     specs += [(TANGENT + names[i], xs[i].node.meta) for i in act if i >= c]
     C, cins = _new_body("cond", specs)
@@ -819,7 +822,6 @@ def _scan_save(active: Sequence[bool], *xs: Tensor, body: Graph, carries: int, s
 def _scan_vjp(cots: list[Any], saved: Any, *xs: Tensor, body: Graph, carries: int, slices: int, length: int,
               reverse: bool, checkpoints: int = 0) -> list[Any]:
     plan, res, length, reverse = saved
-    c, m = carries, slices
     n = len(body.outputs)
     stacks = dict(zip(plan.stacked, res[n:n + len(plan.stacked)], strict=True))
     internal = res[n + len(plan.stacked):]
@@ -1008,7 +1010,7 @@ def revolve_counts(n: int, s: int) -> tuple[int, int, int]:
 
 
 def _revolve_shape(*metas: Meta, advance: Graph, adjoint: Graph, carries: int, slices: int, cotangents: int,
-                   ys: int, snapshots: int, reverse: bool) -> tuple[Meta, ...]:
+                   ys: int, snapshots: int, length: int, reverse: bool) -> tuple[Meta, ...]:
     """The inputs: the initial carries (`carries`), the snapshots the forward scan stored (each
     carry stacked, (snapshots,) + its shape), the slices (`slices`, each scanned along axis 0),
     the values `advance` reads whole, the cotangents of the carries the adjoint carries back
@@ -1017,12 +1019,12 @@ def _revolve_shape(*metas: Meta, advance: Graph, adjoint: Graph, carries: int, s
     unchanged; `adjoint` takes (carries, slices, the values read whole, cotangents, ys'
     cotangents, accumulators) and gives (cotangents, accumulators, the slices' cotangents).
     The results: the cotangents, the accumulators, and the slices' cotangents stacked, (n,) +
-    each."""
+    each (n: the slices' length, or `length` when there are none)."""
     c, m = carries, slices
     k = len(advance.inputs) - c - m
     if 2 * c + m + k + cotangents + ys > len(metas):
         raise ShapeError("too few inputs")
-    n = _scan_length(metas[2 * c:2 * c + m], -1)
+    n = _scan_length(metas[2 * c:2 * c + m], length)
     for x, ck in zip(metas[:c], metas[c:2 * c], strict=True):
         if ck.dtype != x.dtype or ck.shape != (snapshots, *x.shape):
             raise ShapeError(f"snapshots {_describe_meta(ck)} for a carry {_describe_meta(x)}")
@@ -1038,14 +1040,14 @@ def _revolve_shape(*metas: Meta, advance: Graph, adjoint: Graph, carries: int, s
 
 
 def _revolve_kernel(*args: Any, advance: Graph, adjoint: Graph, carries: int, slices: int, cotangents: int,
-                    ys: int, snapshots: int, reverse: bool) -> Results:
+                    ys: int, snapshots: int, length: int, reverse: bool) -> Results:
     c, m, L, Y = carries, slices, cotangents, ys
     fa, fb = body_of(advance, c), body_of(adjoint)
     k = len(advance.inputs) - c - m
     init, stacks, xs = args[:c], args[c:2 * c], args[2 * c:2 * c + m]
     rest = args[2 * c + m:]
     closures, g, gys, acc = rest[:k], list(rest[k:k + L]), rest[k + L:k + L + Y], list(rest[k + L + Y:])
-    n = len(xs[0]) if m else 0
+    n = len(xs[0]) if m else length
     order = list(range(n - 1, -1, -1)) if reverse else list(range(n))
     stacks = [s if s.flags.writeable else s.copy() for s in stacks]  # the forward scan's own: written over
     slot = {t: j for j, t in enumerate(first_sweep(n, snapshots))}
@@ -1134,6 +1136,7 @@ _scan_revolve = define(
            "cotangents": Attr("int", minimum=0, doc="how many carry cotangents flow from step to step"),
            "ys": Attr("int", minimum=0, doc="how many stacked cotangents of ys"),
            "snapshots": Attr("int", minimum=1, doc="the snapshot slots (the forward scan's checkpoints)"),
+           "length": Attr("int", -1, minimum=-1, doc="the number of steps (-1: the slices' length)"),
            "reverse": Attr("bool", False, doc="the forward scan ran from the last slice")},
     peak=_revolve_peak,
     doc="the reverse sweep of a scan under a memory budget (binomial checkpointing, as Griewank's revolve): "
@@ -1197,7 +1200,8 @@ def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
             rev = _scan_revolve(*fins[:c], *res[len(body.outputs):], *fins[c:], *ins[P:P + L],
                                 *ins[gy_at:gy_at + len(plan.ys)], *ins[P + L:P + L + A],
                                 advance=body, adjoint=plan.adjoint(), carries=c, slices=m, cotangents=L,
-                                ys=len(plan.ys), snapshots=s, reverse=old.attrs["reverse"])
+                                ys=len(plan.ys), snapshots=s, length=old.attrs["length"],
+                                reverse=old.attrs["reverse"])
             back[node.name] = (rev, P)
             return rev.name
         if node.op == "result" and node.inputs[0] in back:

@@ -577,7 +577,7 @@ def _build_graph(msg: pb.Graph, values: Iterator[np.ndarray], where: str) -> Gra
             frozen = node.HasField("trainable") and not node.trainable  # absent means trainable
             g.add_leaf(node.op, node.name, shape, dtype, value, trainable=not frozen)
             continue
-        attrs = _decode_attrs(node, at, lambda m, a: _build_graph(m, values, f"{at} attribute {a!r}: "))
+        attrs = _decode_attrs(node, at, lambda m, a, at=at: _build_graph(m, values, f"{at} attribute {a!r}: "))
         try:
             t = g.add_node(node.op, list(node.input), attrs, name=node.name)
         except CgraphError as e:  # ShapeError, GraphError: one line naming the node already

@@ -166,5 +166,6 @@ def _slice_size(n: int | None, s: slice) -> int | None:
     return max(0, -(-(hi[1] - lo[1]) // abs(step)))
 
 
-__all__ = ["DTYPES", "TUPLE", "Meta", "Shape", "nbytes", "tuple_meta", "as_dtype", "broadcast_shapes", "format_shape", "normalize_axes",
+__all__ = ["DTYPES", "TUPLE", "Meta", "Shape", "nbytes", "tuple_meta",
+           "as_dtype", "broadcast_shapes", "format_shape", "normalize_axes",
            "index_shape", "normalize_index"]

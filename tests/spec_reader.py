@@ -774,7 +774,38 @@ def s_scan(ins, at, w):
     outs = _reinfer(at["body"], inner, w)
     if len(outs) < c or not all(_same_meta(o, i) for o, i in zip(outs[:c], ins[:c])):
         _fail(f"{w}: the body changes a carry")
-    return _results(at, [*outs[:c], *((y[0], (n, *y[1]), y[2]) for y in outs[c:])])
+    s = at["checkpoints"]
+    return _results(at, [*outs[:c], *((y[0], (n, *y[1]), y[2]) for y in outs[c:]),
+                         *((x[0], (s, *x[1]), None) for x in (ins[:c] if s else ()))])
+
+
+def s_revolve(ins, at, w):
+    c, m, L, Y = at["carries"], at["slices"], at["cotangents"], at["ys"]
+    k = sum(1 for n in at["advance"].node if n.op == "input") - c - m
+    if 2 * c + m + k + L + Y > len(ins):
+        _fail(f"{w}: too few inputs")
+    sizes = {x[1][0] for x in ins[2 * c:2 * c + m] if x[1] and x[1][0] is not None}
+    if len(sizes) > 1 or any(not x[1] for x in ins[2 * c:2 * c + m]):
+        _fail(f"{w}: slices disagree")
+    if at["length"] >= 0:
+        sizes.add(at["length"])
+    elif not m:
+        _fail(f"{w}: no slices and no length")
+    if len(sizes) > 1:
+        _fail(f"{w}: lengths disagree")
+    n = sizes.pop() if sizes else None
+    for x, ck in zip(ins[:c], ins[c:2 * c]):
+        if ck[0] != x[0] or tuple(ck[1]) != (at["snapshots"], *x[1]):
+            _fail(f"{w}: snapshots do not fit a carry")
+    inner = [*ins[:c], *((x[0], x[1][1:], None) for x in ins[2 * c:2 * c + m])]
+    rest = ins[2 * c + m:]
+    outs = _reinfer(at["advance"], [*inner, *rest[:k]], w)
+    if len(outs) < c or not all(_same_meta(o, i) for o, i in zip(outs[:c], ins[:c])):
+        _fail(f"{w}: advance changes a carry")
+    adj = [*inner, *rest[:k + L], *((y[0], y[1][1:], None) for y in rest[k + L:k + L + Y]), *rest[k + L + Y:]]
+    got = _reinfer(at["adjoint"], adj, w)
+    acc = len(rest) - k - L - Y
+    return _results(at, [*got[:L + acc], *((g[0], (n, *g[1]), g[2]) for g in got[L + acc:])])
 
 
 def s_cond(ins, at, w):
@@ -803,12 +834,20 @@ def s_while(ins, at, w):
 _op("result", (1, 1), {"index": (INT, _REQ)}, d_result, s_result)
 _op("cond", (1, None), {"then_branch": (GRAPH, _REQ), "else_branch": (GRAPH, _REQ)}, d_tuple, s_cond)
 _op("scan", (0, None), {"body": (GRAPH, _REQ), "carries": (INT, _REQ), "slices": (INT, _REQ), "length": (INT, -1),
-                        "reverse": (BOOLT, False)}, d_tuple, s_scan)
+                        "reverse": (BOOLT, False), "checkpoints": (INT, 0)}, d_tuple, s_scan)
+_op("scan_revolve", (0, None), {"advance": (GRAPH, _REQ), "adjoint": (GRAPH, _REQ), "carries": (INT, _REQ),
+                                "slices": (INT, _REQ), "cotangents": (INT, _REQ), "ys": (INT, _REQ),
+                                "snapshots": (INT, _REQ), "length": (INT, -1), "reverse": (BOOLT, False)},
+    d_tuple, s_revolve)
 _op("while_loop", (0, None), {"cond": (GRAPH, _REQ), "body": (GRAPH, _REQ), "carries": (INT, _REQ),
                               "max_trips": (INT, -1)}, d_tuple, s_while)
-CONTROL = ("cond", "result", "scan", "while_loop")  # need bodies: checked on the test graphs' files, not random ones
+# ops that need bodies: checked on the test graphs' files, not on random ones
+CONTROL = ("cond", "result", "scan", "scan_revolve", "while_loop")
 MINIMUM = {("result", "index"): 0, ("scan", "carries"): 0, ("scan", "slices"): 0, ("scan", "length"): -1,
-           ("while_loop", "carries"): 0, ("while_loop", "max_trips"): -1}
+           ("while_loop", "carries"): 0, ("while_loop", "max_trips"): -1,
+           ("scan", "checkpoints"): 0, ("scan_revolve", "carries"): 0, ("scan_revolve", "slices"): 0,
+           ("scan_revolve", "cotangents"): 0, ("scan_revolve", "ys"): 0, ("scan_revolve", "snapshots"): 1,
+           ("scan_revolve", "length"): -1}
 
 CAST_DTYPES = (F64, F32, I64, BOOL)
 LEAVES = ("input", "param", "constant")

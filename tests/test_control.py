@@ -269,3 +269,111 @@ def test_results_and_tuples_are_guarded():
         tup + 1.0
     with pytest.raises(cg.GraphError, match="output its results"):
         g.output("t", tup)
+
+
+# ---- reverse mode under a memory budget ---------------------------------------------------
+
+@pytest.mark.parametrize("n,s", [(1, 1), (2, 1), (7, 2), (10, 3), (100, 5), (300, 4), (64, 63), (1000, 10)])
+def test_binomial_schedule_reaches_griewanks_minimum(n, s):
+    from math import comb
+
+    from cgraph.control import binomial_schedule
+    runs, turns, slots, top, live = [0] * n, [], set(), 0, 0
+    state = 0
+    for act in binomial_schedule(n, s):
+        if act[0] == "advance":
+            assert act[1] == state
+            for t in range(act[1], act[2]):
+                runs[t] += 1
+            state = act[2]
+        elif act[0] == "store":
+            assert act[1] == state
+            slots.add(act[1])
+            live += 1
+            top = max(top, live)
+        elif act[0] == "restore":
+            assert act[1] == 0 or act[1] in slots
+            state = act[1]
+        elif act[0] == "free":
+            slots.remove(act[1])
+            live -= 1
+        else:
+            assert act[1] == state
+            turns.append(act[1])
+    r = next(r for r in range(1, n + 1) if comb(s + r, s) >= n)
+    assert turns == list(range(n - 1, -1, -1))  # every step's adjoint once, last first
+    assert top <= s and max(runs) <= r
+    assert sum(runs) == (r * n - comb(s + r, r - 1) if n > 1 else 0)
+
+
+def test_the_target_10000_steps_in_32_snapshots_run_each_step_at_most_4_times():
+    from cgraph.control import revolve_counts
+    most, extra, stored = revolve_counts(10_000, 32)
+    assert most <= 4 and stored <= 32
+
+
+def test_budgets_bound_the_peak_keep_the_gradients_and_are_monotone():
+    c = rnn(T=40, B=4, D=2, H=16)
+    rm = cg.ReverseMode(c.graph, "loss", c.wrt)
+    _, ref = rm.grad(c.feeds)
+    full = rm.stats.peak_bytes
+    last_extra = None
+    for frac in (0.25, 0.3, 0.5, 0.8, 1.0):
+        budget = int(full * frac)
+        rb = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=budget)
+        _, grads = rb.grad(c.feeds)
+        for w in c.wrt:
+            np.testing.assert_allclose(grads[w], ref[w], rtol=1e-12, atol=1e-13)
+        mp = rb.memory_plan
+        assert rb.stats.peak_bytes == rb.stats.predicted_peak_bytes == mp.predicted_peak <= budget
+        extra = sum(sc.extra_steps for sc in mp.scans)
+        assert last_extra is None or extra <= last_extra  # more budget, never more recomputation
+        last_extra = extra
+        if frac < 1.0:
+            assert "binomial checkpointing" in str(mp) and mp.scans[0].stored <= mp.scans[0].steps
+    assert last_extra == 0  # the whole unbudgeted peak: nothing recomputed
+    with pytest.raises(cg.MemoryBudgetError) as e:
+        cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=1000).grad(c.feeds)
+    smallest = e.value.smallest
+    rb = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=smallest)
+    rb.grad(c.feeds)
+    assert rb.stats.peak_bytes <= smallest and rb.memory_plan.scans[0].stored == 1
+
+
+def test_a_budgeted_plan_saves_loads_and_draws():
+    c = rnn(T=10)
+    full = cg.ReverseMode(c.graph, "loss", c.wrt)
+    full.grad(c.feeds)
+    rb = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=int(full.stats.peak_bytes * 0.7))
+    rb.grad(c.feeds)
+    g = rb.memory_plan.plan.graph
+    assert {"scan_revolve"} <= {n.op for n in g.nodes.values()}
+    h = cg.loads(cg.dumps(g))
+    a, b = cg.Evaluator(g).run(c.feeds), cg.Evaluator(h).run(c.feeds)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert "scan_revolve" in cg.to_dot(g, plan=rb.memory_plan)
+
+
+# ---- the examples -------------------------------------------------------------------------
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_rnn_sequence_learns_saves_reloads_and_draws(tmp_path):
+    got = _example("rnn_sequence").main(["--steps", "12", "--epochs", "25", "--out", str(tmp_path)])
+    assert got["test"] < 0.5 * got["last"] and got["same"] == 1.0
+    assert (tmp_path / "rnn_sequence.pb").is_file()
+    assert (tmp_path / "rnn_sequence.svg").is_file() or (tmp_path / "rnn_sequence.dot").is_file()
+
+
+def test_example_newton_sqrt_matches_the_closed_form():
+    got = _example("newton_sqrt").main()
+    assert got["forward"] < 1e-12 and got["reverse"] < 1e-12

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from control_cases import all_cases, comparable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from control_cases import all_cases, comparable
 from specs import build_graph, case_id, cases
 
 import cgraph as cg
@@ -108,6 +108,12 @@ def control_graphs() -> list[tuple[str, cg.Graph, dict[str, np.ndarray]]]:
     for c in all_cases():
         out.append((c.name, c.graph, c.feeds))
         out.append((c.name + "-grad", cg.gradient_graph(c.graph, "loss", c.wrt), c.feeds))
+        if c.name.startswith(("rnn", "tuple")):  # a budgeted plan: checkpoints and scan_revolve
+            full = cg.ReverseMode(c.graph, "loss", c.wrt)
+            full.grad(c.feeds)
+            rm = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=int(full.stats.peak_bytes * 0.8))
+            rm.grad(c.feeds)
+            out.append((c.name + "-budget", rm.memory_plan.plan.graph, c.feeds))
     return out
 
 
@@ -124,7 +130,8 @@ def assert_same_graph(g: cg.Graph, h: cg.Graph) -> None:
     assert list(h.nodes) == list(g.nodes)
     for name, a in g.nodes.items():
         b = h.nodes[name]
-        assert (b.op, b.inputs, comparable(dict(b.attrs)), b.shape, b.dtype) == (a.op, a.inputs, comparable(dict(a.attrs)), a.shape, a.dtype)
+        assert (b.op, b.inputs, comparable(dict(b.attrs)), b.shape, b.dtype) == \
+            (a.op, a.inputs, comparable(dict(a.attrs)), a.shape, a.dtype)
         if a.op in ("param", "constant"):
             va, vb = g.value(name), h.value(name)
             assert va.dtype == vb.dtype and va.shape == vb.shape and va.tobytes() == vb.tobytes()

@@ -416,9 +416,11 @@ def _nll(e: _Emitter, n: Node) -> str:
 # constants are Constant nodes and its outputs Identity nodes of fresh names. A control-flow
 # rule records its node's ONNX outputs (`e.parts`) and returns None; `result` picks one.
 
-def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str, Node]]) -> Any:
+def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str, Node]],
+          outputs: list[str] | None = None, extra: list[str] = ()) -> Any:
     """The ONNX GraphProto of `body`: `formal` lists (ONNX input name, the body input it is);
-    `bind` gives the other inputs' outer names."""
+    `bind` gives the other inputs' outer names; its outputs are the body's (or those named in
+    `outputs`), then the body inputs named in `extra` passed through."""
     onnx = e.onnx
     sub = _Emitter(body, e.opset)
     sub.used = e.used  # one namespace for the graph and its subgraphs
@@ -435,7 +437,8 @@ def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str
             if got is not None:
                 sub.value[node.name] = got
     outs = []
-    for o, t in body.outputs.items():
+    chosen = [(o, body.outputs[o]) for o in (list(body.outputs) if outputs is None else outputs)]
+    for o, t in [*chosen, *((n, body[n]) for n in extra)]:
         name = e.fresh(f"{body.name}/{o}")
         sub.nodes.append(onnx.helper.make_node("Identity", [sub.value[t.name]], [name], name=name))
         outs.append(_value_info(onnx, name, t.dtype, t.shape, symbols=False))
@@ -480,27 +483,83 @@ def _cond(e: _Emitter, n: Node) -> None:
 @_rule("scan")
 def _scan(e: _Emitter, n: Node) -> None:
     """Scan (reverse: scan_input_directions and scan_output_directions 1; with no slices, a
-    ConstantOfShape of the length scanned)"""
+    ConstantOfShape of the length scanned; checkpoints: the carries stacked, Gather at the
+    schedule's steps)"""
     a = n.attrs
     body, c, m = a["body"], a["carries"], a["slices"]
     names = list(body.inputs)
-    bind, formal = _formal(e, body, names, range(c + m))
-    bind.update({names[i]: e.value[s] for i, s in enumerate(n.inputs) if i >= c + m})
-    xs = [e.value[s] for s in n.inputs[c:c + m]]
+    stacked = _emit_scan(e, n, body, [e.value[s] for s in n.inputs[:c]], n.inputs[c:c + m], n.inputs[c + m:],
+                         list(body.outputs), names[:c] if a["checkpoints"] else [], a["reverse"], a["length"])
+    outs = stacked[:len(n.parts or ()) - (c if a["checkpoints"] else 0)]
+    if a["checkpoints"]:
+        from cgraph.control import first_sweep
+        steps = e.g.nodes[n.inputs[c]].shape[0] if m else a["length"]
+        if steps is None:
+            raise OnnxError(f"{n.name} (scan): checkpoints need a static number of steps to export")
+        at = first_sweep(steps, a["checkpoints"])
+        order = [steps - 1 - k for k in at] if a["reverse"] else at
+        for x, all_in in zip(n.parts[:c], stacked[len(outs):], strict=True):
+            picked = e.node("Gather", [all_in, e.const(order)], axis=0)
+            pad = a["checkpoints"] - len(order)
+            if pad:
+                zeros = e.node("ConstantOfShape", [e.const([pad, *x.shape])], value=e.onnx.helper.make_tensor(
+                    "zero", np_to_onnx_type(x.dtype), [1], [0]))
+                picked = e.node("Concat", [picked, zeros], axis=0)
+            outs.append(picked)
+    e.parts[n.name] = outs
+
+
+def _emit_scan(e: _Emitter, n: Node, body: Graph, state: list[str], slices: Any, rest: Any, outputs: list[str],
+               extra: list[str], reverse: bool, length: int, order: list[int] | None = None) -> list[str]:
+    """An ONNX Scan of `body` over the cgraph values `slices`, from `state` (ONNX names), the
+    body's other inputs bound to `rest`; body inputs in `order` (default: state, slices, rest).
+    Its outputs: the final state, then `outputs` past the state and the `extra` body inputs,
+    stacked."""
+    names = list(body.inputs)
+    c, m = len(state), len(slices)
+    order = list(range(len(names))) if order is None else order
+    formal_at = order[:c + m]
+    bind, formal = _formal(e, body, names, formal_at)
+    bind.update({names[i]: e.value[s] for i, s in zip(order[c + m:], rest, strict=True)})
+    xs = [e.value[s] for s in slices]
     if not m:
         dummy = e.fresh(f"{e.hint}/step")
         formal.append((dummy, Node(dummy, "input", (), {}, (), np.dtype(np.int64), 0)))
-        xs = [e.node("ConstantOfShape", [e.const([a["length"]])], value=e.onnx.helper.make_tensor(
+        xs = [e.node("ConstantOfShape", [e.const([length])], value=e.onnx.helper.make_tensor(
             "zero", np_to_onnx_type(np.dtype(np.int64)), [1], [0]))]
-    graph = _body(e, body, bind, formal)
-    outs = _outputs(e, n, len(n.parts or ()))
+    graph = _body(e, body, bind, formal, outputs, extra)
+    outs = [e.fresh(f"{e.hint}/{i}") for i in range(len(graph.output))]
     ny = len(outs) - c
-    direction = int(a["reverse"])
+    direction = int(reverse)
     directions = {"scan_output_directions": [direction] * ny} if ny else {}
     e.nodes.append(e.onnx.helper.make_node(
-        "Scan", [e.value[s] for s in n.inputs[:c]] + xs, outs, name=e.fresh(e.hint), body=graph,
+        "Scan", state + xs, outs, name=e.fresh(e.hint), body=graph,
         num_scan_inputs=len(xs), scan_input_directions=[direction] * len(xs), **directions))
-    e.parts[n.name] = outs
+    return outs
+
+
+@_rule("scan_revolve")
+def _scan_revolve(e: _Emitter, n: Node) -> None:
+    """two Scans, the same values by storing every carry: the advance body forward (its carries
+    stacked), then the adjoint body in the other direction"""
+    a = n.attrs
+    adv, adj, c, m, L, Y = a["advance"], a["adjoint"], a["carries"], a["slices"], a["cotangents"], a["ys"]
+    k = len(adv.inputs) - c - m
+    ins = n.inputs
+    init, xs, closures = ins[:c], ins[2 * c:2 * c + m], ins[2 * c + m:2 * c + m + k]
+    g, gys, acc = ins[2 * c + m + k:2 * c + m + k + L], ins[2 * c + m + k + L:2 * c + m + k + L + Y], \
+        ins[2 * c + m + k + L + Y:]
+    fwd = _emit_scan(e, n, adv, [e.value[s] for s in init], xs, closures, list(adv.outputs)[:c],
+                     list(adv.inputs)[:c], a["reverse"], a["length"])
+    carries_in = fwd[c:]
+    tmp = {f"{e.hint}/carry{j}": v for j, v in enumerate(carries_in)}
+    e.value.update(tmp)
+    A = len(acc)
+    order = [*range(c + m + k, c + m + k + L), *range(c + m + k + L + Y, c + m + k + L + Y + A),
+             *range(c), *range(c, c + m), *range(c + m + k + L, c + m + k + L + Y), *range(c + m, c + m + k)]
+    back = _emit_scan(e, n, adj, [e.value[s] for s in (*g, *acc)], [*tmp, *xs, *gys], closures,
+                      list(adj.outputs), [], not a["reverse"], a["length"], order)
+    e.parts[n.name] = back
 
 
 @_rule("while_loop")

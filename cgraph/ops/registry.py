@@ -746,6 +746,7 @@ def elementwise_shape(*metas: Meta) -> Shape:
 
 
 __all__ = ["ATTR_TYPES", "COMPARE", "DTYPES", "FLOAT", "INT64", "LEAF_OPS", "MEAN", "NONDIFF", "NUMERIC", "OPS",
-           "PROMOTE", "REQUIRED", "RESULTS", "SAME", "Subgraph", "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr", "DtypeRule",
+           "PROMOTE", "REQUIRED", "RESULTS", "SAME", "Subgraph",
+           "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr", "DtypeRule",
            "Inputs", "OpDef", "Operand", "apply", "define", "define_op", "get_op", "involution", "lift", "op_info",
            "passthrough", "unit"]
