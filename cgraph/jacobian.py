@@ -1,45 +1,346 @@
-"""Whole Jacobians and gradient checks, built on the executors."""
+"""Whole Jacobians and Hessians in a few batched sweeps, their sparsity patterns, and gradient
+checks, built on the executors.
+
+A Jacobian column is a JVP along a basis vector and a row a VJP along one; instead of a
+Python loop of sweeps, `Jacobian` batches the tangent (or cotangent) input of the derivative
+graph (`cg.vmap`) and pushes the basis vectors through one plan, in chunks whose predicted peak
+fits `memory_limit`. The values the directions share (the forward sweep) are computed once.
+
+A static graph also knows which outputs can depend on which inputs: `jacobian_sparsity`
+propagates a pattern through each op's pattern rule. With `sparse=True` the columns (forward
+mode) or rows (reverse mode) that share no row (column) are coloured alike (networkx's greedy
+colouring) and pushed together as one direction, the mode with fewer colours is taken, and
+the entries are read back from the compressed result: a tridiagonal Jacobian of any size
+costs three directions. A Hessian is the Jacobian of the gradient graph, by forward mode over
+it (forward over reverse), dense or sparse alike.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import networkx as nx
 import numpy as np
 
-from cgraph.autodiff import check_wrt
-from cgraph.executors import Evaluator, ForwardMode, ReverseMode
-from cgraph.executors.base import leaf_value
+from cgraph.autodiff import COTANGENT, TANGENT, Seed, check_wrt, jvp_graph, vjp_graph
+from cgraph.batching import vmap
+from cgraph.errors import BatchingError, DerivativeError, SparseMissingError
+from cgraph.executors import Evaluator, ReverseMode
+from cgraph.executors.base import Executor, leaf_value
 from cgraph.graph import Graph
+from cgraph.ops.registry import get_op
+from cgraph.patterns import Pattern, dense
+from cgraph.schedule import Plan, concrete_shapes
+
+MEMORY_LIMIT = 256 * 2**20  # bytes: the default bound on a batched sweep's predicted peak
+COLOUR_LIMIT = 2_000_000  # the most conflict-graph entries a colouring builds (else each is its own colour)
+MODES = ("auto", "forward", "reverse")
 
 
-def jacobian(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str, mode: str = "auto") -> np.ndarray:
-    """d of / d wrt as an array of shape out.shape + wrt.shape.
+class Jacobian(Executor):
+    """d of / d wrt, prepared once for many feeds: `Jacobian(g, of="y", wrt="x")(feeds)`.
 
-    "forward" takes one JVP per element of wrt (column by column), "reverse" one VJP per
-    element of the output (row by row); "auto" takes the mode with fewer sweeps, forward on a tie.
+    Dense, the result has shape out.shape + wrt.shape; "forward" pushes one tangent per wrt
+    element, "reverse" one cotangent per output element, "auto" the fewer (forward on a tie),
+    all in one batched plan, chunked so that each chunk's predicted peak stays within
+    `memory_limit` bytes. With `sparse=True` the result is a scipy.sparse CSR array of shape
+    (out.size, wrt.size) computed from one direction per colour ("auto": the mode with fewer
+    colours). After a call, `mode` is the mode used, `sweeps` the number of directions pushed
+    (columns, rows or colours) and `chunks` the number of batched runs. Plans and colourings are
+    made once for each set of feed shapes.
     """
-    if mode not in ("auto", "forward", "reverse"):
-        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not {mode!r}")
+
+    def __init__(self, graph: Graph, of: str, wrt: str, mode: str = "auto", sparse: bool = False,
+                 memory_limit: int = MEMORY_LIMIT) -> None:
+        super().__init__(graph)
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not {mode!r}")
+        if not isinstance(of, str) or not isinstance(wrt, str):
+            raise TypeError("a Jacobian is of one output wrt one input or param: of and wrt are names")
+        graph.output_node(of)
+        check_wrt(graph, [wrt])
+        if not isinstance(memory_limit, int) or memory_limit <= 0:
+            raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
+        self.of, self.wrt, self.asked, self.sparse, self.memory_limit = of, wrt, mode, bool(sparse), memory_limit
+        self.function, self.function_of = self._function()
+        self._needed = self.function.needed_by([self.function.output_node(self.function_of), wrt])
+        self.mode: str | None = None
+        self.sweeps = 0
+        self.chunks = 0
+        self._setups: dict[Any, _Setup] = {}
+        self._sweepers: dict[str, _Sweeper] = {}
+
+    def _function(self) -> tuple[Graph, str]:
+        """The graph and output whose Jacobian is taken (the Hessian's is its gradient)."""
+        return self.graph, self.of
+
+    def __call__(self, feeds: Mapping[str, Any]) -> Any:
+        return self.run(feeds)
+
+    def run(self, feeds: Mapping[str, Any]) -> Any:
+        """The Jacobian at these feeds."""
+        setup = self._setup(feeds)
+        sweeper = self._sweeper(setup.mode)
+        self.mode, self.sweeps = setup.mode, setup.directions
+        compressed = sweeper.run(self, feeds, setup)
+        if not self.sparse:
+            J = compressed if setup.mode == "reverse" else compressed.T
+            return np.ascontiguousarray(J).reshape(setup.out_shape + setup.wrt_shape)
+        sp = scipy_sparse()
+        S = setup.pattern
+        rows = S.rows()
+        if setup.mode == "forward":
+            data = compressed[setup.colour[S.indices], rows]
+        else:
+            data = compressed[setup.colour[rows], S.indices]
+        return sp.csr_array((data, S.indices, S.indptr), shape=(S.size, S.n))
+
+    # ---- what is made once per feed shapes --------------------------------------------------
+
+    def _setup(self, feeds: Mapping[str, Any]) -> _Setup:
+        shapes = _feed_shapes(self.graph, feeds, self._needed)
+        key = tuple(sorted(shapes.items()))
+        setup = self._setups.get(key)
+        if setup is None:
+            setup = self._setups[key] = self._make_setup(shapes)
+        return setup
+
+    def _make_setup(self, shapes: dict[str, tuple[int, ...]]) -> _Setup:
+        fg, of = self.function, self.function_of
+        target = fg.output_node(of)
+        meta = concrete_shapes(fg, shapes, fg.needed_by([target, self.wrt]))
+        out_shape, wrt_shape = tuple(meta[target].shape), tuple(meta[self.wrt].shape)
+        m, n = _size(out_shape), _size(wrt_shape)
+        dtype = np.result_type(meta[target].dtype, meta[self.wrt].dtype)
+        if not self.sparse:
+            mode = self.asked if self.asked != "auto" else ("forward" if n <= m else "reverse")
+            return _Setup(mode, out_shape, wrt_shape, dtype, n if mode == "forward" else m, shapes)
+        S = sparsity_pattern(fg, shapes, of, self.wrt)
+        options = [self.asked] if self.asked != "auto" else ["forward", "reverse"]
+        best = None
+        for mode in options:
+            count, colour = colour_pattern(S, by_rows=mode == "reverse")
+            if best is None or count < best[1]:
+                best = (mode, count, colour)
+        assert best is not None
+        mode, count, colour = best
+        return _Setup(mode, out_shape, wrt_shape, dtype, count, shapes, S, colour)
+
+    def _sweeper(self, mode: str) -> _Sweeper:
+        sweeper = self._sweepers.get(mode)
+        if sweeper is None:
+            sweeper = self._sweepers[mode] = _Sweeper(self.function, self.function_of, self.wrt, mode)
+        return sweeper
+
+
+class Hessian(Jacobian):
+    """d^2 of / d wrt^2 of a scalar output, for many feeds: the Jacobian of the gradient graph
+    by forward mode over it (forward over reverse), its tangents batched as `Jacobian`'s.
+    Dense, the result has shape wrt.shape + wrt.shape; with `sparse=True` it is a scipy.sparse
+    CSR array of (wrt.size, wrt.size) from one tangent per colour of the pattern's columns."""
+
+    def __init__(self, graph: Graph, of: str, wrt: str, sparse: bool = False,
+                 memory_limit: int = MEMORY_LIMIT) -> None:
+        super().__init__(graph, of, wrt, mode="forward", sparse=sparse, memory_limit=memory_limit)
+
+    def _function(self) -> tuple[Graph, str]:
+        check_wrt(self.graph, [self.wrt])
+        d = vjp_graph(self.graph, [self.of], [self.wrt], seed=Seed.ONES)
+        return d, list(d.outputs)[-1]
+
+
+class _Setup:
+    """What one set of feed shapes fixes: the mode, shapes, directions, pattern and colours."""
+
+    def __init__(self, mode: str, out_shape: tuple[int, ...], wrt_shape: tuple[int, ...], dtype: np.dtype,
+                 directions: int, shapes: dict[str, tuple[int, ...]], pattern: Pattern | None = None,
+                 colour: np.ndarray | None = None) -> None:
+        self.mode, self.out_shape, self.wrt_shape, self.dtype = mode, out_shape, wrt_shape, dtype
+        self.directions, self.shapes, self.pattern, self.colour = directions, shapes, pattern, colour
+        self.chunk: int | None = None
+        self.seed_shape = wrt_shape if mode == "forward" else out_shape  # the shape of one direction
+
+    def seeds(self, start: int, stop: int) -> np.ndarray:
+        """Directions start..stop-1 as rows: basis vectors, or (sparse) the sum of the basis
+        vectors of each colour."""
+        seeds = np.zeros((stop - start, _size(self.seed_shape)), self.dtype)
+        if self.colour is None:
+            seeds[np.arange(stop - start), np.arange(start, stop)] = 1
+        else:
+            pick = (self.colour >= start) & (self.colour < stop)
+            seeds[self.colour[pick] - start, np.flatnonzero(pick)] = 1
+        return seeds
+
+
+class _Sweeper:
+    """One batched plan of forward (or reverse) mode: the derivative graph with its tangent (or
+    cotangent) input batched. Ops without a batching rule need a static batch size: then one
+    plan per chunk size."""
+
+    def __init__(self, fg: Graph, of: str, wrt: str, mode: str) -> None:
+        if mode == "forward":
+            self.graph = jvp_graph(fg, [of], [wrt])
+            self.seed, self.result = TANGENT + wrt, TANGENT + of
+        else:
+            self.graph = vjp_graph(fg, [of], [wrt], seed=Seed.INPUT)
+            self.seed, self.result = COTANGENT + of, list(self.graph.outputs)[-1]
+        self._plans: dict[int | None, Plan] = {}
+        try:
+            self._plans[None] = self._plan(None)
+        except BatchingError:
+            pass  # an op with no batching rule: plans for static sizes
+
+    def _plan(self, size: int | None) -> Plan:
+        plan = self._plans.get(size)
+        if plan is None:
+            vb = vmap(self.graph, {self.seed: 0}, size=size)
+            plan = self._plans[size] = Plan(vb, [vb.output_node(self.result)])
+        return plan
+
+    def plan(self, size: int) -> Plan:
+        return self._plans[None] if None in self._plans else self._plan(size)
+
+    def run(self, jac: Jacobian, feeds: Mapping[str, Any], setup: _Setup) -> np.ndarray:
+        """The compressed Jacobian: one row per direction, flattened."""
+        total = setup.directions
+        if setup.chunk is None:
+            setup.chunk = self._chunk(setup, jac.memory_limit)
+        rows = []
+        for start in range(0, total, setup.chunk):
+            stop = min(total, start + setup.chunk)
+            seeds = setup.seeds(start, stop)
+            plan = self.plan(stop - start)
+            direction = seeds.reshape((stop - start, *setup.seed_shape))
+            (out,) = jac._run(plan, jac._leaves(plan, feeds, {self.seed: direction}))
+            rows.append(np.asarray(out).reshape(stop - start, -1))
+        jac.chunks = len(rows)
+        if not rows:
+            other = _size(setup.out_shape if setup.mode == "forward" else setup.wrt_shape)
+            return np.zeros((0, other), setup.dtype)
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+    def _chunk(self, setup: _Setup, limit: int) -> int:
+        """The most directions per run whose predicted peak (with the seeds) fits `limit`."""
+        total = setup.directions
+        if total <= 1:
+            return max(total, 1)
+        seed_bytes = _size(setup.seed_shape) * np.dtype(setup.dtype).itemsize
+
+        def peak(c: int) -> int:
+            shape = (c, *setup.seed_shape)
+            return self.plan(c).predict_peak({**setup.shapes, self.seed: shape}) + c * seed_bytes
+
+        p1, p2 = peak(1), peak(2)
+        per = max(p2 - p1, 1)
+        c = int(min(total, max(1, (limit - (p1 - per)) // per)))
+        while c > 1 and peak(c) > limit:
+            c //= 2
+        return c
+
+
+def _feed_shapes(g: Graph, feeds: Mapping[str, Any], needed: set[str]) -> dict[str, tuple[int, ...]]:
+    """The run-time shape of each input among `needed` (its feed checked as a run checks it;
+    FeedError if it is missing)."""
+    return {name: leaf_value(g, feeds, name).shape for name in g.inputs if name in needed}
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+# ---- sparsity ---------------------------------------------------------------------------
+
+def sparsity_pattern(g: Graph, shapes: Mapping[str, tuple[int, ...]], of: str, wrt: str) -> Pattern:
+    """The pattern of d of / d wrt for inputs of these shapes: each op's pattern rule applied
+    node by node from the wrt leaf (the op's declared rule; DENSE where it has none)."""
+    target = g.output_node(of)
+    needed = g.needed_by([target])
+    meta = concrete_shapes(g, shapes, needed | {wrt})
+    n = _size(meta[wrt].shape)
+    pats: dict[str, Pattern] = {}
+    if wrt in needed:
+        pats[wrt] = Pattern.identity(meta[wrt].shape)
+    for node in g.nodes.values():
+        if node.name not in needed or node.is_leaf or node.dtype.kind != "f":
+            continue
+        opdef = get_op(node.op)
+        live = [s in pats and opdef.carries(i) for i, s in enumerate(node.inputs)]
+        if not any(live):
+            continue
+        xs = [pats[s] if on else Pattern.empty(meta[s].shape, n) for s, on in zip(node.inputs, live, strict=True)]
+        out = tuple(meta[node.name].shape)
+        p = (opdef.pattern or dense)(out, *xs, **node.attrs)
+        if p.shape != out or p.n != n:
+            raise DerivativeError(f"{node.name} ({node.op}): the pattern rule gave {p.shape} for an output of {out}")
+        pats[node.name] = p
+    return pats.get(target) or Pattern.empty(meta[target].shape, n)
+
+
+def jacobian_sparsity(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str) -> np.ndarray:
+    """Which entries of d of / d wrt can be nonzero, from the graph alone (the feeds give only
+    the run-time sizes): a bool array of the dense Jacobian's shape, out.shape + wrt.shape. It
+    holds every entry any values could make nonzero (`S.reshape(out.size, wrt.size)` covers the
+    sparse Jacobian's entries)."""
     check_wrt(g, [wrt])
-    x = leaf_value(g, feeds, wrt)
-    out = Evaluator(g, outputs=[of]).run(feeds)[of]
-    if mode == "auto":
-        mode = "forward" if x.size <= out.size else "reverse"
-    J = np.empty((out.size, x.size), dtype=np.result_type(out.dtype, x.dtype))
-    if mode == "forward":
-        fm = ForwardMode(g, of=[of], wrt=[wrt])
-        for j in range(x.size):
-            t = np.zeros(x.size, x.dtype)
-            t[j] = 1
-            J[:, j] = fm.jvp(feeds, {wrt: t.reshape(x.shape)})[1][of].ravel()
-    else:
-        rm = ReverseMode(g, of=of, wrt=[wrt])
-        for i in range(out.size):
-            c = np.zeros(out.size, out.dtype)
-            c[i] = 1
-            J[i, :] = rm.vjp(feeds, {of: c.reshape(out.shape)})[1][wrt].ravel()
-    return J.reshape(out.shape + x.shape)
+    shapes = _feed_shapes(g, feeds, g.needed_by([g.output_node(of), wrt]))
+    p = sparsity_pattern(g, shapes, of, wrt)
+    wrt_shape = leaf_value(g, feeds, wrt).shape
+    return p.to_dense().reshape(p.shape + tuple(wrt_shape))
+
+
+def colour_pattern(S: Pattern, by_rows: bool = False) -> tuple[int, np.ndarray]:
+    """(number of colours, colour of each column) such that no two columns of a colour share a
+    row of S (or, `by_rows`, of each row: no two rows of a colour share a column), by
+    networkx's greedy colouring of the conflict graph. Where that graph would be too large to
+    build, every column (row) is its own colour."""
+    sp = scipy_sparse()
+    m, n = S.size, S.n
+    A = sp.csr_array((np.ones(S.nnz, np.int8), S.indices, S.indptr), shape=(m, n))
+    if by_rows:
+        A, n = A.T.tocsr(), m
+    if n == 0:
+        return 0, np.zeros(0, np.int64)
+    row_nnz = np.diff(A.indptr).astype(np.int64)
+    if int((row_nnz * row_nnz).sum()) > COLOUR_LIMIT:
+        return n, np.arange(n, dtype=np.int64)
+    conflicts = (A.T @ A).tocoo()
+    G = nx.Graph()
+    G.add_nodes_from(range(n))
+    off = conflicts.row != conflicts.col
+    G.add_edges_from(zip(conflicts.row[off].tolist(), conflicts.col[off].tolist(), strict=True))
+    best: dict[int, int] | None = None
+    for strategy in ("largest_first", "smallest_last"):
+        colouring = nx.coloring.greedy_color(G, strategy=strategy)
+        if best is None or max(colouring.values(), default=-1) < max(best.values(), default=-1):
+            best = colouring
+    assert best is not None
+    colour = np.fromiter((best[j] for j in range(n)), np.int64, n)
+    return int(colour.max()) + 1, colour
+
+
+def scipy_sparse() -> Any:
+    try:
+        import scipy.sparse
+    except ImportError:
+        raise SparseMissingError("sparse Jacobians and Hessians need scipy: pip install 'cgraph-ad[sparse]'") from None
+    return scipy.sparse
+
+
+# ---- the functions ----------------------------------------------------------------------
+
+def jacobian(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str, mode: str = "auto", sparse: bool = False,
+             memory_limit: int = MEMORY_LIMIT) -> Any:
+    """d of / d wrt at these feeds: an array of shape out.shape + wrt.shape, or with
+    `sparse=True` a scipy.sparse CSR array of (out.size, wrt.size) (see `Jacobian`)."""
+    return Jacobian(g, of, wrt, mode=mode, sparse=sparse, memory_limit=memory_limit)(feeds)
+
+
+def hessian(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str, sparse: bool = False,
+            memory_limit: int = MEMORY_LIMIT) -> Any:
+    """d^2 of / d wrt^2 of the scalar output `of`: an array of shape wrt.shape + wrt.shape, or
+    with `sparse=True` a scipy.sparse CSR array of (wrt.size, wrt.size) (see `Hessian`)."""
+    return Hessian(g, of, wrt, sparse=sparse, memory_limit=memory_limit)(feeds)
 
 
 def gradcheck(g: Graph, feeds: Mapping[str, Any], of: str, wrt: Sequence[str] | str,
