@@ -64,7 +64,8 @@ class Jacobian(Executor):
             raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
         self.of, self.wrt, self.asked, self.sparse, self.memory_limit = of, wrt, mode, bool(sparse), memory_limit
         self.function, self.function_of = self._function()
-        self._needed = self.function.needed_by([self.function.output_node(self.function_of), wrt])
+        needed = self.function.needed_by([self.function.output_node(self.function_of), wrt])
+        self._inputs = [n for n in graph.inputs if n in needed]  # the feeds whose shapes matter
         self.mode: str | None = None
         self.sweeps = 0
         self.chunks = 0
@@ -86,7 +87,7 @@ class Jacobian(Executor):
         compressed = sweeper.run(self, feeds, setup)
         if not self.sparse:
             J = compressed if setup.mode == "reverse" else compressed.T
-            return np.ascontiguousarray(J).reshape(setup.out_shape + setup.wrt_shape)
+            return J.reshape(setup.out_shape + setup.wrt_shape)
         sp = scipy_sparse()
         S = setup.pattern
         rows = S.rows()
@@ -99,11 +100,14 @@ class Jacobian(Executor):
     # ---- what is made once per feed shapes --------------------------------------------------
 
     def _setup(self, feeds: Mapping[str, Any]) -> _Setup:
-        shapes = _feed_shapes(self.graph, feeds, self._needed)
-        key = tuple(sorted(shapes.items()))
+        try:
+            key = tuple(np.shape(feeds[n]) for n in self._inputs)
+        except (KeyError, TypeError):
+            key = None
         setup = self._setups.get(key)
         if setup is None:
-            setup = self._setups[key] = self._make_setup(shapes)
+            shapes = {n: leaf_value(self.graph, feeds, n).shape for n in self._inputs}
+            setup = self._setups[tuple(shapes.values())] = self._make_setup(shapes)
         return setup
 
     def _make_setup(self, shapes: dict[str, tuple[int, ...]]) -> _Setup:
@@ -118,8 +122,13 @@ class Jacobian(Executor):
             return _Setup(mode, out_shape, wrt_shape, dtype, n if mode == "forward" else m, shapes)
         S = sparsity_pattern(fg, shapes, of, self.wrt)
         options = [self.asked] if self.asked != "auto" else ["forward", "reverse"]
-        best = None
+        best: tuple[str, int, np.ndarray] | None = None
         for mode in options:
+            # a colour per column needs at least as many colours as a row has entries (and the
+            # other way round): a mode that cannot do better is not coloured
+            at_least = _most_per_line(S, by_rows=mode == "reverse")
+            if best is not None and at_least >= best[1]:
+                continue
             count, colour = colour_pattern(S, by_rows=mode == "reverse")
             if best is None or count < best[1]:
                 best = (mode, count, colour)
@@ -160,10 +169,20 @@ class _Setup:
         self.directions, self.shapes, self.pattern, self.colour = directions, shapes, pattern, colour
         self.chunk: int | None = None
         self.seed_shape = wrt_shape if mode == "forward" else out_shape  # the shape of one direction
+        self._seeds: dict[int, np.ndarray] = {}
 
     def seeds(self, start: int, stop: int) -> np.ndarray:
-        """Directions start..stop-1 as rows: basis vectors, or (sparse) the sum of the basis
-        vectors of each colour."""
+        """Directions start..stop-1, each of the seed's shape: basis vectors, or (sparse) the
+        sum of the basis vectors of each colour (kept, read-only, when they are few)."""
+        seeds = self._seeds.get(start)
+        if seeds is None:
+            seeds = self._make_seeds(start, stop).reshape((stop - start, *self.seed_shape))
+            seeds.flags.writeable = False
+            if seeds.nbytes <= 2**20:
+                self._seeds[start] = seeds
+        return seeds
+
+    def _make_seeds(self, start: int, stop: int) -> np.ndarray:
         seeds = np.zeros((stop - start, _size(self.seed_shape)), self.dtype)
         if self.colour is None:
             seeds[np.arange(stop - start), np.arange(start, stop)] = 1
@@ -209,10 +228,8 @@ class _Sweeper:
         rows = []
         for start in range(0, total, setup.chunk):
             stop = min(total, start + setup.chunk)
-            seeds = setup.seeds(start, stop)
             plan = self.plan(stop - start)
-            direction = seeds.reshape((stop - start, *setup.seed_shape))
-            (out,) = jac._run(plan, jac._leaves(plan, feeds, {self.seed: direction}))
+            (out,) = jac._run(plan, jac._leaves(plan, feeds, {self.seed: setup.seeds(start, stop)}))
             rows.append(np.asarray(out).reshape(stop - start, -1))
         jac.chunks = len(rows)
         if not rows:
@@ -237,12 +254,6 @@ class _Sweeper:
         while c > 1 and peak(c) > limit:
             c //= 2
         return c
-
-
-def _feed_shapes(g: Graph, feeds: Mapping[str, Any], needed: set[str]) -> dict[str, tuple[int, ...]]:
-    """The run-time shape of each input among `needed` (its feed checked as a run checks it;
-    FeedError if it is missing)."""
-    return {name: leaf_value(g, feeds, name).shape for name in g.inputs if name in needed}
 
 
 def _size(shape: Sequence[int]) -> int:
@@ -283,7 +294,8 @@ def jacobian_sparsity(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str) -> 
     holds every entry any values could make nonzero (`S.reshape(out.size, wrt.size)` covers the
     sparse Jacobian's entries)."""
     check_wrt(g, [wrt])
-    shapes = _feed_shapes(g, feeds, g.needed_by([g.output_node(of), wrt]))
+    needed = g.needed_by([g.output_node(of), wrt])
+    shapes = {name: leaf_value(g, feeds, name).shape for name in g.inputs if name in needed}
     p = sparsity_pattern(g, shapes, of, wrt)
     wrt_shape = leaf_value(g, feeds, wrt).shape
     return p.to_dense().reshape(p.shape + tuple(wrt_shape))
@@ -304,19 +316,19 @@ def colour_pattern(S: Pattern, by_rows: bool = False) -> tuple[int, np.ndarray]:
     row_nnz = np.diff(A.indptr).astype(np.int64)
     if int((row_nnz * row_nnz).sum()) > COLOUR_LIMIT:
         return n, np.arange(n, dtype=np.int64)
-    conflicts = (A.T @ A).tocoo()
+    conflicts = sp.triu(A.T @ A, k=1).tocoo()
     G = nx.Graph()
     G.add_nodes_from(range(n))
-    off = conflicts.row != conflicts.col
-    G.add_edges_from(zip(conflicts.row[off].tolist(), conflicts.col[off].tolist(), strict=True))
-    best: dict[int, int] | None = None
-    for strategy in ("largest_first", "smallest_last"):
-        colouring = nx.coloring.greedy_color(G, strategy=strategy)
-        if best is None or max(colouring.values(), default=-1) < max(best.values(), default=-1):
-            best = colouring
-    assert best is not None
-    colour = np.fromiter((best[j] for j in range(n)), np.int64, n)
+    G.add_edges_from(zip(conflicts.row.tolist(), conflicts.col.tolist(), strict=True))
+    colouring = nx.coloring.greedy_color(G, strategy="largest_first")
+    colour = np.fromiter((colouring[j] for j in range(n)), np.int64, n)
     return int(colour.max()) + 1, colour
+
+
+def _most_per_line(S: Pattern, by_rows: bool) -> int:
+    """The most entries in a row of S (a column, `by_rows`)."""
+    counts = np.diff(S.indptr) if not by_rows else np.bincount(S.indices, minlength=S.n)
+    return int(counts.max(initial=0))
 
 
 def scipy_sparse() -> Any:

@@ -53,8 +53,10 @@ class Pattern:
         size = _size(shape)
         if n == 0 or rows.size == 0:
             return cls.empty(shape, n)
-        keys = np.unique(rows.astype(np.int64) * n + cols)
-        rows, cols = np.divmod(keys, n)
+        keys = np.sort(rows.astype(np.int64) * n + cols)
+        first = np.ones(keys.size, bool)
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        rows, cols = np.divmod(keys[first], n)
         indptr = np.zeros(size + 1, np.int64)
         np.cumsum(np.bincount(rows, minlength=size), out=indptr[1:])
         return cls(shape, n, indptr, cols)
@@ -132,9 +134,10 @@ class Pattern:
 
 def union(*patterns: Pattern) -> Pattern:
     """Elementwise union of patterns of one shape."""
+    first = patterns[0]
+    patterns = tuple(p for p in patterns if p.nnz) or (first,)
     if len(patterns) == 1:
         return patterns[0]
-    first = patterns[0]
     rows = np.concatenate([p.rows() for p in patterns])
     cols = np.concatenate([p.indices for p in patterns])
     return Pattern.from_pairs(first.shape, first.n, rows, cols)
