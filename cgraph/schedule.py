@@ -1,7 +1,7 @@
 """Schedules: the order in which a graph's nodes run, and after each step what can be freed.
 
-A `Plan` is compiled once per graph and set of targets. Its order is networkx's
-lexicographical topological sort keyed by creation order, so a graph built in one sweep (the
+A `Plan` is compiled once per graph and set of targets. Its order is the creation order (a
+topological order, as nodes can only read earlier ones), so a graph built in one sweep (the
 forward-mode graph builds each value and then its tangent) runs in that sweep, and the
 reverse-mode graph runs all forward steps, then the backward steps in the order the backward
 sweep made them. Ops marked `eager` (a shape, a count: tiny outputs) run right after their
@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import networkx as nx
 import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
@@ -68,10 +67,9 @@ class Stats:
 
 def schedule_order(graph: Graph, targets: Sequence[str]) -> list[str]:
     """The nodes `targets` need, in the order they should run (see the module docstring)."""
-    dag = graph.dependencies()
-    needed = graph.needed_by(targets, dag)
-    key = order_keys((n.name, n.inputs, get_eager(n.op)) for n in graph.nodes.values())
-    return list(nx.lexicographical_topological_sort(dag.subgraph(needed), key=key.__getitem__))
+    needed = graph.needed_by(targets)
+    key = order_keys((n.name, n.inputs, get_eager(n.op)) for n in graph.nodes.values() if n.name in needed)
+    return sorted(key, key=key.__getitem__)  # each key exceeds its inputs': a topological order
 
 
 def order_keys(nodes: Iterable[tuple[str, Sequence[str], bool]]) -> dict[str, float]:
