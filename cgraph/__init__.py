@@ -7,8 +7,9 @@ executors (`Evaluator`, `ForwardMode`, `ReverseMode`), differentiate it into new
 contract (`op_info`); your own ops go through the same door (`define_op`).
 """
 
-# nn, optim: training helpers on the public API; onnx: imports the onnx package only when used
-from cgraph import nn, onnx, optim
+# nn, optim: training helpers on the public API; onnx: imports the onnx package only when used;
+# patterns: what user ops' pattern rules are written with
+from cgraph import nn, onnx, optim, patterns
 from cgraph.autodiff import gradient_graph
 from cgraph.batching import vmap
 from cgraph.checkpoint import MemoryPlan
@@ -41,7 +42,7 @@ __all__ = [
     *[n for n in _ops_all if n not in ("NONDIFF", "ZERO", "Attr", "OpDef")],
 ]
 __all__ += ["BatchingError", "Hessian", "Jacobian", "SparseMissingError", "hessian", "jacobian_sparsity",
-            "vmap"]  # cgraph.batching, cgraph.jacobian: batches, Jacobians in a few sweeps
+            "patterns", "vmap"]  # cgraph.batching, cgraph.jacobian: batches, Jacobians in a few sweeps
 __all__ += ["dumps", "load", "loads", "save"]  # cgraph.io: the file format
 __all__ += ["onnx"]  # cgraph.onnx: ONNX export and import (the onnx extra)
 __all__ += ["Trace", "render", "to_dot", "trace"]  # cgraph.render (Graphviz), cgraph.tracing

@@ -62,6 +62,43 @@ def test_patterns_hold_the_jacobian_and_sparse_equals_dense(case):
             assert J.sweeps <= (ref.shape[1] if J.mode == "forward" else ref.shape[0])
 
 
+UNARY = [c for c in CASES if len(c[1]) == 1 and c[0].build in (cg.exp, cg.log, cg.sqrt, cg.square, cg.sin, cg.cos,
+                                                                 cg.tanh, cg.logistic, cg.softplus, cg.neg)]
+
+
+@pytest.mark.parametrize("case", UNARY, ids=[case_id(c) for c in UNARY])
+def test_elementwise_jacobians_take_one_sweep(case):
+    spec, shapes = case
+    g = build_graph(spec, shapes)
+    feeds = {"a0": spec.draw(np.random.default_rng(0), shapes)[0]}
+    J = cg.Jacobian(g, "out", "a0", sparse=True)
+    J(feeds)
+    assert J.sweeps == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_sparse_hessians_equal_the_dense_ones(case):
+    """Forward over reverse, sparse and dense, on the op table: the gradient graph's ops (the
+    VJP rules' sum_to, scatter, broadcasts) have patterns and batching rules too."""
+    spec, shapes = case
+    g = build_graph(spec, shapes, scale=1.5)
+    if g.outputs["out"].dtype.kind != "f":
+        return
+    d, _ = g.rebuild()
+    d.output("loss", cg.sum(cg.tanh(d.outputs["out"])))
+    feeds = {f"a{i}": x for i, x in enumerate(spec.draw(np.random.default_rng(1), shapes))}
+    for i in range(len(shapes)):
+        if i in spec.nondiff_args:
+            continue
+        w = f"a{i}"
+        H = cg.Hessian(d, "loss", w, sparse=True)
+        sp = H(feeds).toarray()
+        dense = cg.hessian(d, feeds, "loss", w).reshape(sp.shape)
+        np.testing.assert_allclose(sp, dense, rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(dense, dense.T, rtol=1e-8, atol=1e-10)
+        assert H.sweeps <= sp.shape[0]
+
+
 def test_pattern_rules_are_exact_where_they_say_so():
     """Elementwise, moving and grouping rules give exactly the structural nonzeros."""
     g = cg.Graph()
@@ -178,6 +215,20 @@ def test_sparse_jacobians_of_random_graphs_equal_the_dense_ones(g, n):
 
 double = cg.define_op("test_jac/double", kernel=lambda x: 2.0 * x, infer=lambda x: (x.shape, x.dtype),
                       jvp=[lambda t, out, x: double(t)], vjp=[lambda g, out, x: double(g)])
+double_ruled = cg.define_op("test_jac/double_ruled", kernel=lambda x: 2.0 * x, infer=lambda x: (x.shape, x.dtype),
+                            jvp=[lambda t, out, x: double_ruled(t)], vjp=[lambda g, out, x: double_ruled(g)],
+                            batch=lambda batched, x: double_ruled(x), pattern=cg.patterns.elementwise)
+
+
+def test_user_ops_with_rules_are_batched_and_sparse():
+    g = cg.Graph()
+    x = g.input("x", (6,))
+    g.output("y", double_ruled(cg.sin(x)))
+    X = np.random.default_rng(11).normal(size=6)
+    J = cg.Jacobian(g, "y", "x", sparse=True)
+    np.testing.assert_allclose(J({"x": X}).toarray(), np.diag(2 * np.cos(X)), rtol=1e-14)
+    assert J.sweeps == 1 and None in J._sweepers[J.mode]._plans  # one plan, whatever the chunk size
+    assert "ELEMENTWISE" in str(cg.op_info("test_jac/double_ruled"))
 
 
 def test_user_ops_without_rules_batch_example_by_example_and_are_dense():

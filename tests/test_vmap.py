@@ -45,9 +45,12 @@ def stack_feeds(per_example, batched):
 
 
 def check_against_loop(graph, per_example, batched, rtol=1e-12, atol=1e-13):
-    """vmap(graph) on the stacked feeds equals the graph run on each example."""
+    """vmap(graph) on the stacked feeds equals the graph run on each example (and its peak
+    bytes are the predicted ones)."""
     gb = cg.vmap(graph, in_axes={k: 0 for k in batched})
-    out = cg.Evaluator(gb).run(stack_feeds(per_example, batched))
+    evb = cg.Evaluator(gb)
+    out = evb.run(stack_feeds(per_example, batched))
+    assert evb.stats.peak_bytes == evb.stats.predicted_peak_bytes, "the memory books follow run-time batch sizes"
     ev = cg.Evaluator(graph)
     loop = [ev.run(f) for f in per_example]
     for o in graph.outputs:
@@ -156,6 +159,9 @@ def test_run_time_sizes_batch():
         gb = check_against_loop(gg, per, {"x"})
         assert {"shape_of", "sum_to", "broadcast_to"} <= {n.op for n in gg.nodes.values()}
         assert gb.outputs["grad/w"].shape == (None, 4)
+        feeds = {"x": np.stack([f["x"] for f in per])}
+        np.testing.assert_array_equal(cg.Evaluator(cg.loads(cg.dumps(gb))).run(feeds)["grad/x"],
+                                      cg.Evaluator(gb).run(feeds)["grad/x"])
 
 
 def test_per_example_gradients_equal_torch_func():
