@@ -195,7 +195,7 @@ def test_hessians_forward_over_reverse():
 
 @settings(max_examples=15, deadline=None)
 @given(graphs(), st.integers(1, 4))
-def test_sparse_jacobians_of_random_graphs_equal_the_dense_ones(g, n):
+def test_sparse_jacobians_and_hessians_of_random_graphs_equal_the_dense_ones(g, n):
     X = np.random.default_rng(n).normal(size=(n, 4))
     try:
         cg.Evaluator(g).run({"x": X})
@@ -211,6 +211,10 @@ def test_sparse_jacobians_of_random_graphs_equal_the_dense_ones(g, n):
                                        rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(cg.jacobian(g, feeds, "o0", wrt, mode=mode, sparse=True).toarray(), ref,
                                        rtol=1e-10, atol=1e-12)
+        H = cg.Hessian(g, "loss", wrt, sparse=True)
+        dense = cg.hessian(g, feeds, "loss", wrt).reshape(ref.shape[1], -1)
+        np.testing.assert_allclose(H(feeds).toarray(), dense, rtol=1e-9, atol=1e-12)
+        assert H.sweeps <= dense.shape[0]
 
 
 double = cg.define_op("test_jac/double", kernel=lambda x: 2.0 * x, infer=lambda x: (x.shape, x.dtype),

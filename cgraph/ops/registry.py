@@ -677,8 +677,8 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
         if len(given) > (n or 0):
             raise GraphError(f"define_op({name!r}): {len(given)} {what} rules for {spec.describe()}")
         rules.append(given)
-    for what, rule in (("batch", batch), ("pattern", pattern)):
-        if rule is not None and not callable(rule):
+    for what, given_rule in (("batch", batch), ("pattern", pattern)):
+        if given_rule is not None and not callable(given_rule):
             raise TypeError(f"define_op({name!r}): {what} must be callable")
     op = OpDef(name, kernel, spec, decls, None, None, infer_fn=infer, jvp=rules[0], vjp=rules[1],
                batch=batch, pattern=pattern, doc=" ".join(doc.split()), user=True)
