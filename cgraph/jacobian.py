@@ -12,7 +12,8 @@ mode) or rows (reverse mode) that share no row (column) are coloured alike (netw
 colouring) and pushed together as one direction, the mode with fewer colours is taken, and
 the entries are read back from the compressed result: a tridiagonal Jacobian of any size
 costs three directions. A Hessian is the Jacobian of the gradient graph, by forward mode over
-it (forward over reverse), dense or sparse alike.
+it (forward over reverse), dense or sparse alike; being symmetric, a sparse one may take a star
+colouring instead, which can need far fewer colours (an arrowhead: two, not n).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Jacobian(Executor):
             raise ValueError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
         self.of, self.wrt, self.asked, self.sparse, self.memory_limit = of, wrt, mode, bool(sparse), memory_limit
         self.function, self.function_of = self._function()
+        self.symmetric = False  # the Jacobian is symmetric (a Hessian): a star colouring may need fewer colours
         needed = self.function.needed_by([self.function.output_node(self.function_of), wrt])
         self._inputs = [n for n in graph.inputs if n in needed]  # the feeds whose shapes matter
         self.mode: str | None = None
@@ -88,14 +90,8 @@ class Jacobian(Executor):
         if not self.sparse:
             J = compressed if setup.mode == "reverse" else compressed.T
             return J.reshape(setup.out_shape + setup.wrt_shape)
-        sp = scipy_sparse()
         S = setup.pattern
-        rows = S.rows()
-        if setup.mode == "forward":
-            data = compressed[setup.colour[S.indices], rows]
-        else:
-            data = compressed[setup.colour[rows], S.indices]
-        return sp.csr_array((data, S.indices, S.indptr), shape=(S.size, S.n))
+        return scipy_sparse().csr_array((compressed[setup.take], S.indices, S.indptr), shape=(S.size, S.n))
 
     # ---- what is made once per feed shapes --------------------------------------------------
 
@@ -134,7 +130,11 @@ class Jacobian(Executor):
                 best = (mode, count, colour)
         assert best is not None
         mode, count, colour = best
-        return _Setup(mode, out_shape, wrt_shape, dtype, count, shapes, S, colour)
+        rows = S.rows()
+        take = (colour[S.indices], rows) if mode == "forward" else (colour[rows], S.indices)
+        if self.symmetric and mode == "forward":
+            S, count, colour, take = _fewer_by_symmetry(S, count, colour, take)
+        return _Setup(mode, out_shape, wrt_shape, dtype, count, shapes, S, colour, take)
 
     def _sweeper(self, mode: str) -> _Sweeper:
         sweeper = self._sweepers.get(mode)
@@ -147,11 +147,14 @@ class Hessian(Jacobian):
     """d^2 of / d wrt^2 of a scalar output, for many feeds: the Jacobian of the gradient graph
     by forward mode over it (forward over reverse), its tangents batched as `Jacobian`'s.
     Dense, the result has shape wrt.shape + wrt.shape; with `sparse=True` it is a scipy.sparse
-    CSR array of (wrt.size, wrt.size) from one tangent per colour of the pattern's columns."""
+    CSR array of (wrt.size, wrt.size) from one tangent per colour: of the pattern's columns, or
+    of a star colouring (`star_colour`) where that needs fewer, each entry then read from its
+    row or from its column, whichever holds it alone in its colour."""
 
     def __init__(self, graph: Graph, of: str, wrt: str, sparse: bool = False,
                  memory_limit: int = MEMORY_LIMIT) -> None:
         super().__init__(graph, of, wrt, mode="forward", sparse=sparse, memory_limit=memory_limit)
+        self.symmetric = True
 
     def _function(self) -> tuple[Graph, str]:
         check_wrt(self.graph, [self.wrt])
@@ -164,9 +167,10 @@ class _Setup:
 
     def __init__(self, mode: str, out_shape: tuple[int, ...], wrt_shape: tuple[int, ...], dtype: np.dtype,
                  directions: int, shapes: dict[str, tuple[int, ...]], pattern: Pattern | None = None,
-                 colour: np.ndarray | None = None) -> None:
+                 colour: np.ndarray | None = None, take: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.mode, self.out_shape, self.wrt_shape, self.dtype = mode, out_shape, wrt_shape, dtype
         self.directions, self.shapes, self.pattern, self.colour = directions, shapes, pattern, colour
+        self.take = take  # where each entry of the pattern is in the compressed result
         self.chunk: int | None = None
         self.seed_shape = wrt_shape if mode == "forward" else out_shape  # the shape of one direction
         self._seeds: dict[int, np.ndarray] = {}
@@ -323,6 +327,64 @@ def colour_pattern(S: Pattern, by_rows: bool = False) -> tuple[int, np.ndarray]:
     colouring = nx.coloring.greedy_color(G, strategy="largest_first")
     colour = np.fromiter((colouring[j] for j in range(n)), np.int64, n)
     return int(colour.max()) + 1, colour
+
+
+def star_colour(S: Pattern) -> tuple[int, np.ndarray]:
+    """(number of colours, colour of each vertex) of a star colouring of the graph whose edges
+    are S's off-diagonal entries (S square, taken as symmetric): adjacent vertices differ and
+    every path of four vertices has at least three colours, so each entry of a symmetric matrix
+    of pattern S is alone in its colour in its row or in its column (Gebremedhin, Manne and
+    Pothen 2005). A greedy pass in networkx's largest-first order."""
+    rows = S.rows()
+    off = rows != S.indices
+    G = nx.Graph()
+    G.add_nodes_from(range(S.n))
+    G.add_edges_from(zip(rows[off].tolist(), S.indices[off].tolist(), strict=True))
+    colour: dict[int, int] = {}
+    for v in nx.coloring.strategy_largest_first(G, colour):
+        coloured = [w for w in G[v] if w in colour]
+        forbidden = {colour[w] for w in coloured}
+        seen: dict[int, int] = {}
+        for w in coloured:
+            seen[colour[w]] = seen.get(colour[w], 0) + 1
+        for w in coloured:
+            cw = colour[w]
+            for x in G[w]:
+                if x == v or x not in colour:
+                    continue
+                # v-w-x-y with y coloured as w: x's colour on v would make it two-coloured
+                if any(y != w and colour.get(y) == cw for y in G[x]):
+                    forbidden.add(colour[x])
+                # a-v-w-x with a coloured as w: x's colour on v would make a-v-w-x two-coloured
+                if seen[cw] > 1:
+                    forbidden.add(colour[x])
+        colour[v] = next(c for c in range(len(forbidden) + 1) if c not in forbidden)
+    out = np.fromiter((colour[j] for j in range(S.n)), np.int64, S.n)
+    return (int(out.max()) + 1 if S.n else 0), out
+
+
+def _fewer_by_symmetry(S: Pattern, count: int, colour: np.ndarray, take: tuple[np.ndarray, np.ndarray]
+                       ) -> tuple[Pattern, int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A symmetric matrix's pattern, colours and recovery: the star colouring's where it needs
+    fewer colours than the columns (each entry read from its row where its column's colour is
+    alone there, else from its column), else as given."""
+    if int(S.nnz) > COLOUR_LIMIT:
+        return S, count, colour, take
+    sym = _symmetric(S)
+    stars, star = star_colour(sym)
+    if stars >= count:
+        return S, count, colour, take
+    rows = sym.rows()
+    per_row = np.bincount(rows * stars + star[sym.indices], minlength=sym.size * stars)
+    alone = per_row[rows * stars + star[sym.indices]] == 1
+    take = (np.where(alone, star[sym.indices], star[rows]), np.where(alone, rows, sym.indices))
+    return sym, stars, star, take
+
+
+def _symmetric(S: Pattern) -> Pattern:
+    """S with S's transpose: the pattern of a symmetric matrix that S's entries may be."""
+    rows = S.rows()
+    return Pattern.from_pairs(S.shape, S.n, np.concatenate([rows, S.indices]), np.concatenate([S.indices, rows]))
 
 
 def _most_per_line(S: Pattern, by_rows: bool) -> int:

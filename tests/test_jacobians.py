@@ -138,6 +138,47 @@ def test_a_tridiagonal_jacobian_takes_three_sweeps():
     np.testing.assert_allclose(Hs.toarray(), cg.hessian(g, {"u": U}, "E", "u"), rtol=1e-12, atol=1e-14)
 
 
+def test_a_sparse_hessian_takes_fewer_sweeps_by_symmetry():
+    """An arrowhead Hessian (x0 meets every other unknown): its columns all share row 0, so
+    colouring columns needs n colours; a star colouring needs 2 (entries read from a row or a
+    column, whichever holds them alone)."""
+    n = 12
+    g = cg.Graph()
+    x = g.input("x", (n,))
+    g.output("loss", cg.sum(cg.square(x) * x[0:1]) + cg.sum(cg.sin(x)))
+    X = np.random.default_rng(12).normal(size=n)
+    H = cg.Hessian(g, "loss", "x", sparse=True)
+    np.testing.assert_allclose(H({"x": X}).toarray(), cg.hessian(g, {"x": X}, "loss", "x"), rtol=1e-13, atol=1e-14)
+    assert H.sweeps == 2
+    J = cg.Jacobian(cg.gradient_graph(g, "loss", ["x"]), "grad/x", "x", mode="forward", sparse=True)
+    J({"x": X})
+    assert J.sweeps == n
+
+
+def test_star_colourings_leave_no_two_coloured_path_of_four():
+    nx = pytest.importorskip("networkx")
+    from cgraph.jacobian import star_colour
+    from cgraph.patterns import Pattern
+
+    rng = np.random.default_rng(13)
+    for _ in range(100):
+        m = int(rng.integers(2, 14))
+        A = rng.random((m, m)) < rng.uniform(0.05, 0.5)
+        A = A | A.T | np.eye(m, dtype=bool)
+        r, c = np.nonzero(A)
+        k, colour = star_colour(Pattern.from_pairs((m,), m, r, c))
+        assert k == colour.max() + 1
+        G = nx.Graph([(i, j) for i, j in zip(r.tolist(), c.tolist()) if i != j])
+        assert all(colour[i] != colour[j] for i, j in G.edges)
+        for a, b in G.edges:
+            for p in (a, b):
+                q = b if p == a else a
+                for x in G[q]:
+                    for y in G[x]:
+                        if x != p and y not in (p, q):
+                            assert len({colour[p], colour[q], colour[x], colour[y]}) >= 3
+
+
 def test_a_diagonal_jacobian_takes_one_sweep_and_a_dense_one_all():
     g = cg.Graph()
     x = g.input("x", (30,))
