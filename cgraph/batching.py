@@ -10,7 +10,9 @@ read-only view) where it does not depend on the batched inputs.
 
 An op without a batching rule (a user op defined without `batch=`) is applied to each example
 and the results stacked, which needs the batch size when vmap runs: give `size`, or batch an
-input whose batch size is static. Otherwise BatchingError names the op.
+input whose batch size is static. Otherwise BatchingError names the op. A result that is not
+an array (a node holding a tuple of results) stays one node per example until the ops that read
+arrays from it, which are then applied to each example too.
 
 Batching a gradient graph gives per-example gradients (`cg.vmap(cg.gradient_graph(g, of="loss",
 wrt=["W"]), in_axes={"x": 0, "y": 0})`), and batching the tangent (or cotangent) input of a
@@ -47,6 +49,7 @@ def vmap(g: Graph, in_axes: Mapping[str, int], size: int | None = None) -> Graph
                                 f"{len(node.shape)} axes")
     scope = _free_scope(g)
     batched: set[str] = set()
+    apart: dict[str, list[str]] = {}  # values kept as one node per example (a tuple of results)
 
     def batch_node(d: Graph, node: Node, inputs: list[str]) -> str | None:
         if node.name in in_axes:
@@ -61,8 +64,17 @@ def vmap(g: Graph, in_axes: Mapping[str, int], size: int | None = None) -> Graph
         if node.is_leaf or not any(flags):
             return None
         xs = [d[s] for s in inputs]
+        opdef = get_op(node.op)
         with d.scope(scope):
-            out = _apply_rule(node, flags, xs, size)
+            if opdef.batch is not None and not any(s in apart for s in inputs):
+                out = opdef.batch(flags, *xs, **node.attrs)
+            else:
+                rows = _each_example(node, flags, xs, size, [apart.get(s) for s in inputs])
+                if node.dtype.kind == "O":  # not an array (a control-flow node's tuple of results): kept apart
+                    apart[rows[0].name] = [r.name for r in rows]
+                    batched.add(rows[0].name)
+                    return rows[0].name
+                out = concat([expand_dims(r, 0) for r in rows], axis=0)
         if isinstance(out, Unbatched):
             return out.value.name
         _check(node, out)
@@ -82,11 +94,13 @@ def vmap(g: Graph, in_axes: Mapping[str, int], size: int | None = None) -> Graph
     return d
 
 
-def _apply_rule(node: Node, flags: tuple[bool, ...], xs: list[Tensor], size: int | None) -> Tensor | Unbatched:
-    opdef = get_op(node.op)
-    if opdef.batch is not None:
-        return opdef.batch(flags, *xs, **node.attrs)
-    n = next(x.shape[0] for x, b in zip(xs, flags, strict=True) if b)
+def _each_example(node: Node, flags: tuple[bool, ...], xs: list[Tensor], size: int | None,
+                  apart: list[list[str] | None]) -> list[Tensor]:
+    """The op applied to each example (for an op without a batching rule): needs the batch
+    size now."""
+    n = next((len(a) for a in apart if a is not None), None)
+    if n is None:
+        n = next(x.shape[0] for x, b in zip(xs, flags, strict=True) if b)
     n = size if n is None else n
     if n is None:
         raise BatchingError(f"{node.name} ({node.op}): the op has no batching rule, and applying it to each example "
@@ -94,9 +108,9 @@ def _apply_rule(node: Node, flags: tuple[bool, ...], xs: list[Tensor], size: int
     if n == 0:
         raise BatchingError(f"{node.name} ({node.op}): the op has no batching rule, and a batch of 0 examples "
                             "cannot be stacked")
-    rows = [apply(node.op, *[getitem(x, (i,)) if b else x for x, b in zip(xs, flags, strict=True)], **node.attrs)
-            for i in range(n)]
-    return concat([expand_dims(r, 0) for r in rows], axis=0)
+    g = xs[0].graph
+    return [apply(node.op, *[g[a[i]] if a is not None else getitem(x, (i,)) if b else x
+                             for x, b, a in zip(xs, flags, apart, strict=True)], **node.attrs) for i in range(n)]
 
 
 def _check(node: Node, out: Tensor) -> None:

@@ -277,7 +277,7 @@ def sparsity_pattern(g: Graph, shapes: Mapping[str, tuple[int, ...]], of: str, w
     if wrt in needed:
         pats[wrt] = Pattern.identity(meta[wrt].shape)
     for node in g.nodes.values():
-        if node.name not in needed or node.is_leaf or node.dtype.kind != "f":
+        if node.name not in needed or node.is_leaf or node.dtype.kind in "biu":  # ints and bools: no derivative
             continue
         opdef = get_op(node.op)
         live = [s in pats and opdef.carries(i) for i, s in enumerate(node.inputs)]
