@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
 
 class Runner:
-    """A compiled plan: `runner(leaf_values) -> (target_values, peak_bytes)`."""
+    """A compiled plan: `runner(leaf_values, updates) -> (target_values, peak_bytes)`."""
 
     def __init__(self, fn: Callable[..., Any], source: str) -> None:
         self.fn = fn
         self.source = source
 
-    def __call__(self, leaves: Sequence[Any]) -> tuple[tuple[Any, ...], int]:
-        return self.fn(leaves)
+    def __call__(self, leaves: Sequence[Any], updates: Sequence[Any] = ()) -> tuple[tuple[Any, ...], int]:
+        return self.fn(leaves, updates)
 
 
 def compile_plan(plan: Plan) -> Runner:
@@ -45,9 +45,11 @@ def compile_plan(plan: Plan) -> Runner:
     shared = {s.name for s in plan.steps if s.view} | {s.args[0] for s in plan.steps if s.view}
     shared -= set(plan.leaves)
     ns: dict[str, Any] = {"_share": np.may_share_memory, "_Ledger": Ledger}
-    body = ["def run(leaves):"]
+    body = ["def run(leaves, updates):"]
     if plan.leaves:
         body.append(f"    {', '.join(var[n] for n in plan.leaves)}, = leaves")
+    if plan.updates:
+        body.append(f"    {', '.join(f'u{k}' for k in range(len(plan.updates)))}, = updates")
     body.append("    live = peak = 0")
     if shared:
         body.append("    L = _Ledger()")
@@ -55,6 +57,10 @@ def compile_plan(plan: Plan) -> Runner:
     for i, step in enumerate(plan.steps):
         ns[f"f{i}"] = step.fn
         args = ", ".join(var[a] for a in step.args)
+        if step.update >= 0:
+            body.append(f"    u{step.update}({args})  # {step.name}")
+            body += _frees(step, var, size, shared)
+            continue
         if step.inplace >= 0:
             src = step.args[step.inplace]
             v = var[step.name] = var[src]  # the same buffer, under the same variable

@@ -118,7 +118,9 @@ class Graph:
 
     @property
     def params(self) -> Mapping[str, np.ndarray]:
-        """The current param values, read-only (use `set_param` to change one)."""
+        """The current param values, as read-only arrays: `set_param` replaces one, and training
+        (`cg.fit`, `cg.optim`) updates them in place, so an array read here before a step shows
+        the new values after it: `.copy()` it to keep a snapshot."""
         return types.MappingProxyType(self._params)
 
     def set_param(self, name: str, value: Any) -> None:
