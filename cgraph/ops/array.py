@@ -150,7 +150,7 @@ def matrix_transpose(x: Tensor) -> Tensor:
 def _matmul_batch(batched: tuple[bool, ...], a: Tensor, b: Tensor) -> Tensor:
     """matmul of the stacks, batch axis first; a batch times one matrix is one product with the
     batch folded into the rows (when the example's sizes are static), and a product over an
-    inner size of 1 is a broadcast multiplication"""
+    inner size of 1 is a broadcast multiplication (along the longer of the result's last two axes)"""
     ba, bb = batched
     if ba and not bb and b.ndim == 2 and None not in a.shape[1:] and b.shape[-1] is not None \
             and math.prod(a.shape[1:]) > 0:  # type: ignore[arg-type]
@@ -160,6 +160,9 @@ def _matmul_batch(batched: tuple[bool, ...], a: Tensor, b: Tensor) -> Tensor:
     a = lift_rank(a, rank) if ba else a
     b = lift_rank(b, rank) if bb else b
     if a.shape[-1] == 1 and b.shape[-2] == 1:
+        m, n = a.shape[-2], b.shape[-1]
+        if m is not None and n is not None and m > n:  # numpy multiplies fastest along a long last axis
+            return matrix_transpose(apply("mul", matrix_transpose(b), matrix_transpose(a)))
         return apply("mul", a, b)
     return matmul(a, b)
 

@@ -29,15 +29,16 @@ import cgraph as cg
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from sparse_jacobian import bratu  # noqa: E402
 
+REPEAT = 31  # small workloads on a shared machine: the best of many samples, taken in turns
 
-def _row(name: str, base: float, fns: list[tuple[str, Callable[[], object] | None]], unit: str = "us") -> None:
+
+def _row(name: str, baseline: Callable[[], object], fns: list[tuple[str, Callable[[], object] | None]]) -> None:
+    """One line: the baseline's time, then each function's as a ratio to it (all sampled in
+    turns)."""
     present = [f for _, f in fns if f is not None]
-    times = best_times(present)
-    cells = []
-    for label, f in fns:
-        cells.append(f"{label} {times.pop(0) / base:6.2f}x" if f is not None else f"{label}    -   ")
-    scale = 1e6 if unit == "us" else 1e3
-    print(f"  {name:34s} {base * scale:8.1f}{unit}  " + "  ".join(cells))
+    base, *times = best_times([baseline, *present], repeat=REPEAT)
+    cells = [f"{label} {times.pop(0) / base:6.2f}x" if f is not None else f"{label}    -   " for label, f in fns]
+    print(f"  {name:10s} {base * 1e6:7.1f}us  " + "  ".join(cells))
 
 
 def mlp_jacobian() -> None:
@@ -85,9 +86,8 @@ def mlp_jacobian() -> None:
 
     jx = _peer(jax_fns) or [None, None]
     tc = _peer(torch_fns) or [None, None]
-    base = best_times([numpy_jacobian])[0]
     print("the Jacobian of a 64 -> 64 tanh MLP (two layers, one example), dense, as a ratio to closed-form numpy")
-    _row("64 x 64", base, [("cgraph fwd", lambda: fwd(feeds)), ("cgraph rev", lambda: rev(feeds)),
+    _row("64 x 64", numpy_jacobian, [("cgraph fwd", lambda: fwd(feeds)), ("cgraph rev", lambda: rev(feeds)),
                            ("jax jacfwd", jx[0]), ("jax jacrev", jx[1]),
                            ("torch jacrev", tc[0]), ("torch jacfwd", tc[1])])
     print(f"  cgraph: {fwd.sweeps} tangents in {fwd.chunks} batched sweep, {len(fwd._sweepers['forward'].plan(64))} "
@@ -169,10 +169,10 @@ def per_example_gradients() -> None:
         args = [jnp.asarray(a) for a in (V0, W0, X[:, None], Y[:, None])]
         return lambda: jax.block_until_ready(f(*args))
 
-    base = best_times([lambda: rm.grad(feeds)])[0]
     print("per-example gradients of the Iris MLP over 150 rows, as a ratio to one batched gradient")
-    _row("150 rows", base, [("cgraph vmap", lambda: pe.run(pfeeds)), ("torch vmap(grad)", _peer(torch_fn)),
-                            ("jax vmap(grad) jit", _peer(jax_fn))])
+    _row("150 rows", lambda: rm.grad(feeds), [("cgraph vmap", lambda: pe.run(pfeeds)),
+                                              ("torch vmap(grad)", _peer(torch_fn)),
+                                              ("jax vmap(grad) jit", _peer(jax_fn))])
 
 
 def main() -> None:
