@@ -12,6 +12,9 @@ measured in one process; each row's ratios are to its baseline, in float64.
 - Per-example gradients of the lecture's Iris MLP over 150 rows: `cg.vmap` of its gradient
   graph against one batched gradient of the 150 rows (the baseline), with torch.func's
   vmap(grad) and jax's vmap(grad) under jit. Aim: within 2x of one batched gradient.
+
+Each row's functions are sampled in turns, many short samples each (the best of 201 samples of
+about 2 ms), so that on a busy machine the best sample of each ran undisturbed.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ import cgraph as cg
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from sparse_jacobian import bratu  # noqa: E402
 
-REPEAT = 31  # small workloads on a shared machine: the best of many samples, taken in turns
+# Small workloads on a shared machine: many short samples taken in turns (each well within a
+# scheduler time slice, so that the best of them ran undisturbed).
+REPEAT, SAMPLE = 201, 0.002
 
 
 def _row(name: str, baseline: Callable[[], object], fns: list[tuple[str, Callable[[], object] | None]]) -> None:
     """One line: the baseline's time, then each function's as a ratio to it (all sampled in
     turns)."""
     present = [f for _, f in fns if f is not None]
-    base, *times = best_times([baseline, *present], repeat=REPEAT)
+    base, *times = best_times([baseline, *present], repeat=REPEAT, min_time=SAMPLE)
     cells = [f"{label} {times.pop(0) / base:6.2f}x" if f is not None else f"{label}    -   " for label, f in fns]
     print(f"  {name:10s} {base * 1e6:7.1f}us  " + "  ".join(cells))
 
