@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cgraph.errors import MemoryBudgetError
-from cgraph.graph import Graph, Node, format_shape
+from cgraph.graph import Drawable, Graph, Node, format_shape
 from cgraph.memory import account
 from cgraph.ops.registry import get_op
 from cgraph.schedule import Plan, Step, concrete_shapes, get_eager, liveness, nbytes, order_keys
@@ -41,9 +41,10 @@ RECOMPUTE = "recompute/"  # prefix of the copies of forward nodes run in the bac
 
 
 @dataclass
-class MemoryPlan:
+class MemoryPlan(Drawable):
     """A budgeted reverse-mode schedule for one set of leaf shapes: what it stores, what it
-    recomputes, when each is freed, its predicted peak and its recomputation cost."""
+    recomputes, when each is freed, its predicted peak and its recomputation cost. `print` it
+    for the list; in Jupyter it shows itself as its graph, the recomputed nodes in orange."""
 
     budget: int
     leaf_shapes: dict[str, tuple[int, ...]]

@@ -13,16 +13,17 @@ import contextlib
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
 
-from cgraph.errors import CgraphError, GraphError, ShapeError
+from cgraph.errors import CgraphError, GraphError, RenderError, ShapeError
 from cgraph.ops.registry import LEAF_OPS, Operand, apply, get_op
 from cgraph.shapes import DTYPES, Meta, Shape, as_dtype, format_shape, normalize_index
 
-__all__ = ["DTYPES", "LEAF_OPS", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype", "format_shape"]
+__all__ = ["DTYPES", "LEAF_OPS", "Drawable", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype",
+           "format_shape"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,24 @@ class Node:
         return self.op in LEAF_OPS
 
 
-class Graph:
+class Drawable:
+    """What Jupyter shows as a drawing (SVG): a Graph, a Plan, a MemoryPlan, a Trace.
+
+    cgraph.render draws them; it is a layer above this module, so it fills in `_drawer` when it
+    is imported (as `import cgraph` does). Without Graphviz's `dot`, Jupyter shows the text."""
+
+    _drawer: ClassVar[Callable[[Any], str] | None] = None
+
+    def _repr_svg_(self) -> str | None:
+        if Drawable._drawer is None:
+            return None
+        try:
+            return Drawable._drawer(self)
+        except RenderError:  # no `dot` program: the text repr stands in
+            return None
+
+
+class Graph(Drawable):
     """A static computation graph, built from Python and run by the executors.
 
     >>> g = Graph("demo")

@@ -31,7 +31,7 @@ import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, ShapeError
-from cgraph.graph import Graph, Meta, Node, format_shape
+from cgraph.graph import Drawable, Graph, Meta, Node, format_shape
 from cgraph.memory import Ledger, account
 from cgraph.ops.registry import LEAF_OPS, get_op
 from cgraph.simplify import DEFAULT, simplify
@@ -87,8 +87,9 @@ def get_eager(op: str) -> bool:
     return op not in LEAF_OPS and get_op(op).eager
 
 
-class Plan:
-    """An executable schedule of `graph` for the nodes `targets` (kept to the end)."""
+class Plan(Drawable):
+    """An executable schedule of `graph` for the nodes `targets` (kept to the end). In Jupyter
+    it shows itself as its graph, each node coloured by whether it is kept or freed at the end."""
 
     def __init__(self, graph: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT) -> None:
         self.source = graph  # the graph as built; `graph` is what runs, after `passes`
