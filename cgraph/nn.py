@@ -35,6 +35,8 @@ INITS = ("normal", "glorot", "he")
 RUNNING_STATS = "nn.running_stats"  # metadata: JSON {running param: batch statistic output}
 BN_MOMENTUM = "nn.bn_momentum"  # metadata: the running statistics' momentum, as text
 
+__all__ = ["init_weight", "mlp", "running_stats"]
+
 
 def init_weight(rng: np.random.Generator, fan_in: int, fan_out: int, init: str, scale: float) -> np.ndarray:
     """A (fan_in, fan_out) weight: `randn * scale` ("normal", the lecture's small random
