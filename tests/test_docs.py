@@ -91,7 +91,7 @@ def test_guide_page_runs_as_a_session(page, tmp_path):
     run([sys.executable, "page.py"], tmp_path)
 
 
-def test_tutorial_notebook_runs_and_is_stored_without_outputs(monkeypatch):
+def test_tutorial_notebook_runs_and_is_stored_without_outputs(monkeypatch, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     path = ROOT / "examples" / "tutorial.ipynb"
@@ -99,9 +99,10 @@ def test_tutorial_notebook_runs_and_is_stored_without_outputs(monkeypatch):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "store the notebook without outputs"
-    monkeypatch.setenv("PYTHONPATH", env()["PYTHONPATH"])  # the kernel inherits the environment
+    # The kernel inherits the environment: this checkout's cgraph, and examples/ as if run from there
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "examples"), env()["PYTHONPATH"]]))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT / "examples")}})
+                                     resources={"metadata": {"path": str(tmp_path)}})  # files it writes go here
     client.execute()  # CellExecutionError on the first failing cell
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "display_data"
              or o.get("output_type") == "execute_result"]
