@@ -40,6 +40,7 @@ class Node:
 
     @property
     def is_leaf(self) -> bool:
+        """An input, a param or a constant (no op computes it)."""
         return self.op in LEAF_OPS
 
 
@@ -399,26 +400,32 @@ class Tensor(Operand):
 
     @property
     def node(self) -> Node:
+        """The node this tensor is a handle to."""
         return self.graph._nodes[self.name]
 
     @property
     def shape(self) -> Shape:
+        """The static shape: a tuple of sizes, None for a size known only at run time."""
         return self.node.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The element type (float64, float32, int64 or bool)."""
         return self.node.dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return len(self.node.shape)
 
     @property
     def op(self) -> str:
+        """The op of its node ("input", "param", "constant" for leaves)."""
         return self.node.op
 
     @property
     def T(self) -> Tensor:
+        """The transpose (all axes reversed), as numpy's `.T`."""
         return apply("transpose", self, axes=tuple(range(self.ndim))[::-1])
 
     def __repr__(self) -> str:

@@ -95,7 +95,7 @@ def mlp(sizes: Sequence[int], hidden: str = "logistic", loss: str = "softmax_cro
 
     def forward(training: bool) -> tuple[cg.Tensor, dict[str, cg.Tensor]]:
         """The logits, and (training) each batch-normalised layer's batch statistics."""
-        h, stats = x, {}
+        h, stats = x, dict[str, cg.Tensor]()
         for i, p in enumerate(layers):
             with g.scope(f"layer{i}"):
                 a = h @ p["W"]

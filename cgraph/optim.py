@@ -48,7 +48,7 @@ class Optimizer:
         params = g.params
         own = f"{PREFIX}{self.kind}/"
         t = int(np.asarray(g.state.get(own + "t", 0)).item()) + 1
-        work = []
+        work: list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]] = []
         for name, grad in grads.items():
             if name not in params:
                 raise cg.GraphError(f"{self.kind}.step: {name!r} is not a param of graph {g.name!r}")
@@ -56,7 +56,7 @@ class Optimizer:
             if grad.shape != p.shape:
                 raise cg.ShapeError(f"{self.kind}.step: gradient of {name!r} has shape {grad.shape}, "
                                     f"the param {p.shape}")
-            state = {s: g.state.get(f"{own}{s}/{name}") for s in self.slots}
+            state: dict[str, Any] = {s: g.state.get(f"{own}{s}/{name}") for s in self.slots}
             for s, v in state.items():
                 if v is None:
                     state[s] = np.zeros_like(p)

@@ -259,14 +259,17 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
         warnings.warn(f"graph {g.name!r}: {why} (choose with collapse=/--collapse, max_nodes=/--max-nodes)",
                       RenderWarning, stacklevel=3)
     tr = trace(g, o.feeds, mode=o.mode, of=o.of, wrt=o.wrt, tangents=o.tangents) if o.feeds is not None else o.trace
+    states: dict[str, str]
+    current: str | None
+    legend: str | None
     if isinstance(o.plan, MemoryPlan) and o.step is None:
         states, current, legend = _memory_plan_states(o.plan)
     else:
         states, current, legend = _plan_states(plan, o.step) if plan is not None else ({}, None, None)
 
     outputs: dict[str, list[str]] = defaultdict(list)
-    for o, t in g.outputs.items():
-        outputs[t.name].append(o)
+    for out, t in g.outputs.items():
+        outputs[t.name].append(out)
     title = [g.name]
     if tr is not None and tr.mode == "forward":
         title.append(f"forward mode: tangents along d/d{', '.join(tr.wrt)}")

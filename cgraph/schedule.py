@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import networkx as nx
 import numpy as np
@@ -134,7 +134,7 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
     the leaves have these shapes (leaves not given keep their static shape), by shape
     inference: run-time shapes (`shape_of`) are followed."""
     meta: dict[str, Meta] = {}
-    shape_value: dict[str, tuple[int, ...]] = {}
+    shape_value: dict[str, tuple[int | None, ...]] = {}
     for node in graph.nodes.values():
         if only is not None and node.name not in only:
             continue
@@ -153,7 +153,7 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
 
 
 def nbytes(meta: Meta) -> int:
-    return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
+    return int(np.prod(cast(tuple[int, ...], meta.shape), dtype=np.int64)) * meta.dtype.itemsize
 
 
 def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]

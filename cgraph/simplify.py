@@ -20,7 +20,7 @@ Dead code needs no pass: a plan only schedules what its targets depend on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
     def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
         if node.is_leaf or not inputs or None in node.shape:
             return None
-        if int(np.prod(node.shape)) > FOLD_LIMIT:
+        if int(np.prod(cast(tuple[int, ...], node.shape))) > FOLD_LIMIT:
             return None
         values = [_const(d, s) for s in inputs]
         if any(v is None for v in values):

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -99,7 +99,7 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     rows = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
     if not arrays or len(set(rows.values())) != 1 or None in rows.values():
         raise cg.FeedError(f"fit: data must hold arrays with the same number of rows, got {rows}")
-    n = next(iter(rows.values()))
+    n = cast(int, next(iter(rows.values())))  # not None: checked above
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1 or None, got {batch_size}")
     full = batch_size is None or batch_size >= n
@@ -142,8 +142,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 batches = [arrays]
             else:
                 order = np.random.default_rng([seed, done]).permutation(n)
-                batches = [{k: v[order[i:i + batch_size]] for k, v in arrays.items()}
-                           for i in range(0, n, batch_size)]
+                size = cast(int, batch_size)  # not None: minibatches
+                batches = [{k: v[order[i:i + size]] for k, v in arrays.items()} for i in range(0, n, size)]
             total = 0.0
             for batch in batches:
                 value, grads = rm.grad(batch)
@@ -184,7 +184,9 @@ def _show_progress(progress: bool) -> bool:
     """A bar on a terminal, or in a Jupyter kernel (whose stderr is not a terminal but shows
     one); never in a log file or a pipe."""
     isatty = getattr(sys.stderr, "isatty", None)
-    return progress and ((isatty is not None and isatty()) or "ipykernel" in sys.modules)
+    ipython = sys.modules.get("IPython")  # imported already, in a kernel: never imported here
+    shell = ipython.get_ipython() if ipython is not None else None
+    return progress and ((isatty is not None and isatty()) or hasattr(shell, "kernel"))
 
 
 def predict(g: cg.Graph, x: Any, output: str | None = None, batch_size: int | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ stopping rules, metrics, the progress bar, batch norm's running statistics, and 
 
 import io
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,9 @@ def test_progress_bar_shows_the_loss_and_shows_in_jupyter(monkeypatch):
     assert "3/3" in last and f"loss={h.loss[-1]:.4g}" in last and f"val_loss={h.val_loss[-1]:.4g}" in last
     notebook = io.StringIO()  # a Jupyter kernel's stderr is no terminal, but shows the bar
     monkeypatch.setattr(sys, "stderr", notebook)
-    monkeypatch.setitem(sys.modules, "ipykernel", sys)
+    cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2)
+    assert notebook.getvalue() == ""  # a log file
+    kernel = types.SimpleNamespace(get_ipython=lambda: types.SimpleNamespace(kernel=object()))
+    monkeypatch.setitem(sys.modules, "IPython", kernel)  # as IPython answers inside a Jupyter kernel
     cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2)
     assert "2/2" in notebook.getvalue()
