@@ -5,6 +5,8 @@ API reference."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import re
 import shutil
@@ -118,7 +120,14 @@ def test_mkdocs_build_is_strict_and_complete(tmp_path):
     api = "\n".join(p.read_text() for p in (site / "reference").rglob("index.html"))
     missing = [name for name in public_names() if f'id="{name}"' not in api]
     assert not missing, f"not in the API reference: {missing}"
+    undocumented = [name for name in public_names() if callable(obj := resolve(name)) and not inspect.getdoc(obj)]
+    assert not undocumented, f"no docstring: {undocumented}"
     assert (site / "ops" / "index.html").is_file() and (site / "format" / "index.html").is_file()
+
+
+def resolve(dotted: str) -> object:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def public_names() -> list[str]:
