@@ -85,8 +85,8 @@ def vmap(g: Graph, in_axes: Mapping[str, int], size: int | None = None) -> Graph
     d.name = f"{g.name}/vmap"
     d.state = dict(g.state)
     ref = next(d[where[n]] for n in in_axes)
-    for o, name in g.outputs.items():
-        t = d[where[name.name]]
+    for o, out in g.outputs.items():
+        t = d[where[out.name]]
         if t.name not in batched:
             with d.scope(scope):
                 t = broadcast_batch(t, ref)

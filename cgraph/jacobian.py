@@ -19,7 +19,7 @@ colouring instead, which can need far fewer colours (an arrowhead: two, not n).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 import numpy as np
@@ -33,6 +33,7 @@ from cgraph.graph import Graph
 from cgraph.ops.registry import get_op
 from cgraph.patterns import Pattern, dense
 from cgraph.schedule import Plan, concrete_shapes
+from cgraph.shapes import Shape
 
 MEMORY_LIMIT = 256 * 2**20  # bytes: the default bound on a batched sweep's predicted peak
 COLOUR_LIMIT = 2_000_000  # the most conflict-graph entries a colouring builds (else each is its own colour)
@@ -91,6 +92,7 @@ class Jacobian(Executor):
             J = compressed if setup.mode == "reverse" else compressed.T
             return J.reshape(setup.out_shape + setup.wrt_shape)
         S = setup.pattern
+        assert S is not None and setup.take is not None
         return scipy_sparse().csr_array((compressed[setup.take], S.indices, S.indptr), shape=(S.size, S.n))
 
     # ---- what is made once per feed shapes --------------------------------------------------
@@ -110,7 +112,7 @@ class Jacobian(Executor):
         fg, of = self.function, self.function_of
         target = fg.output_node(of)
         meta = concrete_shapes(fg, shapes, fg.needed_by([target, self.wrt]))
-        out_shape, wrt_shape = tuple(meta[target].shape), tuple(meta[self.wrt].shape)
+        out_shape, wrt_shape = _dims(meta[target].shape), _dims(meta[self.wrt].shape)
         m, n = _size(out_shape), _size(wrt_shape)
         dtype = np.result_type(meta[target].dtype, meta[self.wrt].dtype)
         if not self.sparse:
@@ -260,6 +262,12 @@ class _Sweeper:
         return c
 
 
+def _dims(shape: Shape) -> tuple[int, ...]:
+    """A shape of concrete sizes (shape inference for given leaf shapes leaves no None)."""
+    assert None not in shape, shape
+    return cast(tuple[int, ...], tuple(shape))
+
+
 def _size(shape: Sequence[int]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
@@ -272,10 +280,10 @@ def sparsity_pattern(g: Graph, shapes: Mapping[str, tuple[int, ...]], of: str, w
     target = g.output_node(of)
     needed = g.needed_by([target])
     meta = concrete_shapes(g, shapes, needed | {wrt})
-    n = _size(meta[wrt].shape)
+    n = _size(_dims(meta[wrt].shape))
     pats: dict[str, Pattern] = {}
     if wrt in needed:
-        pats[wrt] = Pattern.identity(meta[wrt].shape)
+        pats[wrt] = Pattern.identity(_dims(meta[wrt].shape))
     for node in g.nodes.values():
         if node.name not in needed or node.is_leaf or node.dtype.kind in "biu":  # ints and bools: no derivative
             continue
@@ -283,13 +291,14 @@ def sparsity_pattern(g: Graph, shapes: Mapping[str, tuple[int, ...]], of: str, w
         live = [s in pats and opdef.carries(i) for i, s in enumerate(node.inputs)]
         if not any(live):
             continue
-        xs = [pats[s] if on else Pattern.empty(meta[s].shape, n) for s, on in zip(node.inputs, live, strict=True)]
-        out = tuple(meta[node.name].shape)
+        xs = [pats[s] if on else Pattern.empty(_dims(meta[s].shape), n)
+              for s, on in zip(node.inputs, live, strict=True)]
+        out = _dims(meta[node.name].shape)
         p = (opdef.pattern or dense)(out, *xs, **node.attrs)
         if p.shape != out or p.n != n:
             raise DerivativeError(f"{node.name} ({node.op}): the pattern rule gave {p.shape} for an output of {out}")
         pats[node.name] = p
-    return pats.get(target) or Pattern.empty(meta[target].shape, n)
+    return pats.get(target) or Pattern.empty(_dims(meta[target].shape), n)
 
 
 def jacobian_sparsity(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-Shape = tuple[int, ...]
+Dims = tuple[int, ...]  # a concrete shape (patterns are made for run-time sizes)
 
 
 class Pattern:
@@ -116,10 +116,10 @@ class Pattern:
     def reduce(self, axes: Sequence[int], keepdims: bool = False) -> Pattern:
         """A reduction over `axes`: each result element depends on its whole group."""
         ndim = len(self.shape)
-        axes = {a % ndim for a in axes} if ndim else set()
-        kept = tuple(1 if i in axes else d for i, d in enumerate(self.shape))
+        gone = {a % ndim for a in axes} if ndim else set()
+        kept = tuple(1 if i in gone else d for i, d in enumerate(self.shape))
         dst = np.broadcast_to(np.arange(_size(kept), dtype=np.int64).reshape(kept), self.shape)
-        out = kept if keepdims else tuple(d for i, d in enumerate(self.shape) if i not in axes)
+        out = kept if keepdims else tuple(d for i, d in enumerate(self.shape) if i not in gone)
         return self.group(dst, out)
 
     def moved(self, fn: Callable[[np.ndarray], np.ndarray]) -> Pattern:
@@ -143,13 +143,13 @@ def union(*patterns: Pattern) -> Pattern:
     return Pattern.from_pairs(first.shape, first.n, rows, cols)
 
 
-def elementwise(out: Shape, *xs: Pattern, **attrs: Any) -> Pattern:
+def elementwise(out: Dims, *xs: Pattern, **attrs: Any) -> Pattern:
     """ELEMENTWISE: each output element depends on the elements of the inputs that numpy
     broadcasting pairs with it."""
     return union(*(x.broadcast(out) for x in xs))
 
 
-def dense(out: Shape, *xs: Pattern, **attrs: Any) -> Pattern:
+def dense(out: Dims, *xs: Pattern, **attrs: Any) -> Pattern:
     """DENSE (conservative): every output element may depend on every input element."""
     everything = union(*(x.reduce(range(len(x.shape))).broadcast(()) for x in xs))
     return everything.broadcast(out)
@@ -159,4 +159,4 @@ def _size(shape: Sequence[int]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-__all__ = ["Pattern", "dense", "elementwise", "union"]
+__all__ = ["Dims", "Pattern", "dense", "elementwise", "union"]

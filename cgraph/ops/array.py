@@ -35,7 +35,7 @@ from cgraph.ops.registry import (
     passthrough,
     rule,
 )
-from cgraph.patterns import Pattern, union
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import (
     Meta,
     Shape,
@@ -119,7 +119,7 @@ def _sizes_unbatched(batched: tuple[bool, ...], op: str) -> None:
 
 def moves(kernel: Any) -> Any:
     """The pattern rule of an op that moves elements: its kernel applied to element indices."""
-    def rule(out: Shape, x: Pattern, **attrs: Any) -> Pattern:
+    def rule(out: Dims, x: Pattern, **attrs: Any) -> Pattern:
         return x.moved(lambda i: kernel(i, **attrs))
     rule.__doc__ = "MOVES: each output element is the input element the kernel puts there (exact)"
     return rule
@@ -167,7 +167,7 @@ def _matmul_batch(batched: tuple[bool, ...], a: Tensor, b: Tensor) -> Tensor:
     return matmul(a, b)
 
 
-def _matmul_pattern(out: Shape, a: Pattern, b: Pattern) -> Pattern:
+def _matmul_pattern(out: Dims, a: Pattern, b: Pattern) -> Pattern:
     """each output element depends on its row of a and its column of b"""
     return union(a.reduce((-1,), keepdims=True).broadcast(out), b.reduce((-2,), keepdims=True).broadcast(out))
 
@@ -410,7 +410,7 @@ def _sum_to_batch(batched: tuple[bool, ...], x: Tensor, *s: Tensor, shape: tuple
     return squeeze(out, tuple(range(1, 1 + lead))) if lead else out
 
 
-def _sum_to_pattern(out: Shape, x: Pattern, *s: Pattern, shape: tuple) -> Pattern:
+def _sum_to_pattern(out: Dims, x: Pattern, *s: Pattern, shape: tuple) -> Pattern:
     """each output element depends on the input elements summed into it"""
     return x.group(np.broadcast_to(np.arange(math.prod(out)).reshape(out), x.shape), out)
 
@@ -521,7 +521,7 @@ def _concat_batch(batched: tuple[bool, ...], *xs: Tensor, axis: int) -> Tensor:
     return _concat(*[x if b else broadcast_batch(x, ref) for x, b in zip(xs, batched, strict=True)], axis=ax + 1)
 
 
-def _concat_pattern(out: Shape, *xs: Pattern, axis: int) -> Pattern:
+def _concat_pattern(out: Dims, *xs: Pattern, axis: int) -> Pattern:
     """each output element is the one input element it was copied from (exact)"""
     ax = axis % len(out)
     where = np.split(np.arange(math.prod(out)).reshape(out), np.cumsum([x.shape[ax] for x in xs])[:-1], axis=ax)
@@ -583,7 +583,7 @@ def _scatter_batch(batched: tuple[bool, ...], g: Tensor, *s: Tensor, shape: tupl
     return shaped("scatter", g, *batched_shape(g, s[0] if s else shape, shape), index=(slice(None), *index))
 
 
-def _scatter_pattern(out: Shape, g: Pattern, *s: Pattern, shape: tuple, index: tuple) -> Pattern:
+def _scatter_pattern(out: Dims, g: Pattern, *s: Pattern, shape: tuple, index: tuple) -> Pattern:
     """each output element is the element of g written there, or nothing (exact)"""
     return g.group(np.arange(math.prod(out)).reshape(out)[index], out)
 

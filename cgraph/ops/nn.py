@@ -17,7 +17,7 @@ from cgraph.ops.elementwise import add, cast, div, exp, mul, neg, softplus, sqrt
 from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_pattern, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
 from cgraph.ops.registry import SAME_FLOAT, Attr, DtypeRule, define, graph_of, lift, lift_all
-from cgraph.patterns import Pattern, union
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def _over_axes(x: Meta, *, axes: tuple[int, ...]) -> Shape:
 AXES = {"axes": Attr("ints", doc="the axes normalised over")}
 
 
-def _group_pattern(out: Shape, x: Pattern, *, axes: tuple[int, ...]) -> Pattern:
+def _group_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...]) -> Pattern:
     """each output element depends on every input element of its group along `axes`"""
     return x.reduce(axes, keepdims=True).broadcast(out)
 
@@ -128,7 +128,7 @@ def _nll_batch(batched: tuple[bool, ...], logp: Tensor, y: Tensor) -> Tensor:
     return out if out.dtype == logp.dtype else cast(out, logp.dtype)
 
 
-def _nll_pattern(out: Shape, logp: Pattern, y: Pattern) -> Pattern:
+def _nll_pattern(out: Dims, logp: Pattern, y: Pattern) -> Pattern:
     """the scalar depends on every element of both inputs"""
     return union(logp.reduce(range(len(logp.shape))), y.reduce(range(len(y.shape))))
 

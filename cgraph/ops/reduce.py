@@ -11,7 +11,7 @@ import numpy as np
 from cgraph.ops.array import batch_axes, broadcast_to, expand_dims, shape_like, shift_axes
 from cgraph.ops.elementwise import cast, div, equal, mul
 from cgraph.ops.registry import MEAN, SAME, SAME_NUMERIC, ZERO, Attr, Unbatched, define, rule
-from cgraph.patterns import Pattern
+from cgraph.patterns import Dims, Pattern
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def reduce_shape(x: Meta, *, axes: tuple[int, ...], keepdims: bool = False) -> S
 REDUCE_ATTRS = {"axes": Attr("ints", doc="the axes reduced"), "keepdims": Attr("bool", False)}
 
 
-def reduce_pattern(out: Shape, x: Pattern, *, axes: tuple[int, ...], keepdims: bool) -> Pattern:
+def reduce_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...], keepdims: bool) -> Pattern:
     """each output element depends on the input elements reduced into it"""
     return x.reduce(axes, keepdims)
 
