@@ -13,10 +13,10 @@ to its input's shape here, and a tangent broadcast to its output's shape.
 A control-flow node (an op with `multi`) has a tuple of results, read by `result` nodes
 (`project`). Its rules build a new node in its place: `jvp(tangents, None, *xs, **attrs)`
 gives (the new tuple, its results standing for the node's, their tangents), where the new node
-computes values and tangents together; `save(active, *xs, **attrs)` gives (the new tuple, its results,
-residuals) for reverse mode's forward sweep, `active[i]` saying whether input i needs a
-cotangent, and `vjp(cotangents, residuals, *xs, **attrs)`
-the cotangent of each input (None for none) from those of the results (None for zero).
+computes values and tangents together; `save(active, *xs, **attrs)` gives (the new tuple, its
+results, residuals) for reverse mode's forward sweep, `active[i]` saying whether input i needs
+a cotangent, and `vjp(cotangents, residuals, *xs, **attrs)` the cotangent of each input (None
+for none) from those of the results (None for zero).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from cgraph.errors import DerivativeError
@@ -102,30 +101,39 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
     tangent: dict[str, Any] = {}  # a tuple's tangent: a tuple of its results' (None: zero)
     parts: dict[str, tuple[Tensor, ...]] = {}  # a control-flow node's results, where a new node stands for it
 
-    def with_tangent(d: Graph, node: Node, inputs: list[str]) -> str:
-        """Copy `node`, then build its tangent right after it (one sweep)."""
+    def stand_in(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        """A control-flow node with a tangent: the node of its JVP rule, which computes values
+        and tangents together, stands for it; a result of it, that node's result."""
         if node.is_leaf:
-            value = g.value(node.name) if node.op in ("param", "constant") else None
-            out = d.copy_node(node, inputs, value=value if share_params or value is None else value.copy())
-            if node.name in wrt:
-                tangent[node.name] = d.input(TANGENT + node.name, node.shape, node.dtype)
-            return out.name
+            return None
         opdef = get_op(node.op)
+        if opdef.project and node.inputs[0] in parts:
+            return parts[node.inputs[0]][node.attrs["index"]].name
         ts = [tangent.get(s) for s in node.inputs]
-        if opdef.project:
-            src, i = node.inputs[0], node.attrs["index"]
-            out = parts[src][i] if src in parts else d.copy_node(node, inputs)
-            if ts[0] is not None and ts[0][i] is not None:
-                tangent[node.name] = ts[0][i]
-            return out.name
-        xs = [d[s] for s in inputs]
         if opdef.multi and differentiable(node) and any(t is not None for t in ts):
             with d.scope("jvp"):
-                new, parts[node.name], tangent[node.name] = opdef.jvp(ts, None, *xs, **node.attrs)
+                new, parts[node.name], tangent[node.name] = opdef.jvp(ts, None, *[d[s] for s in inputs],
+                                                                     **node.attrs)
             return new.name
-        out = d.copy_node(node, inputs)
-        if not differentiable(node) or all(t is None for t in ts):
-            return out.name
+        return None
+
+    def add_tangent(d: Graph, node: Node, name: str) -> None:
+        """Build `node`'s tangent right after its copy (values and tangents in one sweep)."""
+        if node.is_leaf:
+            if node.name in wrt:
+                tangent[node.name] = d.input(TANGENT + node.name, node.shape, node.dtype)
+            return
+        opdef = get_op(node.op)
+        ts = [tangent.get(s) for s in node.inputs]
+        if opdef.project:  # its tuple's tangent is a tuple
+            t = ts[0][node.attrs["index"]] if ts[0] is not None else None
+            if t is not None:
+                tangent[node.name] = t
+            return
+        if opdef.multi or not differentiable(node) or all(t is None for t in ts):
+            return
+        out = d[name]
+        xs = [d[s] for s in d.nodes[name].inputs]
         with d.scope("jvp"):
             if callable(opdef.jvp):
                 total = opdef.jvp(ts, out, *xs, **node.attrs)
@@ -141,9 +149,9 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
                     total = c if total is None else add(total, c)
             if total is not None:
                 tangent[node.name] = _fit(total, out, down=False)
-        return out.name
 
-    d, where = g.rebuild(with_tangent, nodes=g.needed_by([*targets, *wrt]))
+    d, where = g.rebuild(stand_in, nodes=g.needed_by([*targets, *wrt]), copy_values=not share_params,
+                         then=add_tangent)
     d.name = f"{g.name}/jvp"
     for o, t in zip(of, targets, strict=True):
         d.output(o, d[where[t]])
@@ -176,14 +184,12 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
     targets = [g.output_node(o) for o in of]
     forward = _needed(g, [*targets, *wrt])
 
-    # Derivatives flow through float nodes from the wrt leaves to the targets.
-    dag = g.dependencies()
-    floats = dag.subgraph([n.name for n in forward if differentiable(n)])
+    # Derivatives flow through float nodes from the wrt leaves to the targets: a sweep forward.
     reach = set(wrt)
-    for w in wrt:
-        if w in floats:
-            reach |= nx.descendants(floats, w)
-    active = reach & g.needed_by(targets, dag)
+    for node in forward:
+        if differentiable(node) and not node.is_leaf and any(i in reach for i in node.inputs):
+            reach.add(node.name)
+    active = reach & {n.name for n in forward}
 
     parts: dict[str, tuple[Tensor, ...]] = {}  # an active control-flow node's results (its saving form's)
     residuals: dict[str, Any] = {}

@@ -34,7 +34,6 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
 from cgraph.autodiff import COTANGENT, TANGENT, Seed, differentiable, jvp_graph, vjp_graph
@@ -549,12 +548,16 @@ def _finish(g: Graph, outs: Sequence[Tensor]) -> Graph:
 
 def _float_deps(body: Graph) -> list[set[int]]:
     """For each output of `body`, the inputs (by position) it depends on through float values."""
-    names = list(body.inputs)
-    dag = body.dependencies()
-    floats = dag.subgraph([n.name for n in body.nodes.values() if differentiable(n)])
-    reach = {i: {n} | nx.descendants(floats, n) if body.nodes[n].dtype.kind == "f" else set()
-             for i, n in enumerate(names)}
-    return [{i for i, r in reach.items() if body.output_node(o) in r} for o in body.outputs]
+    pos = {n: i for i, n in enumerate(body.inputs)}
+    deps: dict[str, set[int]] = {}
+    for node in body.nodes.values():  # one sweep in creation (topological) order
+        if node.name in pos:
+            deps[node.name] = {pos[node.name]} if node.dtype.kind == "f" else set()
+        elif node.is_leaf or not differentiable(node):
+            deps[node.name] = set()
+        else:
+            deps[node.name] = set().union(*(deps[i] for i in node.inputs))
+    return [deps[body.output_node(o)] for o in body.outputs]
 
 
 def _carry_fixed_point(deps: list[set[int]], c: int, start: set[int], others: set[int]) -> set[int]:

@@ -13,6 +13,7 @@ folder, flushed to disk, then renamed over the target.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import zlib
@@ -45,7 +46,7 @@ _FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
 _MAX_NDIM = 64  # numpy's limit
 _CHUNK = 64 * 2**20  # read and write large payload tensors in pieces of this size
 
-_DTYPES: dict[np.dtype, int] = {
+_DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
     np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
     np.dtype(np.int64): pb.DATA_TYPE_INT64,
@@ -118,6 +119,7 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
     """The message section and the arrays of the payload section, in order."""
     model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
                      producer_name="cgraph", producer_version=__version__)
+    v: Any  # metadata strings here, state arrays below
     for k, v in g.metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
@@ -190,7 +192,7 @@ def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     return chosen
 
 
-def _dtype_code(dtype: np.dtype, what: str, node: bool = False) -> int:
+def _dtype_code(dtype: np.dtype, what: str, node: bool = False) -> pb.DataType:
     if node and dtype == TUPLE:
         return pb.DATA_TYPE_TUPLE
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
@@ -206,7 +208,7 @@ def _little_endian(value: Any, what: str) -> np.ndarray:
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _file_pieces(message: bytes, payload: list[np.ndarray]) -> Iterator[bytes | memoryview]:
@@ -310,7 +312,7 @@ class _BytesSource:
 
 
 class _FileSource:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: io.RawIOBase) -> None:  # unbuffered: readinto straight into the arrays
         self.f = f
         self.size = os.fstat(f.fileno()).st_size
 

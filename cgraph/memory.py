@@ -139,7 +139,9 @@ def tally(steps: Iterable[Any], sizes: Mapping[str, Any], scalars: set[str],
     live = peak = 0
     transient = transient or {}
     for step in steps:
-        added = books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
+        added = 0
+        if step.update < 0:  # an update step makes no value
+            added = books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
         peak = max(peak, live + transient.get(step.name, 0), live + added)
         live += added
         for f in step.free:

@@ -36,6 +36,24 @@ exists: `sign`); a rule that is missing is an error when a derivative needs it.
 
 `identity(node, args)` may say that a node equals one of its inputs (or an input's input),
 for the plan's simplification: `x * 1`, `neg(neg(x))`, a cast to the same dtype.
+
+Two more rules sit beside the derivatives, for `cg.vmap` and `cg.jacobian_sparsity`:
+
+- `batch(batched, *xs, **attrs)`: the op applied to every example of a batch. `batched[i]`
+  says whether input `i` has a leading batch axis (axis 0; at least one has); the others are
+  the same for every example. It returns the result for every example, with a leading batch
+  axis, or `Unbatched(t)` for a result that is the same for every example (a shape). It is
+  written with cgraph ops (so a batched graph saves, draws and differentiates) and its
+  docstring is the catalogue's line. Helpers: `batch_elementwise(op)`, `batch_axes(op)`
+  (cgraph/ops/array.py). An op without one (a user op defined without `batch=`) is applied
+  to each example and the results stacked, which needs a batch size known when vmap runs.
+- `pattern(out_shape, *xs, **attrs)`: the sparsity pattern of the output (a
+  `cgraph.patterns.Pattern`: which wrt elements each element depends on) from the inputs'
+  patterns, for concrete shapes (`out_shape` is the output's; a run-time shape input's value
+  is in it). Inputs whose derivative rule is NONDIFF or ZERO arrive with empty patterns. The
+  pattern must hold every entry the Jacobian can have (a superset); `patterns.dense` is the
+  conservative rule (every output element depends on everything), marked DENSE in the
+  catalogue, and is taken for an op without a rule. Its docstring is the catalogue's line.
 """
 
 from __future__ import annotations
@@ -45,7 +63,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import numpy as np
 
@@ -92,7 +110,7 @@ _NOUN = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a str", 
          "graph": "a Graph (a body)"}
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -211,7 +229,7 @@ class Inputs:
             if n < 0:
                 raise ValueError(f"an op cannot take {n} inputs")
             return cls(("x",) if n == 1 else tuple(f"x{i}" for i in range(n)), n, n)
-        names = (spec,) if isinstance(spec, str) else tuple(spec)
+        names = (spec,) if isinstance(spec, str) else tuple(cast(Sequence[str], spec))
         minimum, maximum, seen_optional = 0, 0, False
         for i, raw in enumerate(names):
             base = raw.rstrip("?+*")
@@ -380,6 +398,8 @@ class OpDef:
     save: Callable[..., Any] | None = None  # multi ops: the node rebuilt for reverse mode
     peak: Callable[..., int] | None = None  # multi ops: the most bytes the kernel holds at once,
     #                                         results included, for concrete input Metas
+    batch: Callable[..., Any] | None = None  # the batching rule (vmap); None: example by example
+    pattern: Callable[..., Any] | None = None  # the sparsity-pattern rule; None: dense
     doc: str = ""
     grad_doc: str = ""  # the derivative in a line, for the catalogue
     user: bool = False  # defined with define_op
@@ -458,6 +478,19 @@ class OpDef:
             raise DerivativeError(f"{node} ({self.name}): no VJP rule for input {i}")
         return rules[i]
 
+    def carries(self, i: int) -> bool:
+        """Whether input `i` can carry a derivative to the output (its rule is not NONDIFF or
+        ZERO)."""
+        rules = self.jvp if not callable(self.jvp) else ()
+        return not (i < len(rules) and (rules[i] is NONDIFF or rules[i] is ZERO))
+
+    def pattern_doc(self) -> str:
+        if self.jvp and not any(self.carries(i) for i in range(len(self.inputs.names))):
+            return "empty (the output carries no derivative)"
+        if self.pattern is None:
+            return "DENSE (conservative; no rule declared): every output element may depend on every input element"
+        return _docline(self.pattern)
+
     def jvp_rule(self, i: int, node: str) -> Any:
         if i >= len(self.jvp) or self.jvp[i] is None:
             raise DerivativeError(f"{node} ({self.name}): no JVP rule for input {i}")
@@ -486,6 +519,8 @@ class OpDef:
         if self.infer_fn is not None:
             lines.append("- **shape and dtype**: as the op's `infer` function gives them (a user op)")
         lines.append(f"- **derivative**: {self.grad_doc or _default_grad_doc(self)}")
+        lines.append(f"- **batching**: {_docline(self.batch) if self.batch is not None else NO_BATCH_RULE}")
+        lines.append(f"- **sparsity**: {self.pattern_doc()}")
         if onnx is not None:
             lines.append(f"- **ONNX**: {onnx}")
         return lines
@@ -497,6 +532,22 @@ def _project(x: Meta, index: int) -> Meta:
     if not 0 <= index < len(x.parts):
         raise ShapeError(f"result {index} of a tuple of {len(x.parts)} results")
     return x.parts[index]
+
+
+def rule(doc: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with `doc` as its docstring: the catalogue's line for a rule written as a lambda."""
+    fn.__doc__ = doc
+    return fn
+
+
+NO_BATCH_RULE = ("none declared: vmap applies the op to each example and stacks the results, which needs a "
+                 "batch size known when vmap runs")
+
+
+class Unbatched(NamedTuple):
+    """What a batching rule returns for a result that is the same for every example (a shape)."""
+
+    value: Any
 
 
 def _docline(fn: Callable[..., Any]) -> str:
@@ -614,6 +665,7 @@ _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", tuple: "int
 def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[Shape, Any]], *,
               inputs: int | Sequence[str] = 1, attrs: Mapping[str, Any] | None = None,
               jvp: Sequence[Any] | None = None, vjp: Sequence[Any] | None = None,
+              batch: Callable[..., Any] | None = None, pattern: Callable[..., Any] | None = None,
               doc: str = "") -> Callable[..., Any]:
     """Define your own op and return the function that builds its nodes.
 
@@ -631,6 +683,10 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
       `jvp[i](t, out, *xs, **attrs)`, `vjp[i](g, out, *xs, **attrs)`; None (or leave the list
       short) where there is none (a derivative through it is then an error naming the op),
       `NONDIFF` for an input that carries no derivative.
+    - `batch`, `pattern`: optional rules for `cg.vmap` and `cg.jacobian_sparsity` (the
+      conventions are at the top of cgraph/ops/registry.py). Without `batch`, vmap applies
+      the op to each example (a batch size known when vmap runs); without `pattern`, every
+      output element is taken to depend on every input element.
 
     A file that uses the op loads only in a process that has defined it. Defining a name again
     replaces the earlier definition (as re-running a notebook cell would).
@@ -664,8 +720,11 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
         if len(given) > (n or 0):
             raise GraphError(f"define_op({name!r}): {len(given)} {what} rules for {spec.describe()}")
         rules.append(given)
+    for what, given_rule in (("batch", batch), ("pattern", pattern)):
+        if given_rule is not None and not callable(given_rule):
+            raise TypeError(f"define_op({name!r}): {what} must be callable")
     op = OpDef(name, kernel, spec, decls, None, None, infer_fn=infer, jvp=rules[0], vjp=rules[1],
-               doc=" ".join(doc.split()), user=True)
+               batch=batch, pattern=pattern, doc=" ".join(doc.split()), user=True)
     return _register(op)
 
 
@@ -709,6 +768,8 @@ def graph_of(op: str, args: Sequence[Any]) -> Any:
 def lift_all(graph: Any, args: Sequence[Any]) -> list[Any]:
     """Tensors of `graph` for `args`: Python and numpy values become constants, tensors of an
     enclosing graph are captured."""
+    if all(isinstance(a, Operand) and a.graph is graph for a in args):  # type: ignore[attr-defined]
+        return list(args)
     dtypes = [a.dtype for a in args if isinstance(a, Operand)]  # type: ignore[attr-defined]
     like = np.result_type(*dtypes) if dtypes else None
     return [(a if a.graph is graph else graph.capture(a)) if isinstance(a, Operand)  # type: ignore[attr-defined]
@@ -719,6 +780,7 @@ def lift(graph: Any, value: Any, like: np.dtype | None = None) -> Any:
     """A constant for `value`; a Python number takes the dtype `like` where it fits."""
     if isinstance(value, Operand):
         return value
+    dtype: np.dtype | None
     if isinstance(value, bool):
         dtype = np.dtype(bool)
     elif isinstance(value, int):
@@ -746,7 +808,6 @@ def elementwise_shape(*metas: Meta) -> Shape:
 
 
 __all__ = ["ATTR_TYPES", "COMPARE", "DTYPES", "FLOAT", "INT64", "LEAF_OPS", "MEAN", "NONDIFF", "NUMERIC", "OPS",
-           "PROMOTE", "REQUIRED", "RESULTS", "SAME", "Subgraph",
-           "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr", "DtypeRule",
-           "Inputs", "OpDef", "Operand", "apply", "define", "define_op", "get_op", "involution", "lift", "op_info",
-           "passthrough", "unit"]
+           "PROMOTE", "REQUIRED", "RESULTS", "SAME", "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr",
+           "DtypeRule", "Inputs", "OpDef", "Operand", "Subgraph", "Unbatched", "apply", "define", "define_op",
+           "get_op", "involution", "lift", "op_info", "passthrough", "rule", "unit"]
