@@ -614,23 +614,36 @@ def _scan_jvp(ts: list[Any], _: Any, *xs: Tensor, body: Graph, carries: int, sli
     return new, primal, tangents
 
 
+def _branch_bodies(branches: Sequence[Graph], xs: Sequence[Tensor], extra: list[tuple[str, Meta]],
+                   derive: Callable[[Graph, list[str], list[str]], tuple[Graph, dict[str, str], list[str]]]
+                   ) -> list[Graph]:
+    """Each branch's derivative graph, `derive(branch, input names, output names)` -> (the
+    graph, which of its inputs are which of `extra`, its outputs to keep), as a body of inputs
+    "in/i" (the operands) then `extra`: the branches of a derivative cond."""
+    specs = [(f"in/{i}", x.node.meta) for i, x in enumerate(xs)] + extra
+    out = []
+    for br in branches:
+        names, outs = list(br.inputs), list(br.outputs)
+        D, more, keep = derive(br, names, outs)
+        B, ins = _new_body(br.name, specs)
+        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))} | {k: ins[v] for k, v in more.items()}
+        where = _inline(D, B, bind)
+        out.append(_finish(B, [B[where[D.output_node(o)]] for o in keep]))
+    return out
+
+
 def _cond_jvp(ts: list[Any], _: Any, pred: Tensor, *xs: Tensor, then_branch: Graph, else_branch: Graph
               ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Any, ...]]:
     act = [i for i, t in enumerate(ts[1:]) if t is not None]
     n = len(then_branch.outputs)
     fl = [j for j, o in enumerate(then_branch.outputs.values()) if o.dtype.kind == "f"]
-    specs = [(f"in/{i}", x.node.meta) for i, x in enumerate(xs)]
-    specs += [(f"tangent/{i}", xs[i].node.meta) for i in act]
-    branches = []
-    for br in (then_branch, else_branch):
-        names, outs = list(br.inputs), list(br.outputs)
-        J = jvp_graph(br, outs, [names[i] for i in act])
-        B, ins = _new_body(br.name, specs)
-        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))}
-        bind |= {TANGENT + names[i]: ins[f"tangent/{i}"] for i in act}
-        where = _inline(J, B, bind)
-        branches.append(_finish(B, [*(B[where[J.output_node(o)]] for o in outs),
-                                    *(B[where[J.output_node(TANGENT + outs[j])]] for j in fl)]))
+
+    def derive(br: Graph, names: list[str], outs: list[str]) -> tuple[Graph, dict[str, str], list[str]]:
+        return (jvp_graph(br, outs, [names[i] for i in act]), {TANGENT + names[i]: f"tangent/{i}" for i in act},
+                [*outs, *(TANGENT + outs[j] for j in fl)])
+
+    branches = _branch_bodies((then_branch, else_branch), xs, [(f"tangent/{i}", xs[i].node.meta) for i in act],
+                              derive)
     new = _cond(pred, *xs, *(ts[1 + i] for i in act), then_branch=branches[0], else_branch=branches[1])
     res = results_of(new)
     tans = dict(zip(fl, res[n:], strict=True))
@@ -749,20 +762,8 @@ class _ScanVJP:
                  *((f"gy/{j}", cm[j]) for j in self.ys),
                  *((f"closure/{i}", metas[i]) for i in self.closures_read)]
         B, ins = _new_body("vjp_body", specs)
-        bind: dict[str, Tensor] = {}
-        for r, (k, i) in kind.items():
-            if k == "stacked":
-                bind[r] = ins[f"carry/{i}"]
-            elif k == "slice":
-                bind[r] = ins[f"x/{i}"]
-            elif k == "closure":
-                bind[r] = ins[f"closure/{i}"]
-            elif k == "y":
-                bind[r] = ins[f"y/{i}"]
-            elif k == "next":
-                bind[r] = ins[f"next/{i}"]
-            elif k == "internal":
-                bind[r] = ins[f"r/{i}"]
+        prefix = {"stacked": "carry", "slice": "x", "closure": "closure", "y": "y", "next": "next", "internal": "r"}
+        bind = {r: ins[f"{prefix[k]}/{i}"] for r, (k, i) in kind.items() if k in prefix}
         for j in self.live:
             bind[COTANGENT + outs[j]] = ins[f"g/{j}"]
         for j in self.ys:
@@ -863,16 +864,12 @@ def _cond_vjp(cots: list[Any], saved: Any, pred: Tensor, *xs: Tensor, then_branc
     active, res = saved
     wrt = [i for i in range(len(xs)) if active[1 + i]]
     fl = [j for j, o in enumerate(then_branch.outputs.values()) if o.dtype.kind == "f"]
-    specs = [(f"in/{i}", x.node.meta) for i, x in enumerate(xs)]
-    specs += [(f"cot/{j}", res[j].node.meta) for j in fl]
-    branches = []
-    for br in (then_branch, else_branch):
-        names, outs = list(br.inputs), list(br.outputs)
-        V = vjp_graph(br, outs, [names[i] for i in wrt], seed=Seed.INPUT)
-        B, ins = _new_body(br.name, specs)
-        bind = {names[i]: ins[f"in/{i}"] for i in range(len(xs))} | {COTANGENT + outs[j]: ins[f"cot/{j}"] for j in fl}
-        where = _inline(V, B, bind)
-        branches.append(_finish(B, [B[where[V.output_node(f"grad/{names[i]}")]] for i in wrt]))
+
+    def derive(br: Graph, names: list[str], outs: list[str]) -> tuple[Graph, dict[str, str], list[str]]:
+        return (vjp_graph(br, outs, [names[i] for i in wrt], seed=Seed.INPUT),
+                {COTANGENT + outs[j]: f"cot/{j}" for j in fl}, [f"grad/{names[i]}" for i in wrt])
+
+    branches = _branch_bodies((then_branch, else_branch), xs, [(f"cot/{j}", res[j].node.meta) for j in fl], derive)
     ct = [cots[j] if cots[j] is not None else zeros_like(res[j]) for j in fl]
     back = results_of(_cond(pred, *xs, *ct, then_branch=branches[0], else_branch=branches[1]))
     got: list[Any] = [None] * (1 + len(xs))
@@ -1225,6 +1222,16 @@ def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
 
 # ---- the functions users call -----------------------------------------------------------------
 
+def _same_carries(op: str, outs: Sequence[Tensor], metas: Sequence[Meta], carries: Sequence[Tensor],
+                  given: Sequence[Any]) -> None:
+    """ShapeError naming the first carry whose shape or dtype the body changes."""
+    for j, (o, m) in enumerate(zip(outs, metas, strict=False)):
+        if o.shape != m.shape or o.dtype != m.dtype:
+            what = f"carry {j}" + (f" (init {carries[j].name!r})" if isinstance(given[j], Operand) else "")
+            raise ShapeError(f"{op}: the body changes {what} from {_describe_meta(m)} to "
+                             f"{_describe_meta(o.node.meta)}")
+
+
 def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *operands: Any) -> Any:
     """`true_fn(*operands)` if the bool scalar `pred` is true, else `false_fn(*operands)`, in the
     graph: both are traced (once) into the node, only the one taken runs. Both return the same
@@ -1294,11 +1301,7 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, le
     y_items, y_struct = _flatten(out[1], "scan y")
     outs = tr.outputs([*_names("carry", len(new)), *_names("y", len(y_items))], [*new, *y_items],
                       [t.dtype for t in carries] + [None] * len(y_items))
-    for j, (o, i) in enumerate(zip(outs, c_in, strict=False)):
-        if o.shape != i.shape or o.dtype != i.dtype:
-            what = f"carry {j}" + (f" (init {carries[j].name!r})" if isinstance(c_items[j], Operand) else "")
-            raise ShapeError(f"scan: the body changes {what} from {_describe_meta(i.node.meta)} to "
-                             f"{_describe_meta(o.node.meta)}")
+    _same_carries("scan", outs, [t.node.meta for t in c_in], carries, c_items)
     captured = tr.close()
     node = _scan(*carries, *slices, *_tensors(home, captured), body=tr.graph, carries=len(carries),
                  slices=len(slices), length=-1 if length is None else int(length), reverse=bool(reverse))
@@ -1335,11 +1338,7 @@ def while_loop(cond_fn: Callable[[Any], Any], body_fn: Callable[[Any], Any], ini
         raise GraphError("while_loop: cond_fn must return one bool scalar")
     tc.outputs(["pred"], p_items, [None])
     outs = tb.outputs(names, new_items, [t.dtype for t in carries])
-    for j, (o, m) in enumerate(zip(outs, metas, strict=True)):
-        if o.shape != m.shape or o.dtype != m.dtype:
-            what = f"carry {j}" + (f" (init {carries[j].name!r})" if isinstance(c_items[j], Operand) else "")
-            raise ShapeError(f"while_loop: the body changes {what} from {_describe_meta(m)} to "
-                             f"{_describe_meta(o.node.meta)}")
+    _same_carries("while_loop", outs, metas, carries, c_items)
     captured = tc.close()
     tb.close()
     node = _while_loop(*carries, *_tensors(home, captured), cond=tc.graph, body=tb.graph, carries=len(carries),

@@ -753,23 +753,28 @@ def _same_meta(a, b) -> bool:
     return a[0] == b[0] and tuple(a[1]) == tuple(b[1])
 
 
-def s_scan(ins, at, w):
-    c, m = at["carries"], at["slices"]
-    if c + m > len(ins):
-        _fail(f"{w}: too few inputs")
+def _steps(slices, length, w):
+    """The number of steps: the slices' first sizes and `length` (when >= 0) agree."""
     sizes = set()
-    for x in ins[c:c + m]:
+    for x in slices:
         if not x[1]:
             _fail(f"{w}: a scalar slice")
         if x[1][0] is not None:
             sizes.add(x[1][0])
-    if at["length"] >= 0:
-        sizes.add(at["length"])
-    elif not m:
+    if length >= 0:
+        sizes.add(length)
+    elif not slices:
         _fail(f"{w}: no slices and no length")
     if len(sizes) > 1:
         _fail(f"{w}: lengths disagree")
-    n = sizes.pop() if sizes else None
+    return sizes.pop() if sizes else None
+
+
+def s_scan(ins, at, w):
+    c, m = at["carries"], at["slices"]
+    if c + m > len(ins):
+        _fail(f"{w}: too few inputs")
+    n = _steps(ins[c:c + m], at["length"], w)
     inner = [*ins[:c], *((x[0], x[1][1:], None) for x in ins[c:c + m]), *ins[c + m:]]
     outs = _reinfer(at["body"], inner, w)
     if len(outs) < c or not all(_same_meta(o, i) for o, i in zip(outs[:c], ins[:c])):
@@ -784,16 +789,7 @@ def s_revolve(ins, at, w):
     k = sum(1 for n in at["advance"].node if n.op == "input") - c - m
     if 2 * c + m + k + L + Y > len(ins):
         _fail(f"{w}: too few inputs")
-    sizes = {x[1][0] for x in ins[2 * c:2 * c + m] if x[1] and x[1][0] is not None}
-    if len(sizes) > 1 or any(not x[1] for x in ins[2 * c:2 * c + m]):
-        _fail(f"{w}: slices disagree")
-    if at["length"] >= 0:
-        sizes.add(at["length"])
-    elif not m:
-        _fail(f"{w}: no slices and no length")
-    if len(sizes) > 1:
-        _fail(f"{w}: lengths disagree")
-    n = sizes.pop() if sizes else None
+    n = _steps(ins[2 * c:2 * c + m], at["length"], w)
     for x, ck in zip(ins[:c], ins[c:2 * c]):
         if ck[0] != x[0] or tuple(ck[1]) != (at["snapshots"], *x[1]):
             _fail(f"{w}: snapshots do not fit a carry")
