@@ -204,6 +204,7 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
             return parts[node.inputs[0]][node.attrs["index"]].name
         if opdef.multi and node.name in active:
             needs = [s in active for s in node.inputs]
+            assert opdef.save is not None, node.op
             new, parts[node.name], residuals[node.name] = opdef.save(needs, *[d[s] for s in inputs], **node.attrs)
             return new.name
         return None

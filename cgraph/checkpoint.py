@@ -330,11 +330,11 @@ class Checkpointer:
         if full <= budget:
             return MemoryPlan(budget, input_shapes, (), (), full, full, 0, calls, self.base)
         meta = concrete_shapes(d, shapes)
-        steps = {}
+        steps: dict[str, int] = {}
         for name in budgeted_scans(d):
             node = d.nodes[name]
             c, m = node.attrs["carries"], node.attrs["slices"]
-            steps[name] = meta[node.inputs[c]].shape[0] if m else node.attrs["length"]
+            steps[name] = cast(int, meta[node.inputs[c]].shape[0] if m else node.attrs["length"])
         plans: dict[int, tuple[int, Plan]] = {}
 
         def at(s: int) -> tuple[int, Plan]:

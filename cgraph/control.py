@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from cgraph.ops.registry import RESULTS, Attr, DtypeRule, Operand, define, get_o
 from cgraph.schedule import Plan, concrete_shapes, interpret_run
 from cgraph.shapes import TUPLE, nbytes
 
+Shapes = Sequence[tuple[Any, ...]]  # concrete shapes (sizes known), as the prediction sees them
 _TRACING: list[Graph] = []  # the bodies being traced, innermost last
 
 
@@ -179,7 +180,7 @@ class _Body:
         except Exception:  # name the failing node of the body
             return interpret_run(self.plan, dict(zip(self.plan.leaves, leaves, strict=True)))
 
-    def predict(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, int, list[Meta]]:
+    def predict(self, shapes: Shapes) -> tuple[int, int, list[Meta]]:
         """(peak, bytes alive at the end, output Metas) for inputs of these concrete shapes."""
         key = tuple(shapes)
         got = self._predictions.get(key)
@@ -241,7 +242,7 @@ def infer_body(body: Graph, metas: Sequence[Meta], what: str) -> list[Meta]:
                 a is not None and b is not None and a != b for a, b in zip(m.shape, node.shape, strict=True)):
             raise ShapeError(f"{what}'s input {n!r} is {_describe_meta(node.meta)}, the node gives {_describe_meta(m)}")
         shapes[n] = tuple(a if a is not None else b for a, b in zip(m.shape, node.shape, strict=True))
-    meta = concrete_shapes(body, shapes)
+    meta = concrete_shapes(body, cast(dict[str, tuple[int, ...]], shapes))
     return [meta[body.output_node(o)] for o in body.outputs]
 
 
@@ -350,7 +351,7 @@ def _scan_kernel(*args: Any, body: Graph, carries: int, slices: int, length: int
         raise ValueError(f"the slices have {[len(x) for x in xs]} steps{given}")
     inputs = [*carry, *(x[0] if n else np.empty(x.shape[1:], x.dtype) for x in xs), *args[c + m:]]
     _, _, metas = b.predict([np.shape(v) for v in inputs])
-    ys = [np.empty((n, *y.shape), y.dtype) for y in metas[c:]]
+    ys = [np.empty((n, *cast(tuple[int, ...], y.shape)), y.dtype) for y in metas[c:]]
     keep = {}
     if checkpoints:
         keep = {k: j for j, k in enumerate(first_sweep(n, checkpoints))}
@@ -402,7 +403,7 @@ def _cond_kernel(pred: Any, *args: Any, then_branch: Graph, else_branch: Graph) 
     return Results.of(results, max(max(peak, end + copied), _branch_peak(other, [np.shape(v) for v in args])))
 
 
-def _branch_peak(branch: Graph, shapes: Sequence[tuple[int, ...]]) -> int:
+def _branch_peak(branch: Graph, shapes: Shapes) -> int:
     b = body_of(branch)
     peak, end, outs = b.predict(shapes)
     return max(peak, end + _borrowed_bytes(b, outs, range(len(outs))))
@@ -442,7 +443,7 @@ def _while_kernel(*args: Any, cond: Graph, body: Graph, carries: int, max_trips:
     return Results.of(carry, sum(v.nbytes for v in carry) + max(cpeak, bpeak))
 
 
-def _while_parts(bc: _Body, bb: _Body, shapes: Sequence[tuple[int, ...]], c: int) -> tuple[int, int]:
+def _while_parts(bc: _Body, bb: _Body, shapes: Shapes, c: int) -> tuple[int, int]:
     cpeak = bc.predict(shapes)[0]
     peak, end, outs = bb.predict(shapes)
     return cpeak, max(peak, end + _borrowed_bytes(bb, outs, range(c)))
@@ -941,7 +942,7 @@ def binomial_schedule(n: int, s: int) -> list[tuple[Any, ...]]:
     carry entering step k) in a slot, ("restore", k) it (k = 0: the initial state), ("free", k)
     its slot, and ("turn", k): the adjoint of step k, from the current state (which enters it)."""
     acts: list[tuple[Any, ...]] = []
-    stack = [(0, n, s, False)]
+    stack: list[tuple[Any, ...]] = [(0, n, s, False)]
     while stack:  # (a, b, s, restore first): reverse steps a..b-1, the state entering a available
         a, b, k, restore = stack.pop()
         if isinstance(a, str):  # a deferred action
@@ -1049,7 +1050,7 @@ def _revolve_kernel(*args: Any, advance: Graph, adjoint: Graph, carries: int, sl
     closures, g, gys, acc = rest[:k], list(rest[k:k + L]), rest[k + L:k + L + Y], list(rest[k + L + Y:])
     n = len(xs[0]) if m else length
     order = list(range(n - 1, -1, -1)) if reverse else list(range(n))
-    stacks = [s if s.flags.writeable else s.copy() for s in stacks]  # the forward scan's own: written over
+    stacks = tuple(s if s.flags.writeable else s.copy() for s in stacks)  # the forward scan's own: written over
     slot = {t: j for j, t in enumerate(first_sweep(n, snapshots))}
     free = [j for j in range(snapshots) if j not in slot.values()]
     shapes = [*(np.shape(v) for v in init), *(x.shape[1:] for x in xs), *(np.shape(v) for v in closures),
@@ -1105,7 +1106,7 @@ def _revolve_kernel(*args: Any, advance: Graph, adjoint: Graph, carries: int, sl
     return Results.of(results, sum(v.nbytes for v in results) + sum(np.asarray(v).nbytes for v in init) + max(peaks))
 
 
-def _revolve_parts(fa: _Body, fb: _Body, shapes: Sequence[tuple[int, ...]], c: int, L: int, A: int) -> tuple[int, int]:
+def _revolve_parts(fa: _Body, fb: _Body, shapes: Shapes, c: int, L: int, A: int) -> tuple[int, int]:
     """The advance body's and the adjoint's peaks (or, if larger, their ends and copies), for
     the adjoint's input shapes (whose first ones are the advance body's)."""
     pa, ea, oa = fa.predict(shapes[:len(fa.names)])
@@ -1196,7 +1197,7 @@ def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
             res = results_of(new)
             ins = [r[i] for i in inputs]
             gy_at = P + L + A + len(plan.stacked) + len(plan.internal) + len(plan.ys_read) + len(plan.slices_read)
-            fins = [r[where[x]] for x in old.inputs]
+            fins = [r[moved[x]] for x in old.inputs]
             rev = _scan_revolve(*fins[:c], *res[len(body.outputs):], *fins[c:], *ins[P:P + L],
                                 *ins[gy_at:gy_at + len(plan.ys)], *ins[P + L:P + L + A],
                                 advance=body, adjoint=plan.adjoint(), carries=c, slices=m, cotangents=L,
@@ -1210,11 +1211,11 @@ def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
             return results_of(rev)[j - P].name if j >= P else rev.name
         return None
 
-    where: dict[str, str] = {}
+    moved: dict[str, str] = {}  # where each node went
 
     def tracked(r: Graph, node: Node, inputs: list[str]) -> str | None:
         to = rewrite(r, node, inputs)
-        where[node.name] = to if to is not None else node.name
+        moved[node.name] = to if to is not None else node.name
         return to
 
     return d.rebuild(tracked)[0]

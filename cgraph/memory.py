@@ -120,7 +120,7 @@ class Ledger:
             self.inplace(step.name, step.args[step.inplace])
             added = 0
         else:
-            added = self.new(step.name, nbytes)
+            added = self.new(step.name, nbytes)  # type: ignore[arg-type]
         return added
 
 

@@ -8,7 +8,7 @@ registry and the graph, so both can use it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def nbytes(meta: Meta) -> int:
     """The bytes of a value of these concrete shape and dtype (of all its results for a tuple)."""
     if meta.parts is not None:
         return sum(nbytes(p) for p in meta.parts)
-    return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
+    return int(np.prod(cast(tuple[int, ...], meta.shape), dtype=np.int64)) * meta.dtype.itemsize
 
 
 def as_dtype(dtype: Any) -> np.dtype:

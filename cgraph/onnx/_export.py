@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -417,7 +417,7 @@ def _nll(e: _Emitter, n: Node) -> str:
 # rule records its node's ONNX outputs (`e.parts`) and returns None; `result` picks one.
 
 def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str, Node]],
-          outputs: list[str] | None = None, extra: list[str] = ()) -> Any:
+          outputs: list[str] | None = None, extra: Sequence[str] = ()) -> Any:
     """The ONNX GraphProto of `body`: `formal` lists (ONNX input name, the body input it is);
     `bind` gives the other inputs' outer names; its outputs are the body's (or those named in
     `outputs`), then the body inputs named in `extra` passed through."""
@@ -446,7 +446,7 @@ def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str
     return onnx.helper.make_graph(sub.nodes, e.fresh(body.name), ins, outs)
 
 
-def _formal(e: _Emitter, body: Graph, names: list[str], which: range) -> tuple[dict[str, str], list]:
+def _formal(e: _Emitter, body: Graph, names: list[str], which: Sequence[int]) -> tuple[dict[str, str], list]:
     """Fresh ONNX input names for the body inputs at positions `which`."""
     bind, formal = {}, []
     for i in which:
@@ -498,6 +498,7 @@ def _scan(e: _Emitter, n: Node) -> None:
             raise OnnxError(f"{n.name} (scan): checkpoints need a static number of steps to export")
         at = first_sweep(steps, a["checkpoints"])
         order = [steps - 1 - k for k in at] if a["reverse"] else at
+        assert n.parts is not None
         for x, all_in in zip(n.parts[:c], stacked[len(outs):], strict=True):
             picked = e.node("Gather", [all_in, e.const(order)], axis=0)
             pad = a["checkpoints"] - len(order)

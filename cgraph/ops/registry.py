@@ -378,7 +378,8 @@ class OpDef:
     kernel: Callable[..., Any]
     inputs: Inputs
     attrs: Mapping[str, Attr]
-    shape: Callable[..., Shape] | None  # None for user ops: `infer_fn` gives shape and dtype
+    shape: Callable[..., Any] | None  # None for user ops: `infer_fn` gives shape and dtype; for a
+    #                                   `multi` op, the Metas of its results
     dtype: DtypeRule | None
     infer_fn: Callable[..., tuple[Shape, Any]] | None = None
     jvp: Any = ()  # tuple of per-input rules, or one callable over all tangents
@@ -444,7 +445,7 @@ class OpDef:
             return _project(metas[0], attrs["index"])
         if self.multi:
             assert self.shape is not None
-            return tuple_meta(tuple(self.shape(*metas, **attrs)))
+            return tuple_meta(tuple(cast(Sequence[Meta], self.shape(*metas, **attrs))))
         shape, dtype = self.infer(*metas, **attrs)
         return Meta(tuple(shape), np.dtype(dtype))
 
@@ -599,7 +600,7 @@ OPS: dict[str, OpDef] = {}
 LEAF_OPS = ("input", "param", "constant")
 
 
-def define(name: str, kernel: Callable[..., Any], *, inputs: int | Sequence[str], shape: Callable[..., Shape],
+def define(name: str, kernel: Callable[..., Any], *, inputs: int | Sequence[str], shape: Callable[..., Any],
            dtype: DtypeRule, attrs: Mapping[str, Attr] | None = None, jvp: Any = (), vjp: Any = (),
            deriv: Sequence[Any] | None = None, **flags: Any) -> Callable[..., Any]:
     """Register a built-in op (once: a second definition of a name is a bug) and return the
@@ -761,8 +762,9 @@ def graph_of(op: str, args: Sequence[Any]) -> Any:
         enclosing = set(map(id, inner.enclosing()))
         if all(g is inner or id(g) in enclosing for g in graphs):
             return inner
-    a, b = graphs[:2]
-    raise GraphError(f"{op}: tensors of graph {a.name!r} and of graph {b.name!r} cannot be combined")
+    t = next(a for a in args if isinstance(a, Operand) and a.graph is graphs[1])  # type: ignore[attr-defined]
+    raise GraphError(f"{op}: tensors {t.name!r} of graph {graphs[1].name!r} and of graph {graphs[0].name!r} "  # type: ignore
+                     "cannot be combined")
 
 
 def lift_all(graph: Any, args: Sequence[Any]) -> list[Any]:
