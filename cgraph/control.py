@@ -37,11 +37,14 @@ from typing import Any, cast
 import numpy as np
 
 from cgraph.autodiff import COTANGENT, TANGENT, Seed, differentiable, jvp_graph, vjp_graph
+from cgraph.batching import vmap
 from cgraph.errors import DerivativeError, GraphError, ShapeError
 from cgraph.graph import Graph, Meta, Node, Tensor, format_shape
 from cgraph.memory import Results
-from cgraph.ops.array import zeros_like
+from cgraph.ops.array import broadcast_batch, reshape, transpose, zeros_like
+from cgraph.ops.elementwise import cast as cast_op
 from cgraph.ops.elementwise import equal, where
+from cgraph.ops.reduce import sum as reduce_sum
 from cgraph.ops.registry import RESULTS, Attr, DtypeRule, Operand, define, get_op, lift
 from cgraph.schedule import Plan, concrete_shapes, interpret_run
 from cgraph.shapes import TUPLE, nbytes
@@ -1219,6 +1222,116 @@ def with_snapshots(d: Graph, snapshots: int, steps: dict[str, int]) -> Graph:
         return to
 
     return d.rebuild(tracked)[0]
+
+
+# ---- batching (vmap) ---------------------------------------------------------------------------
+#
+# A batched control-flow node runs its bodies batched (`vmap` of each body, every input batched:
+# the unbatched ones broadcast, read-only views), so that one loop serves every example. Its
+# stacked results (ys, checkpoints, slices' cotangents) come out step-major, (steps, batch, ...):
+# the `result` rule moves the batch axis first.
+
+def _batch_all(xs: Sequence[Tensor], flags: Sequence[bool], stepped: set[int]) -> list[Tensor]:
+    """Every input with a leading batch axis (the unbatched broadcast), and those in `stepped`
+    (scanned along their first axis) step-major."""
+    ref = next(x for x, f in zip(xs, flags, strict=True) if f)
+    out = []
+    for i, (x, f) in enumerate(zip(xs, flags, strict=True)):
+        t = x if f else broadcast_batch(x, ref)
+        out.append(transpose(t, (1, 0, *range(2, t.ndim))) if i in stepped else t)
+    return out
+
+
+def _batched(body: Graph) -> Graph:
+    return vmap(body, in_axes={n: 0 for n in body.inputs}).freeze()
+
+
+def _scan_batch(flags: Sequence[bool], *xs: Tensor, body: Graph, carries: int, slices: int, length: int,
+                reverse: bool, checkpoints: int = 0) -> Tensor:
+    """BODY: a scan of the body batched (vmap of every input), the slices step-major; the
+    results' stacked parts come out step-major and `result` moves their batch axis first."""
+    ins = _batch_all(xs, flags, set(range(carries, carries + slices)))
+    return _scan(*ins, body=_batched(body), carries=carries, slices=slices, length=length, reverse=reverse,
+                 checkpoints=checkpoints)
+
+
+def _revolve_batch(flags: Sequence[bool], *xs: Tensor, advance: Graph, adjoint: Graph, carries: int, slices: int,
+                   cotangents: int, ys: int, snapshots: int, length: int, reverse: bool) -> Tensor:
+    """BODY: the same reverse sweep of the advance and adjoint bodies batched (vmap of every
+    input), snapshots, slices and ys' cotangents step-major."""
+    c, m = carries, slices
+    k = len(advance.inputs) - c - m
+    gy = 2 * c + m + k + cotangents
+    stepped = {*range(c, 2 * c + m), *range(gy, gy + ys)}  # snapshots, slices, ys' cotangents
+    return _scan_revolve(*_batch_all(xs, flags, stepped), advance=_batched(advance), adjoint=_batched(adjoint),
+                         carries=c, slices=m, cotangents=cotangents, ys=ys, snapshots=snapshots, length=length,
+                         reverse=reverse)
+
+
+def _result_batch(flags: Sequence[bool], x: Tensor, *, index: int) -> Tensor:
+    """the result of the batched tuple, its batch axis moved first where the control-flow
+    node's batching made it step-major (a scan's stacked results)."""
+    out = _result(x, index=index)
+    node = x.node
+    if node.op == "scan":
+        stacked = index >= node.attrs["carries"]
+    elif node.op == "scan_revolve":
+        a = node.attrs
+        c, m, L, Y = a["carries"], a["slices"], a["cotangents"], a["ys"]
+        acc = len(node.inputs) - (2 * c + m + len(a["advance"].inputs) - c - m + L + Y)
+        stacked = index >= L + acc
+    else:
+        stacked = False
+    return transpose(out, (1, 0, *range(2, out.ndim))) if stacked else out
+
+
+def _select(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """where(p, a, b) for a batch of bools p, (batch,), and batched a and b."""
+    return where(reshape(p, (-1, *([1] * (a.ndim - 1)))) if a.ndim > 1 else p, a, b)
+
+
+def _cond_batch(flags: Sequence[bool], pred: Tensor, *xs: Tensor, then_branch: Graph, else_branch: Graph) -> Tensor:
+    """BODY: a cond of the branches batched (vmap of every input); with a predicate per example,
+    both branches run and where() picks each example's results."""
+    ins = _batch_all([pred, *xs], flags, set())
+    if not flags[0]:
+        return _cond(pred, *ins[1:], then_branch=_batched(then_branch), else_branch=_batched(else_branch))
+    # a predicate per example: both branches run, and each example takes its own (as a branch
+    # of a cond whose predicate is always true, so that the node is still a tuple of results)
+    B, bins = _new_body("select", [(f"in/{i}", t.node.meta) for i, t in enumerate(ins)])
+    outs = []
+    for br in (then_branch, else_branch):
+        vb = _batched(br)
+        w = _inline(vb, B, {n: bins[f"in/{i + 1}"] for i, n in enumerate(vb.inputs)})
+        outs.append([B[w[vb.output_node(o)]] for o in vb.outputs])
+    sel = _finish(B, [_select(bins["in/0"], a, b) for a, b in zip(*outs, strict=True)])
+    return _cond(pred.graph.constant(None, np.array(True)), *ins, then_branch=sel, else_branch=sel)
+
+
+def _while_batch(flags: Sequence[bool], *xs: Tensor, cond: Graph, body: Graph, carries: int, max_trips: int
+                 ) -> Tensor:
+    """BODY: a while_loop of the batched body and cond that runs while some example's cond
+    holds; an example whose cond fails keeps its carries (where())."""
+    ins = _batch_all(xs, flags, set())
+    vc, vb = _batched(cond), _batched(body)
+    specs = [(f"in/{i}", t.node.meta) for i, t in enumerate(ins)]
+    graphs = []
+    for kind in ("cond", "body"):
+        G, gins = _new_body(kind, specs)
+        w = _inline(vc, G, {n: gins[f"in/{i}"] for i, n in enumerate(vc.inputs)})
+        p = G[w[vc.output_node(next(iter(vc.outputs)))]]
+        if kind == "cond":
+            graphs.append(_finish(G, [reduce_sum(cast_op(p, "float64")) > 0.0]))
+            continue
+        w = _inline(vb, G, {n: gins[f"in/{i}"] for i, n in enumerate(vb.inputs)})
+        new = [G[w[vb.output_node(o)]] for o in vb.outputs]
+        graphs.append(_finish(G, [_select(p, a, gins[f"in/{j}"]) for j, a in enumerate(new)]))
+    return _while_loop(*ins, cond=graphs[0], body=graphs[1], carries=carries, max_trips=max_trips)
+
+
+for _op, _rule in ((_scan, _scan_batch), (_scan_revolve, _revolve_batch), (_result, _result_batch),
+                   (_cond, _cond_batch), (_while_loop, _while_batch)):
+    object.__setattr__(get_op(_op.__name__), "batch", _rule)
 
 
 # ---- the functions users call -----------------------------------------------------------------
