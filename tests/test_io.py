@@ -218,7 +218,9 @@ def test_layout_matches_the_specification():
     refs = [n.value.payload for n in model.graph.node if n.HasField("value")] + [t.payload for t in model.state]
     assert [(r.offset, r.length) for r in refs] == [(0, 48), (48, 8), (56, 16)]
     assert all(zlib.crc32(data[m + r.offset:m + r.offset + r.length]) == r.crc32 for r in refs)
-    assert model.format_version == 1 and model.min_reader_version == 1
+    assert m % 64 == 0 and model.padding == bytes(len(model.padding))  # the payload starts aligned
+    assert all(r.HasField("crc32") for r in refs)
+    assert model.format_version == 2 and model.min_reader_version == 1
     assert (model.producer_name, model.producer_version) == ("cgraph", cg.__version__)
 
 
@@ -354,9 +356,11 @@ def test_duplicate_node_name():
 
 def test_future_format_version():
     m = decoded()
-    m.format_version, m.min_reader_version = 3, 2
+    m.format_version, m.min_reader_version = 4, 3
     msg = load_error(reframe(m))
-    assert "needs a reader of format version 2" in msg and "reads format version 1" in msg
+    assert "needs a reader of format version 3" in msg and "reads format version 2" in msg
+    m.min_reader_version = 2  # nothing needs it yet, but this reader implements version 2
+    assert cg.loads(reframe(m)).name == "small"
 
 
 def test_newer_but_compatible_file_loads():
