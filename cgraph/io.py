@@ -129,12 +129,13 @@ class ModelFile:
     payload_bytes: int  # bytes of tensors stored after the message (0: a plain protobuf file)
 
 
-def read_model(path: str | os.PathLike[str], *, mmap: bool = False) -> ModelFile:
+def read_model(path: str | os.PathLike[str], *, mmap: bool = False, verify: bool = False) -> ModelFile:
     """Load and validate the model at `path`, with its format version and producer (`mmap`: as
-    for `load`). A file that cannot be opened or read raises OSError (FileNotFoundError, ...)
-    as `open` does."""
+    for `load`; `verify`: check the mapped tensors' CRC-32s at open too, reading the file once
+    but copying nothing, as `cgraph check` does). A file that cannot be opened or read raises
+    OSError (FileNotFoundError, ...) as `open` does."""
     with open(path, "rb", buffering=0) as f:
-        return _read(_FileSource(f, mmap), f"{os.fspath(path)}: ")
+        return _read(_FileSource(f, mmap, verify), f"{os.fspath(path)}: ")
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -240,6 +241,10 @@ def _write_file(f: BinaryIO, model: pb.Model, payload: list[tuple[pb.PayloadRef,
     _write(f, _footer(m_len, sum(a.nbytes for _, a in payload), crc32(message)))
     f.seek(0)
     _write(f, message)
+
+
+def _pieces(view: memoryview) -> Iterator[memoryview]:
+    return (view[start:start + _PIECE] for start in range(0, len(view), _PIECE))
 
 
 def _written_pieces(f: BinaryIO, view: memoryview) -> Iterator[memoryview]:
@@ -380,9 +385,10 @@ class _BytesSource:
 class _FileSource:
     """A model file, read with positioned reads (no seeks, no intermediate buffers), or mapped."""
 
-    def __init__(self, f: BinaryIO, mapped: bool) -> None:
+    def __init__(self, f: BinaryIO, mapped: bool, verify: bool = True) -> None:
         self.fd = f.fileno()
         self.size = os.fstat(self.fd).st_size
+        self.verify = verify  # check the CRC-32s of mapped tensors too
         self.map = None
         if mapped and self.size:
             extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}  # no second descriptor
@@ -611,7 +617,8 @@ def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | N
                  payload_start: int, writable: bool) -> np.ndarray:
     """The tensor's array, in one copy of memory: inline bytes are used where they are (the
     bytes object read from the message); payload bytes are read straight into the array and
-    checked against their CRC-32, or, from a mapped file, viewed in place, unchecked."""
+    checked against their CRC-32, or, from a mapped file, viewed in place (and checked only
+    if the source says so)."""
     dtype, dims, nbytes = _tensor_bytes(msg, what)  # checked against the file: safe to allocate
     stored = dtype.newbyteorder("<")
     count = nbytes // dtype.itemsize
@@ -622,6 +629,8 @@ def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | N
             arr = arr.copy()
     elif src.map is not None and start % dtype.alignment == 0:
         arr = np.frombuffer(src.map, stored, count, start)  # read-only: the map is
+        if src.verify and _checksum_alongside(_pieces(_byte_view(arr))) != msg.payload.crc32:
+            raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
     else:
         arr = np.empty(count, stored)
         if src.readinto(start, _byte_view(arr)) != msg.payload.crc32:

@@ -109,8 +109,12 @@ def test_a_corrupted_mapped_tensor_is_refused_by_check_and_plain_load(tmp_path, 
     assert h.value("W").reshape(-1)[100] != 100.0
     with pytest.raises(cg.GraphFormatError, match=r"param 'W': corrupted: the CRC-32 of its payload"):
         cg.load(path)
-    assert cli(["check", str(path)]) == 1
+    with pytest.raises(cg.GraphFormatError, match=r"param 'W': corrupted"):
+        cio.read_model(path, mmap=True, verify=True)
+    assert cli(["check", str(path)]) == 1  # which maps and verifies
     assert "param 'W': corrupted" in capsys.readouterr().err
+    good = save(model(), tmp_path / "good.pb")
+    assert is_mapped(cio.read_model(good, mmap=True, verify=True).graph.params["W"])
 
 
 def test_corruption_that_mmap_checks_at_open(tmp_path):
