@@ -13,13 +13,11 @@ folder, flushed to disk, then renamed over the target.
 
 from __future__ import annotations
 
-import itertools
 import mmap as _mmap
 import os
 import secrets
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -235,7 +233,7 @@ def _write_file(f: BinaryIO, model: pb.Model, payload: list[tuple[pb.PayloadRef,
     m_len = len(_padded_message(model))
     f.seek(m_len)
     for ref, arr in payload:
-        ref.crc32 = _checksum_alongside(_written_pieces(f, _byte_view(arr)))
+        ref.crc32 = _write_checksummed(f, _byte_view(arr))
     message = _padded_message(model)
     assert len(message) == m_len, "the message's length must not depend on the checksums"
     _write(f, _footer(m_len, sum(a.nbytes for _, a in payload), crc32(message)))
@@ -243,34 +241,15 @@ def _write_file(f: BinaryIO, model: pb.Model, payload: list[tuple[pb.PayloadRef,
     _write(f, message)
 
 
-def _pieces(view: memoryview) -> Iterator[memoryview]:
-    return (view[start:start + _PIECE] for start in range(0, len(view), _PIECE))
-
-
-def _written_pieces(f: BinaryIO, view: memoryview) -> Iterator[memoryview]:
-    """Each piece of `view`, written to `f` once the caller asks for the next."""
+def _write_checksummed(f: BinaryIO, view: memoryview) -> int:
+    """Write `view` in pieces, each checksummed just before it is written (while it is in the
+    CPU's cache, so the bytes are fetched from memory once); their CRC-32."""
+    crc = 0
     for start in range(0, len(view), _PIECE):
         piece = view[start:start + _PIECE]
-        yield piece
+        crc = crc32(piece, crc)
         _write(f, piece)
-
-
-def _checksum_alongside(pieces: Iterator[memoryview]) -> int:
-    """The CRC-32 of the pieces, each checksummed in a worker thread while the iterator reads
-    or writes the next (file I/O and crc32 both release the GIL), so a tensor costs the
-    longer of the two rather than their sum. A thread per call, never a lasting pool: a pool
-    does not survive a fork."""
-    first = next(pieces, None)
-    if first is None:
-        return 0
-    second = next(pieces, None)
-    if second is None:
-        return crc32(first)
-    with ThreadPoolExecutor(1, thread_name_prefix="cgraph-crc") as pool:
-        pending = pool.submit(crc32, first)
-        for piece in itertools.chain([second], pieces):
-            pending = pool.submit(crc32, piece, pending.result())
-        return pending.result()
+    return crc
 
 
 def _padded_message(model: pb.Model) -> bytes:
@@ -403,19 +382,16 @@ class _FileSource:
         return data
 
     def readinto(self, offset: int, out: memoryview) -> int:
-        """Read bytes [offset, offset + len(out)) into `out`; their CRC-32."""
-        return _checksum_alongside(self._pieces(offset, out))
-
-    def _pieces(self, offset: int, out: memoryview) -> Iterator[memoryview]:
-        """Read `out` piece by piece, yielding each piece once it is read."""
-        done = 0
+        """Read bytes [offset, offset + len(out)) into `out` in pieces, each checksummed just
+        after it is read (while it is in the CPU's cache); their CRC-32."""
+        done, crc = 0, 0
         while done < len(out):
-            piece = out[done:done + _PIECE]
-            got = os.preadv(self.fd, [piece], offset + done)
+            got = os.preadv(self.fd, [out[done:done + _PIECE]], offset + done)
             if not got:
                 raise _Fail(f"file ended at byte {offset + done} while reading {len(out)} bytes from {offset}")
-            yield piece[:got]
+            crc = crc32(out[done:done + got], crc)
             done += got
+        return crc
 
 
 def _read(src: _BytesSource | _FileSource, where: str) -> ModelFile:
@@ -629,7 +605,7 @@ def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | N
             arr = arr.copy()
     elif src.map is not None and start % dtype.alignment == 0:
         arr = np.frombuffer(src.map, stored, count, start)  # read-only: the map is
-        if src.verify and _checksum_alongside(_pieces(_byte_view(arr))) != msg.payload.crc32:
+        if src.verify and crc32(_byte_view(arr)) != msg.payload.crc32:
             raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
     else:
         arr = np.empty(count, stored)

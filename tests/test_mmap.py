@@ -172,8 +172,8 @@ def test_state_is_writable_unless_mapped(tmp_path):
 
 
 @pytest.mark.parametrize("piece", [7, 4096])
-def test_pieces_and_checksums_alongside(tmp_path, monkeypatch, piece):
-    """Tensors of many pieces: the threaded checksums equal zlib's of the whole range."""
+def test_tensors_of_many_pieces(tmp_path, monkeypatch, piece):
+    """Checksums computed piece by piece equal zlib's of the whole range."""
     g = model()
     expected = cg.dumps(g, inline_limit=0)
     monkeypatch.setattr(cio, "_PIECE", piece)
