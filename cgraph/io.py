@@ -3,12 +3,15 @@
 A file is a protobuf `Model` message, then a payload section of large tensors (empty for
 models whose tensors total at most `INLINE_LIMIT` bytes, so that the file is plain protobuf),
 then a 30-byte footer with both lengths and a CRC-32 of the message. Tensors in the payload are
-found by (offset, length, CRC-32), so a model of any size stays one file with no 2 GiB wall.
+found by (offset, length, CRC-32), so a model of any size stays one file with no 2 GiB wall;
+the payload starts at a multiple of 64 bytes, so tensors can be used in place from a map.
 
 Loading never runs code from the file and validates everything before building the graph:
 any problem is a `GraphFormatError` of one line, never another exception, a hang, or an
-allocation larger than the file justifies. Saving is atomic: a temporary file in the same
-folder, flushed to disk, then renamed over the target.
+allocation larger than the file justifies. Tensor bytes are copied once, from the file into
+the arrays the graph keeps (or not at all, with `mmap=True`), and checksummed piece by piece
+on the way in and out. Saving is atomic: a temporary file in the same folder, flushed to
+disk, then renamed over the target.
 """
 
 from __future__ import annotations
