@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import subprocess
 import sys
 import tempfile
@@ -215,7 +216,7 @@ def test_peak_memory_while_loading_is_the_tensor_bytes(tmp_path):
     peaks = {}
     for how in ("copy", "mmap"):
         out = subprocess.run([sys.executable, "-c", CHILD, str(path), how], capture_output=True, text=True,
-                             check=True, env={"PYTHONPATH": str(ROOT)})
+                             check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         r = json.loads(out.stdout)
         assert r["nbytes"] == 48 * 2**20 + 8192
         peaks[how] = r["peak"] / r["nbytes"]
