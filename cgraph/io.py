@@ -366,7 +366,7 @@ class _BytesSource:
 class _FileSource:
     """A model file, read with positioned reads (no seeks, no intermediate buffers), or mapped."""
 
-    def __init__(self, f: BinaryIO, mapped: bool, verify: bool = True) -> None:
+    def __init__(self, f: BinaryIO, mapped: bool, verify: bool) -> None:
         self.fd = f.fileno()
         self.size = os.fstat(self.fd).st_size
         self.verify = verify  # check the CRC-32s of mapped tensors too
@@ -598,19 +598,19 @@ def _read_tensor(src: _BytesSource | _FileSource, msg: pb.Tensor, raw: bytes | N
     dtype, dims, nbytes = _tensor_bytes(msg, what)  # checked against the file: safe to allocate
     stored = dtype.newbyteorder("<")
     count = nbytes // dtype.itemsize
-    start = payload_start + msg.payload.offset
+    start, crc = payload_start + msg.payload.offset, None
     if raw is not None:
         arr = np.frombuffer(raw, stored)
         if writable or not arr.flags.aligned:
             arr = arr.copy()
     elif src.map is not None and start % dtype.alignment == 0:
         arr = np.frombuffer(src.map, stored, count, start)  # read-only: the map is
-        if src.verify and crc32(_byte_view(arr)) != msg.payload.crc32:
-            raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
+        crc = crc32(_byte_view(arr)) if src.verify else None
     else:
         arr = np.empty(count, stored)
-        if src.readinto(start, _byte_view(arr)) != msg.payload.crc32:
-            raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
+        crc = src.readinto(start, _byte_view(arr))
+    if crc is not None and crc != msg.payload.crc32:
+        raise _Fail(f"{what}: corrupted: the CRC-32 of its payload bytes does not match")
     if dtype == np.bool_ and count and arr.view(np.uint8).max() > 1:
         raise _Fail(f"{what}: bool elements must be bytes 0 or 1")
     return arr.astype(dtype, copy=False).reshape(dims)
