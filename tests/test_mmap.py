@@ -242,3 +242,26 @@ def test_mutated_files_mapped_never_raise_anything_else(edits, truncate):
             assert "\n" not in str(e)
             return
         assert all(not v.flags.writeable for v in g.params.values())
+
+
+@pytest.mark.parametrize("how", ["step", "train_step"])
+def test_training_a_mapped_model_copies_each_param_once_and_leaves_the_file_alone(tmp_path, how):
+    g = cg.Graph("fit")
+    x, y = g.input("x", (None, 8)), g.input("y", (None, 2))
+    W = g.param("W", np.linspace(-1, 1, 16).reshape(8, 2))
+    g.output("loss", cg.mse(x @ W, y))
+    g.state["aux"] = np.ones(4)
+    path = save(g, tmp_path / "m.pb")
+    before = path.read_bytes()
+    h, ref = cg.load(path, mmap=True), cg.load(path)
+    assert is_mapped(h.params["W"]) and is_mapped(h.state["aux"])
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(16, 8)), "y": rng.normal(size=(16, 2))}
+    for graph in (h, ref):
+        opt = cg.optim.Adam(lr=0.1)
+        if how == "step":
+            opt.step(graph, cg.ReverseMode(graph, of="loss", wrt=["W"]).grad(feeds)[1])
+        else:
+            cg.optim.TrainStep(graph, opt)(feeds)
+    assert not is_mapped(h.params["W"]) and h.params["W"].tobytes() == ref.params["W"].tobytes()
+    assert path.read_bytes() == before
