@@ -3,7 +3,8 @@
     python tools/bench/io_throughput.py [--gib 1] [--rounds 3] [--mmap-gib 4] [--dir DIR]
 
 The model is eight float64 params of equal size (`--gib 1`: eight 4096 x 4096). Each round
-saves it once in every format and loads each file cold and warm, in turns (best of the rounds):
+saves it once in every format and loads each file cold and warm, in turns, each format first
+in some round (best of the rounds):
 
 - save: `cg.save` (atomic, fsync included) against `np.savez`, `torch.save` and safetensors'
   `save_file`, each followed by an fsync of the file, as tensor MiB/s;
@@ -178,8 +179,10 @@ def throughput_table(nbytes: int, rounds: int, folder: Path, drop: bool) -> None
 
     def keep(key: tuple[str, str], seconds: float) -> None:
         best[key] = min(best.get(key, float("inf")), seconds)
-    for _ in range(rounds):
-        for fmt, fn in save.items():
+    names = list(save)
+    for r in range(rounds):
+        for fmt in names[r % len(names):] + names[:r % len(names)]:  # each format first in some round
+            fn = save[fmt]
             paths[fmt].unlink(missing_ok=True)
             t0 = time.perf_counter()
             fn(paths[fmt])
@@ -196,7 +199,8 @@ def throughput_table(nbytes: int, rounds: int, folder: Path, drop: bool) -> None
     formats = list(save)
     del save, arrays
     print(f"{tensor_bytes / MIB:,.0f} MiB of float64 tensors in {N_PARAMS} params; best of {rounds} rounds; "
-          f"cold cache by {'drop_caches' if drop else 'posix_fadvise(DONTNEED)'}")
+          f"cold cache by {'drop_caches' if drop else 'posix_fadvise(DONTNEED)'}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'format':<32} {'save MiB/s':>10} {'cold MiB/s':>10} {'warm MiB/s':>10} {'cold s':>8} {'warm s':>8} "
           f"{'peak/size':>9} {'file/size':>9}")
     names = {"cgraph": "cgraph save / load", "cgraph-mmap-open": "cgraph load(mmap=True): open",
