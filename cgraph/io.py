@@ -52,7 +52,7 @@ _MAX_NDIM = 64  # numpy's limit
 _PIECE = 16 * 2**20  # payload tensors are read and written in pieces of this size: large enough
                      # to keep a disk busy, small enough to be checksummed while in the CPU's cache
 
-_DTYPES: dict[np.dtype, int] = {
+_DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
     np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
     np.dtype(np.int64): pb.DATA_TYPE_INT64,
@@ -147,6 +147,7 @@ def _encode(g: Graph, inline_limit: int) -> tuple[pb.Model, list[tuple[pb.Payloa
     (their CRC-32s are filled in as they are written)."""
     model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
                      producer_name="cgraph", producer_version=__version__)
+    v: Any  # metadata strings here, state arrays below
     for k, v in g.metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
@@ -206,7 +207,7 @@ def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     return chosen
 
 
-def _dtype_code(dtype: np.dtype, what: str) -> int:
+def _dtype_code(dtype: np.dtype, what: str) -> pb.DataType:
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
         raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
@@ -220,7 +221,7 @@ def _little_endian(value: Any, what: str) -> np.ndarray:
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _write_file(f: BinaryIO, model: pb.Model, payload: list[tuple[pb.PayloadRef, np.ndarray]]) -> None:

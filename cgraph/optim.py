@@ -30,6 +30,8 @@ import cgraph as cg
 PREFIX = "optim/"
 METADATA = "optim"
 
+__all__ = ["Adam", "GD", "Momentum", "Optimizer", "TrainStep", "from_graph", "reset"]
+
 
 class Optimizer:
     """Base class: subclasses set `kind` and `slots` and write `_update`."""
@@ -68,22 +70,24 @@ class Optimizer:
         arrays (zeros the first time), and the step count t of this step. Changes nothing a
         failed step would need undone but the state of another kind of optimizer, dropped."""
         own = f"{PREFIX}{self.kind}/"
+        params, state = g.params, g.state
         for name in names:
-            if name not in g.params:
+            p = params.get(name)
+            if p is None:
                 raise cg.GraphError(f"{self.kind}.step: {name!r} is not a param of graph {g.name!r}")
             for s in self.slots:
-                v = g.state.get(f"{own}{s}/{name}")
-                if v is not None and np.shape(v) != g.params[name].shape:
+                v = state.get(f"{own}{s}/{name}")
+                if v is not None and np.shape(v) != p.shape:
                     raise cg.ShapeError(f"{self.kind}.step: state {own}{s}/{name} has shape {np.shape(v)}, "
-                                        f"the param {g.params[name].shape}")
+                                        f"the param {p.shape}")
         if g.metadata.get(METADATA) != self._config_text():  # first step, or another optimizer was used last
-            for k in [k for k in g.state if k.startswith(PREFIX) and not k.startswith(own)]:
-                del g.state[k]  # another kind of optimizer's state: its slots mean other things
+            for k in [k for k in state if k.startswith(PREFIX) and not k.startswith(own)]:
+                del state[k]  # another kind of optimizer's state: its slots mean other things
         states = {}
         for name in names:
-            p = _writable(g, name)
-            states[name] = {s: _state(g, f"{own}{s}/{name}", p) for s in self.slots}
-        return int(np.asarray(g.state.get(own + "t", 0)).item()) + 1, states
+            p = _writable(g, name, params[name])
+            states[name] = {s: _state(g, f"{own}{s}/{name}", p) for s in self.slots} if self.slots else {}
+        return int(np.asarray(state.get(own + "t", 0)).item()) + 1, states
 
     def end(self, g: cg.Graph, t: int) -> None:
         """Record the step count and the settings (saved with the model)."""
@@ -110,10 +114,9 @@ class Optimizer:
         raise NotImplementedError
 
 
-def _writable(g: cg.Graph, name: str) -> np.ndarray:
-    """Param `name`'s array, able to be made writable (a copy of it, once, if it cannot: an
+def _writable(g: cg.Graph, name: str, p: np.ndarray) -> np.ndarray:
+    """Param `name`'s array `p`, able to be made writable (a copy of it, once, if it cannot: an
     array memory-mapped from a file)."""
-    p = g.params[name]
     try:
         p.flags.writeable = True
     except ValueError:
