@@ -48,10 +48,11 @@ def save(g: cg.Graph, path: Path) -> Path:
 
 
 def is_mapped(arr: np.ndarray) -> bool:
+    """Whether `arr` views a read-only map (a file's; large loaded arrays are writable anonymous maps)."""
     base = arr
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "base", None) if isinstance(base, np.ndarray) else getattr(base, "obj", None)
-    return base is not None
+    return base is not None and memoryview(base).readonly
 
 
 def payload_range(path: Path, node: str) -> tuple[int, int]:
@@ -100,6 +101,9 @@ def test_the_payload_starts_aligned_and_mapping_is_the_default_layout_for_large_
     assert (mf.file_bytes - mf.payload_bytes - 30) % 64 == 0
     assert is_mapped(mf.graph.params["W"]) and not is_mapped(mf.graph.params["c"])
     assert np.array_equal(mf.graph.params["W"], g.params["W"])
+    W = cg.load(path).params["W"]  # read into memory of its own (an anonymous map): writable by training
+    assert np.array_equal(W, g.params["W"]) and not W.flags.writeable and not is_mapped(W)
+    W.flags.writeable = True
 
 
 def test_a_corrupted_mapped_tensor_is_refused_by_check_and_plain_load(tmp_path, capsys):
@@ -207,8 +211,8 @@ print(json.dumps({"peak": status()["VmHWM"] - before, "nbytes": sum(a.nbytes for
 def test_peak_memory_while_loading_is_the_tensor_bytes(tmp_path):
     g = cg.Graph("mem")
     x = g.input("x", (None, 1024))
-    for i in range(6):
-        g.param(f"W{i}", np.full((1024, 1024), float(i)))  # 8 MiB each
+    for i in range(3):
+        g.param(f"W{i}", np.full((2048, 1024), float(i)))  # 16 MiB each: one read piece or more
     g.param("b", np.ones(1024))  # stays in the message
     g.output("y", x @ g["W0"] + g["b"])
     path = tmp_path / "mem.pb"
