@@ -210,7 +210,7 @@ print(json.dumps({"peak": status()["VmHWM"] - before, "nbytes": sum(a.nbytes for
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
 def test_peak_memory_while_loading_is_the_tensor_bytes(tmp_path):
     g = cg.Graph("mem")
-    x = g.input("x", (None, 1024))
+    x = g.input("x", (None, 2048))
     for i in range(3):
         g.param(f"W{i}", np.full((2048, 1024), float(i)))  # 16 MiB each: one read piece or more
     g.param("b", np.ones(1024))  # stays in the message
