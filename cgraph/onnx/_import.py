@@ -258,11 +258,16 @@ def _expand(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Slice")
 def _slice(r: _Reader, n: Any) -> list[Tensor]:
-    x = r.t(n.input[0])
-    starts = r.value(n.input[1], "the starts")
-    ends = r.value(n.input[2], "the ends")
-    axes = r.value(n.input[3], "the axes") if _optional(n, 3) else range(len(starts))
-    steps = r.value(n.input[4], "the steps") if _optional(n, 4) else [1] * len(starts)
+    x, at = r.t(n.input[0]), r.attrs(n)
+    if "starts" in at:  # before opset 10: bounds and axes as attributes, no steps
+        starts, ends = at["starts"], at["ends"]
+        axes = at.get("axes", range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        starts = r.value(n.input[1], "the starts")
+        ends = r.value(n.input[2], "the ends")
+        axes = r.value(n.input[3], "the axes") if _optional(n, 3) else range(len(starts))
+        steps = r.value(n.input[4], "the steps") if _optional(n, 4) else [1] * len(starts)
     index: list[Any] = [slice(None)] * x.ndim
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         index[int(a)] = slice(int(s), int(e), int(st))
