@@ -55,8 +55,6 @@ class _Reader:
         if name not in self.static:
             raise OnnxError(f"{self.where()}: value {name!r} is not defined")
         value = self.static[name]
-        if value.dtype not in DTYPES and value.dtype.kind in "iu":
-            value = value.astype(np.int64)
         if value.dtype not in DTYPES:
             raise OnnxError(f"{self.where()}: value {name!r} has type {value.dtype}; cgraph supports "
                             f"{', '.join(map(str, DTYPES))}")
@@ -259,6 +257,10 @@ def _expand(r: _Reader, n: Any) -> list[Tensor]:
 @_rule("Slice")
 def _slice(r: _Reader, n: Any) -> list[Tensor]:
     x, at = r.t(n.input[0]), r.attrs(n)
+    starts: Any
+    ends: Any
+    axes: Any
+    steps: Any
     if "starts" in at:  # before opset 10: bounds and axes as attributes, no steps
         starts, ends = at["starts"], at["ends"]
         axes = at.get("axes", range(len(starts)))
@@ -395,7 +397,11 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
                 r.env[out_name] = t
     r.node = None
     for vi in graph.output:
-        g.output(vi.name, r.t(vi.name))
+        t = r.t(vi.name)
+        want = onnx_to_np_type(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else None
+        if want is not None and t.dtype != want:  # never a result of another dtype than the model's
+            raise OnnxError(f"ONNX output {vi.name!r}: the model says {want}, cgraph's import gives {t.dtype}")
+        g.output(vi.name, t)
     return g
 
 
