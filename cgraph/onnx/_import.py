@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from cgraph.onnx._common import (
     registrar,
     require,
 )
+from cgraph.ops.array import shape_like
+from cgraph.ops.registry import apply, get_op
 
 if TYPE_CHECKING:
     import onnx
@@ -45,6 +47,7 @@ class _Reader:
         self.opset = opset
         self.env: dict[str, Tensor] = {}
         self.static: dict[str, np.ndarray] = {}
+        self.folded: dict[str, np.ndarray | None] = {}  # cgraph node -> its value if known before any run
         self.node: Any = None  # the ONNX node being imported, for messages
 
     def t(self, name: str) -> Tensor:
@@ -65,11 +68,37 @@ class _Reader:
         return t
 
     def value(self, name: str, what: str) -> np.ndarray:
-        """The constant value of input `name` (an axes list, a shape...)."""
-        if name not in self.static:
-            raise OnnxError(f"{self.where()}: {what} ({name!r}) must be a constant (an initializer "
-                            "or a Constant node)")
-        return self.static[name]
+        """The value of input `name` (an axes list, a shape...), which must be known before any
+        run (see `known`)."""
+        value = self.known(name)
+        if value is None:
+            raise OnnxError(f"{self.where()}: {what} ({name!r}) must be known before the model runs (a constant, "
+                            "or computed from constants and static shapes)")
+        return value
+
+    def known(self, name: str) -> np.ndarray | None:
+        """The value of ONNX value `name` if it is known before any run: an initializer that is
+        not a param, a Constant node, or a value computed from those alone (a Shape of static
+        sizes, a Concat of such shapes...), evaluated here by the ops' kernels; else None."""
+        if name in self.static and (name not in self.env or self.env[name].op == "constant"):
+            return self.static[name]
+        t = self.env.get(name)
+        return None if t is None else self._fold(t.name)
+
+    def _fold(self, node_name: str) -> np.ndarray | None:
+        if node_name in self.folded:
+            return self.folded[node_name]
+        node = self.g.nodes[node_name]
+        value: np.ndarray | None = None
+        if node.op == "constant":
+            value = self.g.value(node_name)
+        elif not node.is_leaf:
+            op = get_op(node.op)
+            args = [] if op.multi or op.project or op.user else [self._fold(i) for i in node.inputs]
+            if args and all(a is not None for a in args):
+                value = np.asarray(op.bind(node)(*args))
+        self.folded[node_name] = value
+        return value
 
     def attrs(self, node: Any) -> dict[str, Any]:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -120,7 +149,11 @@ for _name, _fn in (("Neg", ops.neg), ("Relu", ops.relu), ("Sigmoid", ops.logisti
 
 @_rule("Pow")
 def _pow(r: _Reader, n: Any) -> list[Tensor]:
+    """An exponent of another dtype is cast to the base's; an integer power is computed in
+    float64 and cast back (exact while the result fits in 53 bits)."""
     a, b = _inputs(r, n)
+    if a.dtype.kind != "f":
+        return [ops.cast(ops.pow(ops.cast(a, np.float64), ops.cast(b, np.float64)), a.dtype)]
     if b.dtype != a.dtype:  # ONNX allows an int exponent; cgraph would promote
         b = ops.cast(b, a.dtype)
     return [ops.pow(a, b)]
@@ -192,19 +225,35 @@ def _gemm(r: _Reader, n: Any) -> list[Tensor]:
 
 # ---- shapes -------------------------------------------------------------------------------
 
+def _sizes(r: _Reader, name: str, what: str) -> Tensor:
+    """A 1-D int64 run-time shape input whose length is known."""
+    s = r.t(name)
+    if s.ndim != 1 or s.shape[0] is None:
+        raise OnnxError(f"{r.where()}: {what} ({name!r}) must be a 1-D tensor of known length, got {s.shape}")
+    return s if s.dtype == np.int64 else ops.cast(s, np.int64)
+
+
 @_rule("Reshape")
 def _reshape(r: _Reader, n: Any) -> list[Tensor]:
+    """A static target shape where it is known (a 0 copying a known size), else the run-time one."""
     x = r.t(n.input[0])
-    shape = [int(d) for d in r.value(n.input[1], "the target shape")]
-    if not r.attrs(n).get("allowzero", 0):  # a 0 copies the input's size
-        for i, d in enumerate(shape):
-            if d == 0:
-                size = x.shape[i] if i < x.ndim else None
-                if size is None and -1 in shape:
-                    raise OnnxError(f"{r.where()}: a 0 in shape {shape} copies a size known only at "
-                                    "run time, next to a -1")
-                shape[i] = -1 if size is None else size
-    return [ops.reshape(x, tuple(shape))]
+    allowzero = r.attrs(n).get("allowzero", 0)
+    known = r.known(n.input[1])
+    if known is not None:
+        shape = [int(d) for d in known]
+        copied = [x.shape[i] if i < x.ndim else None for i, d in enumerate(shape) if d == 0 and not allowzero]
+        if None not in copied or -1 not in shape:
+            for i, d in enumerate(shape):
+                if d == 0 and not allowzero:
+                    shape[i] = -1 if x.shape[i] is None else cast(int, x.shape[i])
+            return [ops.reshape(x, tuple(shape))]
+    s = _sizes(r, n.input[1], "the target shape")
+    k = cast(int, s.shape[0])
+    if not allowzero and k:  # a 0 copies the input's size there (none past its last axis)
+        xs = _shape_of(x)
+        xs = ops.getitem(xs, (slice(0, k),)) if k <= x.ndim else ops.concat([xs, _int64(r, [0] * (k - x.ndim))])
+        s = ops.where(ops.equal(s, 0), xs, s)
+    return [ops.reshape(x, s)]
 
 
 @_rule("Transpose")
@@ -241,17 +290,35 @@ def _unsqueeze(r: _Reader, n: Any) -> list[Tensor]:
     return [ops.expand_dims(r.t(n.input[0]), tuple(_axes(r, n, 1) or ()))]
 
 
+def _shape_of(x: Tensor) -> Tensor:
+    """x's shape as a 1-D int64 tensor: a constant when every size is known."""
+    s = shape_like(x)
+    return s if isinstance(s, Tensor) else x.graph.constant(None, np.array(s, np.int64))
+
+
 @_rule("Expand")
 def _expand(r: _Reader, n: Any) -> list[Tensor]:
+    """ONNX broadcasts both ways: a 1 in the target shape keeps x's size. A static target where
+    the sizes are known, else one computed at run time."""
     x = r.t(n.input[0])
-    shape = [int(d) for d in r.value(n.input[1], "the target shape")]
-    ndim = max(len(shape), x.ndim)
-    xs = [1] * (ndim - x.ndim) + list(x.shape)
-    ts = [1] * (ndim - len(shape)) + shape
-    target = [d if t == 1 else t for d, t in zip(xs, ts, strict=True)]
-    if None in target:
-        raise OnnxError(f"{r.where()}: cgraph needs static sizes to expand {x.shape} to {shape}")
-    return [ops.broadcast_to(x, tuple(target))]
+    known = r.known(n.input[1])
+    if known is not None:
+        shape = [int(d) for d in known]
+        ndim = max(len(shape), x.ndim)
+        xs = [1] * (ndim - x.ndim) + list(x.shape)
+        ts = [1] * (ndim - len(shape)) + shape
+        target = [d if t == 1 else t for d, t in zip(xs, ts, strict=True)]
+        if None not in target:
+            return [ops.broadcast_to(x, tuple(target))]
+    s = _sizes(r, n.input[1], "the target shape")
+    k = cast(int, s.shape[0])
+    m = max(k, x.ndim)
+    xs_t, ones = _shape_of(x), x.graph.constant(None, np.ones(m, np.int64))
+    if x.ndim < m:
+        xs_t = ops.concat([ops.getitem(ones, (slice(0, m - x.ndim),)), xs_t])
+    if k < m:
+        s = ops.concat([ops.getitem(ones, (slice(0, m - k),)), s])
+    return [ops.broadcast_to(x, ops.where(ops.equal(s, 1), xs_t, s))]
 
 
 @_rule("Slice")
@@ -294,6 +361,12 @@ def _reduction(fn: Callable[..., Tensor]) -> Rule:
 RULES["ReduceSum"] = _reduction(ops.sum)
 RULES["ReduceMean"] = _reduction(ops.mean)
 RULES["ReduceMax"] = _reduction(ops.max)
+RULES["ReduceL1"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.abs(x), axes, keepdims))
+RULES["ReduceL2"] = _reduction(lambda x, axes, keepdims: ops.sqrt(ops.sum(ops.square(x), axes, keepdims)))
+RULES["ReduceSumSquare"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.square(x), axes, keepdims))
+RULES["ReduceLogSum"] = _reduction(lambda x, axes, keepdims: ops.log(ops.sum(x, axes, keepdims)))
+RULES["ReduceLogSumExp"] = _reduction(lambda x, axes, keepdims: ops.logsumexp(x, tuple(range(x.ndim)) if axes is None
+                                                                               else axes, keepdims))
 
 
 def _softmax_like(fn: Callable[..., Tensor]) -> Rule:
@@ -319,6 +392,292 @@ def _batch_norm(r: _Reader, n: Any) -> list[Tensor]:
         scale, bias, mean, var = (ops.reshape(t, shape) for t in (scale, bias, mean, var))
     eps = float(r.attrs(n).get("epsilon", 1e-5))
     return [ops.batch_norm(x, scale, bias, training=False, eps=eps, mean=mean, var=var)]
+
+
+# ---- shapes computed in the graph -----------------------------------------------------------
+
+def _int64(r: _Reader, value: Any) -> Tensor:
+    return r.g.constant(None, np.asarray(value, np.int64))
+
+
+@_rule("Shape")
+def _shape(r: _Reader, n: Any) -> list[Tensor]:
+    """A constant where the sizes are known, else shape_of (sliced by start and end, opset 15)."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    part = slice(at.get("start", 0), at.get("end"))
+    sizes = x.shape[part]
+    if None not in sizes:
+        return [_int64(r, sizes)]
+    s = _shape_of(x)
+    return [s if part == slice(0, None) else ops.getitem(s, (part,))]
+
+
+@_rule("Size")
+def _size(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    if None not in x.shape:
+        return [_int64(r, int(np.prod(cast(tuple[int, ...], x.shape), dtype=np.int64)))]
+    return [ops.sum(_shape_of(x)) if x.ndim == 1 else _product(_shape_of(x))]
+
+
+def _product(v: Tensor) -> Tensor:
+    """The product of a short 1-D int64 vector of known length, as a scalar."""
+    out = ops.getitem(v, (0,))
+    for i in range(1, cast(int, v.shape[0])):
+        out = ops.mul(out, ops.getitem(v, (i,)))
+    return out
+
+
+@_rule("ConstantOfShape")
+def _constant_of_shape(r: _Reader, n: Any) -> list[Tensor]:
+    """The value (a one-element tensor, float32 0 by default) broadcast to the shape input."""
+    at = r.attrs(n)
+    value = r.onnx.numpy_helper.to_array(at["value"]).reshape(()) if "value" in at else np.zeros((), np.float32)
+    known = r.known(n.input[0])
+    if known is not None:
+        return [r.g.constant(None, np.full(tuple(int(d) for d in known), value))]
+    return [ops.broadcast_to(r.g.constant(None, value), _sizes(r, n.input[0], "the shape"))]
+
+
+@_rule("Range")
+def _range(r: _Reader, n: Any) -> list[Tensor]:
+    """start + delta * arange(max(ceil((limit - start) / delta), 0)), from values known before any run."""
+    start, limit, delta = (np.asarray(r.value(name, what)) for name, what in zip(n.input, ("start", "limit", "delta"),
+                                                                              strict=True))
+    count = max(int(np.ceil((limit.astype(np.float64) - start) / delta)), 0)
+    return [r.g.constant(None, (start + delta * np.arange(count)).astype(start.dtype))]
+
+
+@_rule("CastLike")
+def _cast_like(r: _Reader, n: Any) -> list[Tensor]:
+    return [ops.cast(r.t(n.input[0]), r.t(n.input[1]).dtype)]
+
+
+@_rule("Flatten")
+def _flatten(r: _Reader, n: Any) -> list[Tensor]:
+    """A 2-D reshape: the axes before `axis` make the rows, the rest the columns."""
+    x = r.t(n.input[0])
+    axis = r.attrs(n).get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
+    rows, cols = x.shape[:axis], x.shape[axis:]
+    if None not in rows:
+        return [ops.reshape(x, (int(np.prod(cast(tuple[int, ...], rows), dtype=np.int64)), -1))]
+    if None not in cols:
+        return [ops.reshape(x, (-1, int(np.prod(cast(tuple[int, ...], cols), dtype=np.int64))))]
+    s = _shape_of(x)
+    return [ops.reshape(x, ops.concat([ops.expand_dims(_product(ops.getitem(s, (slice(0, axis),))), 0),
+                                       _int64(r, [-1])]))]
+
+
+@_rule("Tile")
+def _tile(r: _Reader, n: Any) -> list[Tensor]:
+    """x with an axis of size 1 before each of its axes, broadcast to the repeats, then merged."""
+    x = r.t(n.input[0])
+    reps = [int(k) for k in r.value(n.input[1], "the repeats")]
+    if None in x.shape:
+        raise OnnxError(f"{r.where()}: cgraph needs static sizes to tile {x.shape}")
+    sizes = cast(tuple[int, ...], x.shape)
+    spread = ops.reshape(x, tuple(d for size in sizes for d in (1, size)))
+    spread = ops.broadcast_to(spread, tuple(d for k, size in zip(reps, sizes, strict=True) for d in (k, size)))
+    return [ops.reshape(spread, tuple(k * size for k, size in zip(reps, sizes, strict=True)))]
+
+
+@_rule("Split")
+def _split(r: _Reader, n: Any) -> list[Tensor]:
+    """Slices along `axis`: sizes from the `split` input or attribute, else equal parts (the last
+    one smaller when they do not divide)."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    axis = at.get("axis", 0) % x.ndim
+    size = x.shape[axis]
+    name = _optional(n, 1)
+    parts = [int(k) for k in (r.value(name, "the split sizes") if name else at.get("split", ()))]
+    if not parts:
+        if size is None:
+            raise OnnxError(f"{r.where()}: cgraph needs the size of axis {axis} to split {x.shape}")
+        k = at.get("num_outputs", len(n.output))
+        step = -(-size // k)
+        parts = [min(step, size - i * step) for i in range(k)]
+    outs, start = [], 0
+    for k in parts:
+        outs.append(ops.getitem(x, (slice(None),) * axis + (slice(start, start + k),)))
+        start += k
+    return outs
+
+
+def _padded(r: _Reader, x: Tensor, before: list[int], after: list[int], mode: str, value: Any) -> Tensor:
+    """x padded per axis: constant (value), edge (the border repeated), reflect (mirrored without
+    the border) or wrap; negative pads crop."""
+    crop = tuple(slice(max(-b, 0), (a if a < 0 else None)) for b, a in zip(before, after, strict=True))
+    if any(b < 0 or a < 0 for b, a in zip(before, after, strict=True)):
+        x = ops.getitem(x, crop)
+    before, after = [max(b, 0) for b in before], [max(a, 0) for a in after]
+    if None in x.shape:
+        raise OnnxError(f"{r.where()}: cgraph needs static sizes to pad {x.shape}")
+    if mode == "constant":
+        shape = tuple(cast(int, d) + b + a for d, b, a in zip(x.shape, before, after, strict=True))
+        index = tuple(slice(b, b + cast(int, d)) for d, b in zip(x.shape, before, strict=True))
+        v = np.asarray(value, x.dtype)
+        inner = x if v == 0 else ops.sub(x, v)
+        out = apply("scatter", inner, shape=shape, index=index)
+        return out if v == 0 else ops.add(out, v)
+    for axis, (b, a) in enumerate(zip(before, after, strict=True)):
+        size = cast(int, x.shape[axis])
+        def part(sl: slice, x: Tensor = x, axis: int = axis) -> Tensor:
+            return ops.getitem(x, (slice(None),) * axis + (sl,))
+        pieces = []
+        if mode == "edge":
+            pieces = [part(slice(0, 1))] * b + [x] + [part(slice(size - 1, size))] * a
+        elif mode == "reflect":
+            if b >= size or a >= size:
+                raise OnnxError(f"{r.where()}: reflect pads {b}, {a} need an axis longer than them, got {size}")
+            stop = size - 2 - a if size - 2 - a >= 0 else None
+            pieces = ([part(slice(b, 0, -1))] if b else []) + [x] + ([part(slice(size - 2, stop, -1))] if a else [])
+        elif mode == "wrap":
+            pieces = ([part(slice(size - b, size))] if b else []) + [x] + ([part(slice(0, a))] if a else [])
+        else:
+            raise OnnxError(f"{r.where()}: pad mode {mode!r} is not supported")
+        if len(pieces) > 1:
+            x = ops.concat(pieces, axis=axis)
+    return x
+
+
+@_rule("Pad")
+def _pad(r: _Reader, n: Any) -> list[Tensor]:
+    x, at = r.t(n.input[0]), r.attrs(n)
+    mode = at.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if "pads" in at:  # before opset 11: pads and value as attributes
+        pads, value = [int(p) for p in at["pads"]], at.get("value", 0.0)
+        axes = list(range(x.ndim))
+    else:
+        pads = [int(p) for p in r.value(n.input[1], "the pads")]
+        name = _optional(n, 2)
+        value = np.asarray(r.value(name, "the pad value")).reshape(()) if name else 0
+        name = _optional(n, 3)
+        axes = [int(a) % x.ndim for a in r.value(name, "the axes")] if name else list(range(x.ndim))
+    before, after = [0] * x.ndim, [0] * x.ndim
+    k = len(axes)
+    for i, a in enumerate(axes):
+        before[a], after[a] = pads[i], pads[i + k]
+    return [_padded(r, x, before, after, mode, value)]
+
+
+# ---- logic and elementwise compositions ----------------------------------------------------
+
+def _not(x: Tensor) -> Tensor:
+    return ops.equal(x, False)
+
+
+RULES["Not"] = lambda r, n: [_not(r.t(n.input[0]))]
+RULES["And"] = _fold(lambda a, b: ops.where(a, b, False))
+RULES["Or"] = _fold(lambda a, b: ops.where(a, True, b))
+RULES["Xor"] = _fold(lambda a, b: _not(ops.equal(a, b)))
+RULES["Reciprocal"] = lambda r, n: [ops.div(1.0, r.t(n.input[0]))]
+RULES["Softsign"] = lambda r, n: [(lambda x: ops.div(x, ops.add(1.0, ops.abs(x))))(r.t(n.input[0]))]
+RULES["Mish"] = lambda r, n: [(lambda x: ops.mul(x, ops.tanh(ops.softplus(x))))(r.t(n.input[0]))]
+
+
+def _attr_rule(fn: Callable[..., Tensor], **defaults: float) -> Rule:
+    """A rule of one input and float attributes (alpha, beta, gamma) with ONNX's defaults."""
+    def rule(r: _Reader, n: Any) -> list[Tensor]:
+        at = r.attrs(n)
+        return [fn(r.t(n.input[0]), **{k: float(at.get(k, v)) for k, v in defaults.items()})]
+    return rule
+
+
+def _elu(x: Tensor, alpha: float) -> Tensor:
+    """alpha (e^x - 1) for x < 0, else x; the exponential of min(x, 0), so it never overflows."""
+    return ops.where(ops.less(x, 0), ops.mul(alpha, ops.sub(ops.exp(ops.minimum(x, 0)), 1)), x)
+
+
+def _hard_sigmoid(x: Tensor, alpha: float, beta: float) -> Tensor:
+    return ops.maximum(ops.minimum(ops.add(ops.mul(alpha, x), beta), 1), 0)
+
+
+RULES["LeakyRelu"] = _attr_rule(lambda x, alpha: ops.where(ops.less(x, 0), ops.mul(alpha, x), x), alpha=0.01)
+RULES["Elu"] = _attr_rule(_elu, alpha=1.0)
+RULES["Celu"] = _attr_rule(lambda x, alpha: ops.mul(alpha, _elu(ops.div(x, alpha), 1.0)), alpha=1.0)
+RULES["Selu"] = _attr_rule(lambda x, alpha, gamma: ops.mul(gamma, _elu(x, alpha)), alpha=1.67326319217681884765625,
+                           gamma=1.05070102214813232421875)
+RULES["HardSigmoid"] = _attr_rule(_hard_sigmoid, alpha=0.2, beta=0.5)
+RULES["HardSwish"] = _attr_rule(lambda x: ops.mul(x, _hard_sigmoid(x, 1 / 6, 0.5)))
+RULES["ThresholdedRelu"] = _attr_rule(lambda x, alpha: ops.where(ops.greater(x, alpha), x, 0), alpha=1.0)
+
+
+@_rule("PRelu")
+def _prelu(r: _Reader, n: Any) -> list[Tensor]:
+    x, slope = r.t(n.input[0]), r.t(n.input[1])
+    return [ops.where(ops.less(x, 0), ops.mul(slope, x), x)]
+
+
+@_rule("Mean")
+def _mean_of(r: _Reader, n: Any) -> list[Tensor]:
+    xs = _inputs(r, n)
+    total = _fold(ops.add)(r, n)[0]
+    return [total if len(xs) == 1 else ops.div(total, float(len(xs)))]
+
+
+@_rule("Gelu")
+def _gelu(r: _Reader, n: Any) -> list[Tensor]:
+    """The tanh approximation (approximate="tanh"); the exact form needs erf."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    mode = at.get("approximate", b"none")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "tanh":
+        if not hasattr(ops, "erf"):
+            raise OnnxError(f"{r.where()}: the exact Gelu needs erf")
+        erf = getattr(ops, "erf")  # noqa: B009
+        return [ops.mul(ops.mul(0.5, x), ops.add(1.0, erf(ops.mul(x, float(1 / np.sqrt(2))))))]
+    inner = ops.mul(float(np.sqrt(2 / np.pi)), ops.add(x, ops.mul(0.044715, ops.mul(x, ops.square(x)))))
+    return [ops.mul(ops.mul(0.5, x), ops.add(1.0, ops.tanh(inner)))]
+
+
+# ---- normalisation and pooling over whole axes -------------------------------------------------
+
+@_rule("LayerNormalization")
+def _layer_norm(r: _Reader, n: Any) -> list[Tensor]:
+    """(x - mean) / sqrt(var + epsilon) * scale + B over the axes from `axis` on; the mean and
+    the inverse standard deviation are the optional second and third outputs. With stash_type
+    1 (the default) a float16 x is normalised in float32."""
+    x, scale = r.t(n.input[0]), r.t(n.input[1])
+    at = r.attrs(n)
+    axes = tuple(range(at.get("axis", -1) % x.ndim, x.ndim))
+    xf = ops.cast(x, np.float32) if x.dtype == np.float16 and at.get("stash_type", 1) == 1 else x
+    mean = ops.mean(xf, axes, keepdims=True)
+    centred = ops.sub(xf, mean)
+    inv = ops.div(1.0, ops.sqrt(ops.add(ops.mean(ops.square(centred), axes, keepdims=True),
+                                        float(at.get("epsilon", 1e-5)))))
+    out = ops.cast(ops.mul(centred, inv), x.dtype) if xf is not x else ops.mul(centred, inv)
+    out = ops.mul(out, scale)
+    b = _optional(n, 2)
+    return [ops.add(out, r.t(b)) if b else out, mean, inv]
+
+
+@_rule("GlobalAveragePool")
+def _global_average_pool(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    return [ops.mean(x, tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@_rule("GlobalMaxPool")
+def _global_max_pool(r: _Reader, n: Any) -> list[Tensor]:
+    x = r.t(n.input[0])
+    return [ops.max(x, tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@_rule("LRN")
+def _lrn(r: _Reader, n: Any) -> list[Tensor]:
+    """x / (bias + alpha / size * the sum of squares over `size` channels around each) ** beta."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    size = int(at["size"])
+    sq = ops.square(x)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = _padded(r, sq, [0, lo] + [0] * (x.ndim - 2), [0, hi] + [0] * (x.ndim - 2), "constant", 0)
+    channels = cast(int, x.shape[1])
+    total = ops.getitem(padded, (slice(None), slice(0, channels)))
+    for k in range(1, size):
+        total = ops.add(total, ops.getitem(padded, (slice(None), slice(k, k + channels))))
+    scale = ops.add(float(at.get("bias", 1.0)), ops.mul(float(at.get("alpha", 1e-4)) / size, total))
+    return [ops.div(x, ops.pow(scale, float(at.get("beta", 0.75))))]
 
 
 IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
@@ -401,6 +760,13 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
         want = onnx_to_np_type(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else None
         if want is not None and t.dtype != want:  # never a result of another dtype than the model's
             raise OnnxError(f"ONNX output {vi.name!r}: the model says {want}, cgraph's import gives {t.dtype}")
+        dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
+        if dims is not None and (len(dims) != t.ndim or any(
+                d.HasField("dim_value") and s is not None and d.dim_value != s
+                for d, s in zip(dims, t.shape, strict=True))):
+            raise OnnxError(f"ONNX output {vi.name!r}: the model says shape "
+                            f"{tuple(d.dim_value if d.HasField('dim_value') else None for d in dims)}, cgraph's "
+                            f"import gives {t.shape}")
         g.output(vi.name, t)
     return g
 
