@@ -11,6 +11,12 @@ each step, the values whose last reader it is; `run_plan` drops them there.
 An elementwise step whose input dies at that step, and is nobody's view, writes its result over
 that input (`out=`), so the buffer is reused instead of a new one allocated.
 
+A plan runs as straight-line Python code compiled for it (cgraph.codegen), or step by step
+(`interpret_run`, the reference the code is tested against). Compiling costs about as much as
+ten to thirty interpreted runs, so a large plan (over `COMPILE_AT_ONCE` steps) is interpreted
+for its first `INTERPRETED_RUNS` runs and compiled only if it keeps running: a gradient of a
+100,000-node model gives its first result without waiting tens of seconds for Python's compiler.
+
 Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
 buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
 numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
@@ -129,6 +135,8 @@ class Plan(Drawable):
                               part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi))
         self.steps = tuple(steps)
         self.updates = tuple(sinks.values())  # (param, gradient) of each update step, in callback order
+
+    runs = 0  # how many times run_plan has run it
 
     @functools.cached_property
     def runner(self) -> Runner:
@@ -272,12 +280,20 @@ def _place_updates(ops: list[str], nodes: Mapping[str, Node], sinks: Mapping[str
     return out
 
 
+COMPILE_AT_ONCE = 2_000  # steps: a plan this small is compiled on its first run
+INTERPRETED_RUNS = 16  # runs of a larger plan interpreted before it is compiled
+
+
 def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
              updates: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, ...]:
     """Run `plan` with the values of `plan.leaves`, in order, and `updates` (one callback per
     update step, see Plan); returns the targets' values in order and measures the peak bytes.
-    Runs the plan's compiled straight-line code (cgraph.codegen); if a kernel fails before any
-    update ran, runs the plan step by step to name the failing node."""
+    Runs the plan's compiled straight-line code (cgraph.codegen), or interprets it while a large
+    plan is young (see the module docstring); if a kernel fails before any update ran, runs the
+    plan step by step to name the failing node."""
+    plan.runs += 1
+    if plan.runs <= INTERPRETED_RUNS and len(plan.steps) > COMPILE_AT_ONCE and "runner" not in plan.__dict__:
+        return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats, updates)
     ran: list[int] = []
     if updates:
         updates = [functools.partial(_counted, u, ran) for u in updates]
