@@ -93,6 +93,8 @@ class _Graphinfo:
         nodes = d.nodes
         meta = concrete_shapes(d, leaf_shapes)
         self.nbytes = {n: nbytes(m) for n, m in meta.items()}
+        self.scratch = {n.name: get_op(n.op).scratch(*[meta[i] for i in n.inputs], **n.attrs)
+                        for n in nodes.values() if not n.is_leaf and get_op(n.op).scratch is not None}
         self.scalar = {n: not m.shape for n, m in meta.items()}
         self.leaf = {n.name: n.is_leaf for n in nodes.values()}
         self.eager = {n.name: not n.is_leaf and get_eager(n.op) for n in nodes.values()}
@@ -196,7 +198,8 @@ class _Program:
         steps = [Step(name, "", None, nodes[name].inputs, info.view[orig], frees[i], inplace[i])
                  for i, name in enumerate(order) for orig in [self.orig[name]]]
         return account(steps, {n: info.nbytes[self.orig[n]] for n in order},
-                       {n for n in nodes if info.scalar[self.orig[n]]})
+                       {n for n in nodes if info.scalar[self.orig[n]]},
+                       {n: info.scratch[self.orig[n]] for n in order if self.orig[n] in info.scratch})
 
 
 def _candidates(info: _Graphinfo) -> list[frozenset[str]]:

@@ -9,7 +9,9 @@ buffer alone, so there it adds and subtracts their bytes inline: the same books,
 
 Each buffer is counted once: a step's output is a new buffer, a view of an input's buffer
 (counted once however many values show it), or its input's buffer written over in place (`out=`).
-Feeds, params and constants are not counted: they live anyway.
+Feeds, params and constants are not counted: they live anyway. A kernel that needs working
+memory while it runs (convolution's im2col buffer) declares it (`OpDef.scratch`): those bytes
+count, beside the step's inputs and output, at the moment the step runs, and are gone after it.
 """
 
 from __future__ import annotations
@@ -74,14 +76,17 @@ class Ledger:
         return added
 
 
-def account(steps: Iterable[Any], sizes: Mapping[str, int], scalars: set[str]) -> int:
+def account(steps: Iterable[Any], sizes: Mapping[str, int], scalars: set[str],
+            scratch: Mapping[str, int] | None = None) -> int:
     """The peak bytes of running `steps` when their outputs have these sizes, from shapes alone
-    (`scalars`: the 0-d values, which numpy hands out as scalars that no view can share)."""
+    (`scalars`: the 0-d values, which numpy hands out as scalars that no view can share;
+    `scratch`: the working bytes of the steps whose kernels declare some)."""
     books = Ledger()
     live = peak = 0
+    scratch = scratch or {}
     for step in steps:
         live += books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
-        peak = max(peak, live)
+        peak = max(peak, live + scratch.get(step.name, 0))
         for f in step.free:
             live -= books.release(f)
     return peak

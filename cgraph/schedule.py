@@ -13,8 +13,9 @@ that input (`out=`), so the buffer is reused instead of a new one allocated.
 
 Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
 buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
-numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
-not counted (they live anyway).
+numpy often returns scalars there, which cannot be viewed); a kernel's declared working memory
+(`OpDef.scratch`) counts while its step runs; feeds, params and constants are not counted
+(they live anyway).
 `Plan.predict_peak` gives the same number from shapes alone, before any run; the one case it
 cannot see is a reshape that must copy a non-contiguous value (the run counts that copy).
 """
@@ -47,6 +48,7 @@ class Step(NamedTuple):
     view: bool
     free: tuple[str, ...]
     inplace: int = -1  # which input the result is written over (`out=`), or -1
+    scratch: Callable[..., int] | None = None  # the kernel's working bytes, from its inputs
 
 
 @dataclass
@@ -105,7 +107,8 @@ class Plan:
         for i, name in enumerate(ops):
             node = nodes[name]
             opdef = get_op(node.op)
-            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i]))
+            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i],
+                              opdef.bind_scratch(node)))
         self.steps = tuple(steps)
 
     @functools.cached_property
@@ -123,8 +126,9 @@ class Plan:
         """The peak bytes a run will measure when the leaves have these concrete shapes, from
         shape inference and liveness alone."""
         meta = concrete_shapes(self.graph, leaf_shapes, {s.name for s in self.steps} | set(self.leaves))
+        scratch = {s.name: s.scratch(*[meta[a] for a in s.args]) for s in self.steps if s.scratch is not None}
         return account(self.steps, {n: nbytes(m) for n, m in meta.items()},
-                       {n for n, m in meta.items() if not m.shape})
+                       {n for n, m in meta.items() if not m.shape}, scratch)
 
 
 def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
@@ -203,7 +207,7 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
     books = Ledger()
     live = peak = 0
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace = step
+        name, op, fn, args, view, free, inplace, scratch = step
         ins = [values[a] for a in args]
         try:
             out = fn(*ins) if inplace < 0 else fn(*ins, out=ins[inplace])
@@ -215,8 +219,9 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
         live += books.record(step, out.nbytes, shares)
-        if live > peak:
-            peak = live
+        busy = live if scratch is None else live + scratch(*ins)  # while the kernel ran
+        if busy > peak:
+            peak = busy
         for f in free:
             del values[f]
             live -= books.release(f)

@@ -9,7 +9,7 @@ LAYERS = [
     {"errors", "shapes", "memory", "version"},
     {"ops.registry"},
     {"graph"},
-    {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn"},
+    {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn", "ops.conv"},
     {"autodiff", "simplify"},
     {"schedule", "codegen", "checkpoint"},
     {"executors", "executors.base", "executors.evaluator", "executors.forward", "executors.reverse"},

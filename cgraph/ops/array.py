@@ -1,5 +1,6 @@
 """Ops that multiply matrices or move elements: matmul, transpose, reshape, broadcasting,
-concat, basic indexing, and the shape-only helpers the derivative rules need.
+concat, basic indexing, gathering along an axis (take, one_hot), and the shape-only helpers the
+derivative rules need.
 
 Where a derivative rule needs a shape that is only known at run time (a batch size), it uses
 `shape_like(x)`: the static shape when every size is known, else a `shape_of(x)` node, a tiny
@@ -15,6 +16,7 @@ import numpy as np
 
 from cgraph.errors import DerivativeError, ShapeError
 from cgraph.ops.registry import (
+    DTYPES,
     INT64,
     NONDIFF,
     NUMERIC,
@@ -23,6 +25,7 @@ from cgraph.ops.registry import (
     SAME_NUMERIC,
     Arg,
     Attr,
+    DtypeRule,
     Operand,
     apply,
     define,
@@ -31,6 +34,7 @@ from cgraph.ops.registry import (
 from cgraph.shapes import (
     Meta,
     Shape,
+    as_dtype,
     broadcast_shapes,
     index_shape,
     normalize_axes,
@@ -388,6 +392,101 @@ _scatter = define(
     grad_doc="JVP: the tangent scattered alike; VJP: the cotangent indexed by `index`")
 
 
+# ---- gathering along an axis: take, its VJP scatter_add, one_hot ----------------------------
+
+def _indexed_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[1] != np.int64:
+        raise ShapeError(f"indices must be int64, got {dtypes[1]}")
+    return dtypes[0]
+
+
+INDEXED = DtypeRule("the first input's dtype; the indices MUST be int64", _indexed_dtype)
+
+
+def _take_shape(a: Meta, indices: Meta, *, axis: int) -> Shape:
+    """a has at least one dimension and `axis` is in [-ndim, ndim); the result is a's shape with
+    that axis replaced by the indices' shape."""
+    (ax,) = normalize_axes(axis, a.ndim)
+    return (*a.shape[:ax], *indices.shape, *a.shape[ax + 1:])
+
+
+def _take_kernel(a: np.ndarray, indices: np.ndarray, *, axis: int) -> np.ndarray:
+    return np.take(a, indices, axis=axis)
+
+
+def _take_vjp(g: Tensor, out: Tensor, a: Tensor, indices: Tensor, *, axis: int) -> Tensor:
+    (ax,) = normalize_axes(axis, a.ndim)
+    if a.shape[ax] is None:
+        raise DerivativeError(f"{out.name} (take): the derivative needs the size of axis {ax} of {a.name} "
+                              f"known when the graph is built, got {a.shape}")
+    return _scatter_add(g, indices, axis=ax, size=a.shape[ax])
+
+
+def _scatter_add_shape(g: Meta, indices: Meta, *, axis: int, size: int) -> Shape:
+    """g has the indices' shape at axes `axis` .. `axis` + indices.ndim - 1 (where known), with
+    0 <= `axis` <= g.ndim - indices.ndim; the result is g's shape with those axes replaced by
+    one of `size`."""
+    k = indices.ndim
+    if not 0 <= axis <= g.ndim - k:
+        raise ShapeError(f"axis {axis} does not fit indices of {k} dimensions in {g.ndim} dimensions")
+    for a, b in zip(g.shape[axis:axis + k], indices.shape, strict=True):
+        if a is not None and b is not None and a != b:
+            raise ShapeError(f"values of shape {g.shape} do not match indices of shape {indices.shape} at axis {axis}")
+    return (*g.shape[:axis], size, *g.shape[axis + k:])
+
+
+def _scatter_add_kernel(g: np.ndarray, indices: np.ndarray, *, axis: int, size: int) -> np.ndarray:
+    out = np.zeros((*g.shape[:axis], size, *g.shape[axis + indices.ndim:]), g.dtype)
+    np.add.at(out, (slice(None),) * axis + (indices,), g)
+    return out
+
+
+_take = define(
+    "take", _take_kernel, inputs=("a", "indices"), shape=_take_shape, dtype=INDEXED,
+    attrs={"axis": Attr("int", doc="the axis gathered along")},
+    jvp=(lambda t, out, a, i, *, axis: _take(t, i, axis=axis), NONDIFF), vjp=(_take_vjp, NONDIFF),
+    doc="the slices of a at `indices` along `axis` (numpy.take, negative indices from the end; an index "
+        "out of range is an error when the graph runs); an embedding lookup is take(table, ids)",
+    grad_doc="JVP: the tangent taken alike; VJP: scatter_add of the cotangent (summed where indices repeat)")
+_scatter_add = define(
+    "scatter_add", _scatter_add_kernel, inputs=("g", "indices"), shape=_scatter_add_shape, dtype=INDEXED,
+    attrs={"axis": Attr("int", minimum=0, doc="where the indices' axes start in g"),
+           "size": Attr("int", minimum=0, doc="the size of the result's axis `axis`")},
+    jvp=(lambda t, out, g, i, *, axis, size: _scatter_add(t, i, axis=axis, size=size), NONDIFF),
+    vjp=(lambda c, out, g, i, *, axis, size: _take(c, i, axis=axis), NONDIFF),
+    doc="zeros with `size` along `axis`, g's slices added at `indices` along it (summed where indices "
+        "repeat): the VJP of take",
+    grad_doc="linear in g: JVP the same op on the tangent; VJP take")
+
+
+def _one_hot_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[0] != np.int64:
+        raise ShapeError(f"indices must be int64, got {dtypes[0]}")
+    return as_dtype(attrs["dtype"])
+
+
+def _one_hot_shape(indices: Meta, *, depth: int, dtype: str) -> Shape:
+    """The indices' shape and then (`depth`,)."""
+    return (*indices.shape, depth)
+
+
+def _one_hot_kernel(indices: np.ndarray, *, depth: int, dtype: str) -> np.ndarray:
+    if indices.size and not (-depth <= indices.min() and indices.max() < depth):
+        bad = indices.min() if indices.min() < -depth else indices.max()
+        raise IndexError(f"index {bad} is out of range for depth {depth}")
+    return np.equal(np.mod(indices, depth)[..., None], np.arange(depth)).astype(dtype)
+
+
+_one_hot = define(
+    "one_hot", _one_hot_kernel, inputs=("indices",), shape=_one_hot_shape,
+    dtype=DtypeRule("the dtype named by the attribute `dtype`; the indices MUST be int64", _one_hot_dtype),
+    attrs={"depth": Attr("int", minimum=1, doc="the number of classes"),
+           "dtype": Attr("str", "float64", allowed=tuple(map(str, DTYPES)), doc="the result's dtype")},
+    jvp=(NONDIFF,), vjp=(NONDIFF,),
+    doc="1 at each index along a new last axis of `depth` entries, 0 elsewhere (indices in [-depth, depth), "
+        "negative ones from the end; others are an error when the graph runs)")
+
+
 # ---- the functions users call -------------------------------------------------------------
 
 def transpose(x: Tensor, axes: Any = None) -> Tensor:
@@ -444,6 +543,27 @@ def concat(xs: Any, axis: int = 0) -> Tensor:
 def getitem(x: Tensor, index: Any) -> Tensor:
     """x[index] for basic indexing (ints, slices, None, ...); a view."""
     return _getitem(x, index=normalize_index(index))
+
+
+def take(a: Any, indices: Any, axis: int = 0) -> Tensor:
+    """The slices of a at `indices` (int64) along `axis`, as numpy.take: an embedding lookup is
+    take(table, ids). Negative indices count from the end; others out of range are an error
+    when the graph runs."""
+    from cgraph.ops.registry import graph_of
+
+    g = graph_of("take", (a, indices))
+    if not isinstance(a, Operand):
+        a = g.constant(None, a)
+    if not isinstance(indices, Operand):
+        indices = g.constant(None, np.asarray(indices, dtype=np.int64))
+    (ax,) = normalize_axes(axis, a.ndim)
+    return _take(a, indices, axis=ax)
+
+
+def one_hot(indices: Tensor, depth: int, dtype: Any = "float64") -> Tensor:
+    """Rows of the identity of size `depth` picked by `indices` (int64, in [-depth, depth)):
+    shape indices.shape + (depth,)."""
+    return _one_hot(indices, depth=int(depth), dtype=str(np.dtype(dtype)))
 
 
 def zeros_like(x: Tensor) -> Tensor:

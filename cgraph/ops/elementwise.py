@@ -24,6 +24,7 @@ from cgraph.ops.registry import (
     WHERE,
     ZERO,
     Attr,
+    Operand,
     define,
     elementwise_shape,
     involution,
@@ -111,6 +112,33 @@ def reciprocal(x: Tensor) -> Tensor:
     return div(1.0, x)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf as erf_  # imported when first used: `import cgraph` stays light
+
+    return erf_(x)
+
+
+atan = _unary("atan", np.arctan, lambda x, out: reciprocal(add(1.0, square(x))), "d/dx = 1 / (1 + x ** 2)",
+              doc="the arctangent, in (-pi/2, pi/2)")
+erf = _unary("erf", _erf, lambda x, out: mul(2.0 / np.sqrt(np.pi), exp(neg(square(x)))),
+             "d/dx = 2 / sqrt(pi) * e ** -(x ** 2)", doc="the error function (scipy.special.erf)")
+log1p = _unary("log1p", np.log1p, lambda x, out: reciprocal(add(1.0, x)), "d/dx = 1 / (1 + x)",
+               doc="log(1 + x), exact for x near 0")
+expm1 = _unary("expm1", np.expm1, lambda x, out: add(out, 1.0), "d/dx = out + 1",
+               doc="e ** x - 1, exact for x near 0")
+
+
+def _atan2_rule(num: Any) -> Any:
+    """t * d(atan2(a, b)) for the side whose partial is `num(a, b) / (a ** 2 + b ** 2)`."""
+    return lambda t, out, a, b: mul(t, div(num(a, b), add(square(a), square(b))))
+
+
+atan2 = define("atan2", np.arctan2, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
+               deriv=(_atan2_rule(lambda a, b: b), _atan2_rule(lambda a, b: neg(a))),
+               doc="the angle of the point (b, a) from the positive b axis, in [-pi, pi] (numpy.arctan2)",
+               grad_doc="d/da = b / (a ** 2 + b ** 2), d/db = -a / (a ** 2 + b ** 2)")
+
+
 # ---- maximum and minimum: ties share the derivative equally --------------------------------
 
 def _share(win: Tensor, tie: Tensor, dtype: Any) -> Tensor:
@@ -154,6 +182,40 @@ where = define("where", np.where, inputs=("cond", "a", "b"), shape=elementwise_s
                deriv=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
                doc="a where cond (a bool tensor) holds, else b",
                grad_doc="d/da = 1 where cond, else 0; d/db = 1 where not cond, else 0; none for cond")
+
+
+# ---- clip -------------------------------------------------------------------------------------
+
+def _clip_kernel(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+_clip = define(
+    "clip", _clip_kernel, inputs=("x", "lo", "hi"), shape=elementwise_shape, dtype=NUMERIC,
+    deriv=(lambda t, out, x, lo, hi: where(_both(greater_equal(x, lo), less_equal(x, hi)), t, 0.0),
+           lambda t, out, x, lo, hi: where(_both(less(x, lo), less(lo, hi)), t, 0.0),
+           lambda t, out, x, lo, hi: where(_either(greater(x, hi), less(hi, lo)), t, 0.0)),
+    doc="min(max(x, lo), hi), elementwise (torch.clamp; where lo > hi, hi)",
+    grad_doc="as torch.clamp: to x where lo <= x <= hi; to lo where x < lo < hi; to hi where x > hi or hi < lo")
+
+
+def _both(a: Tensor, b: Tensor) -> Tensor:
+    return where(a, b, False)
+
+
+def _either(a: Tensor, b: Tensor) -> Tensor:
+    return where(a, True, b)
+
+
+def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
+    """x limited to [lo, hi] elementwise (torch.clamp): lo and hi are numbers or tensors that
+    broadcast with x; None leaves that side open."""
+    if lo is None or hi is None:
+        dtypes = [t.dtype for t in (x, lo, hi) if isinstance(t, Operand)]  # type: ignore[attr-defined]
+        big = np.inf if not dtypes or np.result_type(*dtypes).kind == "f" else np.iinfo(np.int64).max
+        lo = -big if lo is None else lo
+        hi = big if hi is None else hi
+    return _clip(x, lo, hi)
 
 
 # ---- cast and stop_gradient ----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The ops of neural networks: softmax, log_softmax, logsumexp (stable, with the max trick),
-the losses (a scalar: the mean over rows, axis 0, of a per-row sum) and batch normalisation.
+the losses (a scalar: the mean over rows, axis 0, of a per-row sum), batch normalisation and
+dropout (convolution and pooling are in cgraph.ops.conv).
 
 softmax_cross_entropy is `nll(log_softmax(u), y)`, so that its gradient reuses the forward's
 log-probabilities; binary_cross_entropy, mse and batch_norm are built from other ops.
@@ -7,6 +8,7 @@ log-probabilities; binary_cross_entropy, mse and batch_norm are built from other
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +17,7 @@ from cgraph.errors import ShapeError
 from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
 from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
-from cgraph.ops.registry import SAME_FLOAT, Attr, DtypeRule, define, graph_of, lift, lift_all
+from cgraph.ops.registry import NONDIFF, SAME_FLOAT, Attr, DtypeRule, Operand, define, graph_of, lift, lift_all
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -114,6 +116,61 @@ _nll_op = define(
     vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
     doc="the mean over rows (axis 0) of -sum(y * logp): cross-entropy from log-probabilities",
     grad_doc="d/dlogp = -y / rows, d/dy = -logp / rows")
+
+
+# ---- dropout: a mask that is a function of the seed ----------------------------------------
+
+def _dropout_shape(x: Meta, seed: Meta, *, rate: float) -> Shape:
+    """x's shape; the seed is a scalar (shape ()) and 0 <= `rate` < 1."""
+    if seed.ndim != 0:
+        raise ShapeError(f"the seed must be a scalar, got shape {seed.shape}")
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"rate must be in [0, 1), got {rate}")
+    return x.shape
+
+
+def _dropout_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[0].kind != "f":
+        raise ShapeError(f"needs a float input, got {dtypes[0]}")
+    if dtypes[1] != np.int64:
+        raise ShapeError(f"the seed must be int64, got {dtypes[1]}")
+    return dtypes[0]
+
+
+def _dropout_kernel(x: np.ndarray, seed: np.ndarray, *, rate: float) -> np.ndarray:
+    out = np.empty_like(x)
+    np.multiply(x, x.dtype.type(1.0 / (1.0 - rate)), out=out)
+    u = np.random.default_rng(int(seed) % 2**64).random(x.shape)  # float64 whatever x's dtype: one mask
+    drop = u < rate
+    del u
+    out[drop] = 0
+    return out
+
+
+_dropout = define(
+    "dropout", _dropout_kernel, inputs=("x", "seed"), shape=_dropout_shape,
+    dtype=DtypeRule("the first input's dtype, which MUST be float64 or float32; the seed MUST be int64",
+                    _dropout_dtype),
+    attrs={"rate": Attr("float", doc="the probability that an element is zeroed, in [0, 1)")},
+    scratch=lambda x, seed, *, rate: int(np.prod(x.shape)) * 9,  # the uniform draws (float64) and the mask
+    jvp=(lambda t, out, x, seed, *, rate: _dropout(t, seed, rate=rate), NONDIFF),
+    vjp=(lambda g, out, x, seed, *, rate: _dropout(g, seed, rate=rate), NONDIFF),
+    doc="x with each element zeroed with probability `rate` and the others divided by 1 - rate; the "
+        "elements zeroed are those where numpy's default_rng(seed) draws uniform numbers (float64, one per "
+        "element in C order) below `rate`, so the same seed and shape give the same mask",
+    grad_doc="linear in x: the same op, with the same seed (hence the same mask), on the tangent or cotangent")
+
+
+def dropout(x: Tensor, rate: float, seed: Any, training: bool = True) -> Tensor:
+    """x with each element zeroed with probability `rate` and the others scaled by 1 / (1 - rate)
+    when `training`, else x itself. `seed` (an int64 scalar input, or an int made a constant)
+    fixes the mask: the same seed gives the same mask, in the forward sweep, the backward sweep
+    and every run; use different seeds for different layers and steps."""
+    if not training:
+        return x
+    if not isinstance(seed, Operand):
+        seed = x.graph.constant(None, np.int64(operator.index(seed)))
+    return _dropout(x, seed, rate=float(rate))
 
 
 # ---- the functions users call -------------------------------------------------------------

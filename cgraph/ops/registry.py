@@ -359,6 +359,9 @@ class OpDef:
     inplace: bool = False  # the kernel takes `out=` (a numpy ufunc): a plan may write the
     #                        result over an input that dies at that step
     identity: Identity | None = None
+    scratch: Callable[..., int] | None = None  # bytes of working memory the kernel holds while
+    #   it runs, beside its inputs and output: `scratch(*inputs, **attrs)`, the inputs anything
+    #   with `.shape` and `.dtype` (the Metas of a prediction, the arrays of a run)
     doc: str = ""
     grad_doc: str = ""  # the derivative in a line, for the catalogue
     user: bool = False  # defined with define_op
@@ -411,6 +414,12 @@ class OpDef:
         attrs = dict(node.attrs)
         fn = functools.partial(self.kernel, **attrs) if attrs else self.kernel
         return _guarded(fn, node) if self.user else fn
+
+    def bind_scratch(self, node: Any) -> Callable[..., int] | None:
+        """The scratch rule of a plan's step for `node` (its attributes bound), or None."""
+        if self.scratch is None:
+            return None
+        return functools.partial(self.scratch, **node.attrs) if node.attrs else self.scratch
 
     # -- derivative rules -------------------------------------------------------------------
 
