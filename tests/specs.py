@@ -52,7 +52,7 @@ class Spec:
                 a = rng.permutation(np.arange(int(np.prod(shape)), dtype=float)).reshape(shape) * 0.1 - 0.35
             else:
                 a = rng.normal(size=shape)
-            out.append(a.astype(dtype))
+            out.append(np.asarray(a).astype(dtype))
         return out
 
 

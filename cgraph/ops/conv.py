@@ -257,8 +257,9 @@ _conv2d = define(
     jvp=(lambda t, out, x, w, **a: _conv2d(t, w, **a), lambda t, out, x, w, **a: _conv2d(x, t, **a)),
     vjp=(lambda g, out, x, w, **a: _t(g, w, x, a), lambda g, out, x, w, **a: _f(x, g, w, a)),
     doc="the 2-D convolution (cross-correlation, as torch.nn.functional.conv2d without bias) of images x "
-        "(N, C, H, W) with kernels w (Co, C / groups, kh, kw): out[n, o] = sum over c, i, j of "
-        "w[o, c, i, j] x[n, g c, sh p + dh i - top, sw q + dw j - left], zero outside x",
+        "(N, C, H, W) with kernels w (Co, C / groups, kh, kw): out[n, o, p, q] = sum over c, i, j of "
+        "w[o, c, i, j] x[n, first(o) + c, sh p + dh i - top, sw q + dw j - left] (0 outside x), first(o) = "
+        "(o // (Co / groups)) (C / groups) the first channel of o's group",
     grad_doc="JVP: conv2d(t_x, w) + conv2d(x, t_w); VJP: conv2d_transpose(g, w) to x, "
              "conv2d_filter_grad(x, g) to w")
 
@@ -282,7 +283,7 @@ conv2d_filter_grad = define(
     vjp=(lambda c, out, x, g, *, kernel, **a: _t(g, c, x, a),
          lambda c, out, x, g, *, kernel, **a: _conv2d(x, c, **a)),
     doc="the VJP of conv2d wrt its kernel: out[o, c, i, j] = sum over n, p, q of "
-        "g[n, o, p, q] x[n, g c, sh p + dh i - top, sw q + dw j - left]",
+        "g[n, o, p, q] x[n, first(o) + c, sh p + dh i - top, sw q + dw j - left] (first(o) as in conv2d)",
     grad_doc="JVP: conv2d_filter_grad(t_x, g) + conv2d_filter_grad(x, t_g); VJP: conv2d_transpose(g, c) to x, "
              "conv2d(x, c) to g")
 

@@ -192,19 +192,11 @@ def _clip_kernel(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 _clip = define(
     "clip", _clip_kernel, inputs=("x", "lo", "hi"), shape=elementwise_shape, dtype=NUMERIC,
-    deriv=(lambda t, out, x, lo, hi: where(_both(greater_equal(x, lo), less_equal(x, hi)), t, 0.0),
-           lambda t, out, x, lo, hi: where(_both(less(x, lo), less(lo, hi)), t, 0.0),
-           lambda t, out, x, lo, hi: where(_either(greater(x, hi), less(hi, lo)), t, 0.0)),
+    deriv=(lambda t, out, x, lo, hi: where(greater_equal(x, lo), where(less_equal(x, hi), t, 0.0), 0.0),
+           lambda t, out, x, lo, hi: where(less(x, lo), where(less(lo, hi), t, 0.0), 0.0),
+           lambda t, out, x, lo, hi: where(greater(x, hi), t, where(less(hi, lo), t, 0.0))),
     doc="min(max(x, lo), hi), elementwise (torch.clamp; where lo > hi, hi)",
     grad_doc="as torch.clamp: to x where lo <= x <= hi; to lo where x < lo < hi; to hi where x > hi or hi < lo")
-
-
-def _both(a: Tensor, b: Tensor) -> Tensor:
-    return where(a, b, False)
-
-
-def _either(a: Tensor, b: Tensor) -> Tensor:
-    return where(a, True, b)
 
 
 def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:

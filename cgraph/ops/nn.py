@@ -156,8 +156,8 @@ _dropout = define(
     jvp=(lambda t, out, x, seed, *, rate: _dropout(t, seed, rate=rate), NONDIFF),
     vjp=(lambda g, out, x, seed, *, rate: _dropout(g, seed, rate=rate), NONDIFF),
     doc="x with each element zeroed with probability `rate` and the others divided by 1 - rate; the "
-        "elements zeroed are those where numpy's default_rng(seed) draws uniform numbers (float64, one per "
-        "element in C order) below `rate`, so the same seed and shape give the same mask",
+        "elements zeroed are those where numpy's default_rng(seed mod 2 ** 64) draws uniform numbers "
+        "(random(), float64, one per element in C order) below `rate`: the same seed and shape give the same mask",
     grad_doc="linear in x: the same op, with the same seed (hence the same mask), on the tangent or cotangent")
 
 
