@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import cgraph as cg
-from cgraph.nn import running_stats
+from cgraph.nn import SEED, running_stats
 from cgraph.optim import Optimizer
 
 EPOCH = "fit/epoch"  # g.state: epochs trained so far, over every call of fit
@@ -68,7 +68,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         recorded after each epoch in `History.metric`.
     Batch norm's running statistics (see `cg.nn`) are updated after every step, from the batch
     statistics the model outputs (one more forward pass per step: ReverseMode gives only the
-    loss and the gradients).
+    loss and the gradients). A model with dropout layers (`cg.nn.dropout`) gets a fresh seed
+    each step, from default_rng([seed, epochs trained so far, batch index]).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"fit: optimizer must be a cg.optim optimizer, got {type(optimizer).__name__}")
@@ -95,6 +96,9 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         raise ValueError(f"fit: metric must be 'accuracy', a function of the graph, or None; got {metric!r}")
 
     rm = cg.ReverseMode(g, of=loss, wrt=g.trainable)
+    seed_input = g.metadata.get(SEED)  # dropout's seed (cg.nn.dropout): a fresh one each step
+    if seed_input is not None and seed_input not in g.inputs:
+        raise cg.GraphError(f"fit: metadata {SEED!r} names {seed_input!r}, which is not an input of graph {g.name!r}")
     stats_map, momentum = running_stats(g)
     stats_ev = cg.Evaluator(g, outputs=list(stats_map.values())) if stats_map else None
     history = History()
@@ -110,7 +114,11 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 batches = [{k: v[order[i:i + batch_size]] for k, v in arrays.items()}
                            for i in range(0, n, batch_size)]
             total = 0.0
-            for batch in batches:
+            for b, batch in enumerate(batches):
+                rows = len(next(iter(batch.values())))
+                if seed_input is not None:
+                    step_seed = np.random.default_rng([seed, done, b]).integers(np.iinfo(np.int64).max)
+                    batch = {**batch, seed_input: np.int64(step_seed)}
                 value, grads = rm.grad(batch)
                 if stats_ev is not None:
                     batch_stats = stats_ev.run(batch)
@@ -118,7 +126,7 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 if stats_ev is not None:
                     for param, out in stats_map.items():
                         g.set_param(param, (1.0 - momentum) * g.params[param] + momentum * batch_stats[out])
-                total += float(value) * len(next(iter(batch.values())))
+                total += float(value) * rows
                 history.steps += 1
             g.state[EPOCH] = np.array(done + 1, dtype=np.int64)
             info = Epoch(e, total / n, grads)
