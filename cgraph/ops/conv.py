@@ -103,25 +103,50 @@ def _taps(hw: tuple, out_hw: tuple, kernel: tuple, stride: tuple, padding: tuple
 
 
 def _im2col(x: np.ndarray, kernel: tuple, out_hw: tuple, stride: tuple, padding: tuple, dilation: tuple,
-            dtype: np.dtype, batch_last: bool = False) -> np.ndarray:
-    """The column buffer: (N, C, kh, kw, Ho, Wo), or with `batch_last` (C, kh, kw, N, Ho, Wo),
-    holding the input under each kernel offset at each output position (0 in the padding)."""
+            dtype: np.dtype) -> np.ndarray:
+    """The column buffer (C, kh, kw, N, Ho, Wo): the input under each kernel offset at each
+    output position (0 in the padding), laid out so that a convolution is one matrix product
+    per group."""
     N, C = x.shape[:2]
-    kh, kw = kernel
-    if batch_last:
-        buf = np.zeros((C, kh, kw, N, *out_hw), dtype)
-        cols = buf.transpose(3, 0, 1, 2, 4, 5)
-    else:
-        buf = cols = np.zeros((N, C, kh, kw, *out_hw), dtype)
+    buf = np.zeros((C, *kernel, N, *out_hw), dtype)
+    cols = buf.transpose(3, 0, 1, 2, 4, 5)  # (N, C, kh, kw, Ho, Wo): a view to write through
     for i, j, region, taps in _taps(x.shape[2:], out_hw, kernel, stride, padding, dilation):
         cols[:, :, i, j][region] = x[taps]
     return buf
+
+
+def _col2im(buf: np.ndarray, shape: tuple, stride: tuple, padding: tuple, dilation: tuple) -> np.ndarray:
+    """The adjoint of _im2col: a column buffer (C, kh, kw, N, Ho, Wo) summed back into zeros of
+    the image's `shape` (N, C, H, W)."""
+    out = np.zeros(shape, buf.dtype)
+    cols = buf.transpose(3, 0, 1, 2, 4, 5)
+    for i, j, region, taps in _taps(shape[2:], buf.shape[4:], buf.shape[1:3], stride, padding, dilation):
+        out[taps] += cols[:, :, i, j][region]
+    return out
+
+
+def _matmul_groups(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[k] = a[k] @ b[k] for each group k, one BLAS product each (numpy's stacked matmul can
+    miss BLAS for transposed operands)."""
+    for k in range(out.shape[0]):
+        np.matmul(a[k], b[k], out=out[k])
+    return out
+
+
+def _by_channel(g: np.ndarray, groups: int, dtype: np.dtype) -> np.ndarray:
+    """g (N, Co, Ho, Wo) copied as (groups, Co / groups, N Ho Wo): channels first."""
+    N, Co, Ho, Wo = g.shape
+    return np.ascontiguousarray(g.transpose(1, 0, 2, 3), dtype=dtype).reshape(groups, Co // groups, N * Ho * Wo)
 
 
 def _col_bytes(x: Any, w: Any, out_hw: tuple, dtype: np.dtype) -> int:
     """The bytes of the column buffer of x under w's kernel."""
     N, C = x.shape[:2]
     return int(N * C * w.shape[2] * w.shape[3] * out_hw[0] * out_hw[1]) * np.dtype(dtype).itemsize
+
+
+def _nbytes(shape: tuple, dtype: Any) -> int:
+    return int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
 # ---- conv2d and its derivatives -------------------------------------------------------------
@@ -142,20 +167,21 @@ def _conv_shape(x: Meta, w: Meta, *, stride: tuple, padding: tuple, dilation: tu
 
 def _conv_kernel(x: np.ndarray, w: np.ndarray, *, stride: tuple, padding: tuple, dilation: tuple,
                  groups: int) -> np.ndarray:
-    N, C = x.shape[:2]
+    N = x.shape[0]
     Co, Cg, kh, kw = w.shape
     dtype = np.result_type(x, w)
     Ho, Wo = _out_hw(Meta(x.shape, dtype), (kh, kw), stride, padding, dilation)
-    cols = _im2col(x, (kh, kw), (Ho, Wo), stride, padding, dilation, dtype)
-    cols = cols.reshape(N, groups, Cg * kh * kw, Ho * Wo)
+    cols = _im2col(x, (kh, kw), (Ho, Wo), stride, padding, dilation, dtype).reshape(groups, Cg * kh * kw, -1)
     w2 = w.astype(dtype, copy=False).reshape(groups, Co // groups, Cg * kh * kw)
-    return np.matmul(w2, cols).reshape(N, Co, Ho, Wo)
+    out = _matmul_groups(w2, cols, np.empty((groups, Co // groups, N * Ho * Wo), dtype))
+    return np.ascontiguousarray(out.reshape(Co, N, Ho, Wo).transpose(1, 0, 2, 3))
 
 
 def _conv_scratch(x: Any, w: Any, *, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> int:
-    """The column buffer."""
+    """The column buffer and the product, channels first (copied to the output's layout)."""
     dtype = np.result_type(x.dtype, w.dtype)
-    return _col_bytes(x, w, _out_hw(Meta(x.shape, dtype), w.shape[2:], stride, padding, dilation), dtype)
+    out_hw = _out_hw(Meta(x.shape, dtype), w.shape[2:], stride, padding, dilation)
+    return _col_bytes(x, w, out_hw, dtype) + _nbytes((x.shape[0], w.shape[0], *out_hw), dtype)
 
 
 def _transpose_shape(g: Meta, w: Meta, *, stride: tuple, padding: tuple, dilation: tuple, groups: int,
@@ -180,18 +206,15 @@ def _transpose_kernel(g: np.ndarray, w: np.ndarray, *, stride: tuple, padding: t
     _, Cg, kh, kw = w.shape
     dtype = np.result_type(g, w)
     w2 = w.astype(dtype, copy=False).reshape(groups, Co // groups, Cg * kh * kw).transpose(0, 2, 1)
-    cols = np.matmul(w2, g.reshape(N, groups, Co // groups, Ho * Wo))  # (N, G, Cg kh kw, Ho Wo)
-    cols = cols.reshape(N, Cg * groups, kh, kw, Ho, Wo)
-    out = np.zeros((N, Cg * groups, *size), dtype)
-    for i, j, region, taps in _taps(size, (Ho, Wo), (kh, kw), stride, padding, dilation):
-        out[taps] += cols[:, :, i, j][region]
-    return out
+    cols = _matmul_groups(w2, _by_channel(g, groups, dtype), np.empty((groups, Cg * kh * kw, N * Ho * Wo), dtype))
+    return _col2im(cols.reshape(Cg * groups, kh, kw, N, Ho, Wo), (N, Cg * groups, *size), stride, padding, dilation)
 
 
 def _transpose_scratch(g: Any, w: Any, **attrs: Any) -> int:
-    """The column buffer."""
+    """A channels-first copy of g, and the column buffer."""
     dtype = np.result_type(g.dtype, w.dtype)
-    return _col_bytes(Meta((g.shape[0], w.shape[1] * attrs["groups"]), dtype), w, g.shape[2:], dtype)
+    return _nbytes(g.shape, dtype) + \
+        _col_bytes(Meta((g.shape[0], w.shape[1] * attrs["groups"]), dtype), w, g.shape[2:], dtype)
 
 
 def _filter_shape(x: Meta, g: Meta, *, stride: tuple, padding: tuple, dilation: tuple, groups: int,
@@ -215,20 +238,20 @@ def _filter_shape(x: Meta, g: Meta, *, stride: tuple, padding: tuple, dilation: 
 
 def _filter_kernel(x: np.ndarray, g: np.ndarray, *, stride: tuple, padding: tuple, dilation: tuple,
                    groups: int, kernel: tuple) -> np.ndarray:
-    N, C = x.shape[:2]
-    Co, (Ho, Wo) = g.shape[1], g.shape[2:]
+    C = x.shape[1]
+    Co, out_hw = g.shape[1], g.shape[2:]
     dtype = np.result_type(x, g)
-    cols = _im2col(x, kernel, (Ho, Wo), stride, padding, dilation, dtype, batch_last=True)
-    cols = cols.reshape(groups, C // groups * kernel[0] * kernel[1], N * Ho * Wo)
-    gt = np.ascontiguousarray(g.transpose(1, 0, 2, 3), dtype=dtype).reshape(groups, Co // groups, N * Ho * Wo)
-    return np.matmul(gt, cols.transpose(0, 2, 1)).reshape(Co, C // groups, *kernel)
+    cols = _im2col(x, kernel, out_hw, stride, padding, dilation, dtype)
+    cols = cols.reshape(groups, C // groups * kernel[0] * kernel[1], -1)
+    out = np.empty((groups, Co // groups, cols.shape[1]), dtype)
+    out = _matmul_groups(_by_channel(g, groups, dtype), cols.transpose(0, 2, 1), out)
+    return out.reshape(Co, C // groups, *kernel)
 
 
 def _filter_scratch(x: Any, g: Any, *, kernel: tuple, **attrs: Any) -> int:
-    """The column buffer and a transposed copy of the cotangent."""
+    """The column buffer and a channels-first copy of g."""
     dtype = np.result_type(x.dtype, g.dtype)
-    return _col_bytes(x, Meta((None, None, *kernel), dtype), g.shape[2:], dtype) + \
-        int(np.prod(g.shape)) * dtype.itemsize
+    return _col_bytes(x, Meta((None, None, *kernel), dtype), g.shape[2:], dtype) + _nbytes(g.shape, dtype)
 
 
 def _hw(x: Tensor, what: str) -> tuple[int, int]:
