@@ -350,48 +350,64 @@ def _max_pool_kernel(x: np.ndarray, *, kernel: tuple, stride: tuple, padding: tu
 
 
 def _winners(x: np.ndarray, dtype: np.dtype, kernel: tuple, stride: tuple, padding: tuple) -> tuple:
-    """The windows' maxima, how many elements reach each (ties, as `dtype`), a bool buffer and
-    the taps."""
+    """For each tap k, which windows' elements there reach the window's max (`hits[k]`), how
+    many elements reach each window's max (ties; as uint8, or int64 for windows of 256 or more
+    elements), and the taps."""
     _, out_hw, taps = _geometry(x, kernel, stride, padding)
     shape = (*x.shape[:2], *out_hw)
     m = _max_of(x, shape, taps)
-    count = np.zeros(shape, dtype)
-    hit = np.empty(shape, bool)
-    for _, _, region, tap in taps:
-        np.equal(x[tap], m[region], out=hit[region])
-        count[region] += hit[region]
-    return m, count, hit, taps
+    count = np.zeros(shape, np.uint8 if len(taps) < 256 else np.int64)
+    hits = np.zeros((len(taps), *shape), bool)
+    for k, (_, _, region, tap) in enumerate(taps):
+        np.equal(x[tap], m[region], out=hits[k][region])
+        np.add(count[region], hits[k][region].view(np.uint8), out=count[region], casting="unsafe")
+    return hits, count, taps
 
 
 def _scatter_kernel(g: np.ndarray, x: np.ndarray, *, kernel: tuple, stride: tuple, padding: tuple) -> np.ndarray:
-    m, share, hit, taps = _winners(x, np.result_type(g, x), kernel, stride, padding)
-    np.divide(g, share, out=share)  # each window's cotangent, per element that reaches its max
+    dtype = np.result_type(g, x)
+    out = np.zeros(x.shape, dtype)
+    hits, count, taps = _winners(x, dtype, kernel, stride, padding)
+    share = np.divide(g, count, dtype=dtype)  # each window's cotangent, per element that reaches its max
+    if _disjoint(kernel, stride):  # each element in one window at most: write its share in place
+        for k, (_, _, region, tap) in enumerate(taps):
+            np.multiply(hits[k][region], share[region], out=out[tap])
+        return out
     tmp = np.empty_like(share)
-    out = np.zeros(x.shape, share.dtype)
-    for _, _, region, tap in taps:
-        np.equal(x[tap], m[region], out=hit[region])
-        np.multiply(hit[region], share[region], out=tmp[region])
+    for k, (_, _, region, tap) in enumerate(taps):
+        np.multiply(hits[k][region], share[region], out=tmp[region])
         out[tap] += tmp[region]
     return out
 
 
 def _gather_kernel(t: np.ndarray, x: np.ndarray, *, kernel: tuple, stride: tuple, padding: tuple) -> np.ndarray:
-    m, count, hit, taps = _winners(x, np.result_type(t, x), kernel, stride, padding)
-    out = np.zeros(m.shape, count.dtype)
+    dtype = np.result_type(t, x)
+    out = np.zeros((*x.shape[:2], *_out_hw(Meta(x.shape, x.dtype), kernel, stride, padding)), dtype)
+    hits, count, taps = _winners(x, dtype, kernel, stride, padding)
     tmp = np.empty_like(out)
-    for _, _, region, tap in taps:
-        np.equal(x[tap], m[region], out=hit[region])
-        np.multiply(hit[region], t[tap], out=tmp[region])
+    for k, (_, _, region, tap) in enumerate(taps):
+        np.multiply(hits[k][region], t[tap], out=tmp[region])
         out[region] += tmp[region]
     out /= count
     return out
 
 
+def _disjoint(kernel: tuple, stride: tuple) -> bool:
+    """Whether no two windows share an element."""
+    return all(s >= k for s, k in zip(stride, kernel, strict=True))
+
+
 def _winners_scratch(a: Any, x: Any, *, kernel: tuple, stride: tuple, padding: tuple) -> int:
-    """The maxima (x's dtype), the tie counts and a product (the result's dtype) and a bool
-    buffer, each of max_pool2d's output size."""
+    """Per element of max_pool2d's output: a bool per tap and the tie count (uint8, or int64 for
+    windows of 256 or more elements), with first the max (x's dtype), then the share and a
+    product (scatter; no product over disjoint windows) or a product (gather), in the result's
+    dtype."""
     n = int(np.prod(x.shape[:2])) * int(np.prod(_out_hw(Meta(x.shape, x.dtype), kernel, stride, padding)))
-    return n * (np.dtype(x.dtype).itemsize + 2 * np.result_type(a.dtype, x.dtype).itemsize + 1)
+    taps = kernel[0] * kernel[1]
+    size = np.result_type(a.dtype, x.dtype).itemsize
+    scatter = tuple(a.shape) != tuple(x.shape)  # (a scatter's g has the output's shape, which x's never is)
+    later = (size + (0 if _disjoint(kernel, stride) else size)) if scatter else size
+    return n * (taps + (1 if taps < 256 else 8) + max(np.dtype(x.dtype).itemsize, later))
 
 
 def _scatter_shape(g: Meta, x: Meta, **attrs: Any) -> Shape:
