@@ -13,6 +13,7 @@ folder, flushed to disk, then renamed over the target.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import zlib
@@ -43,7 +44,7 @@ _FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
 _MAX_NDIM = 64  # numpy's limit
 _CHUNK = 64 * 2**20  # read and write large payload tensors in pieces of this size
 
-_DTYPES: dict[np.dtype, int] = {
+_DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
     np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
     np.dtype(np.int64): pb.DATA_TYPE_INT64,
@@ -115,6 +116,7 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
     """The message section and the arrays of the payload section, in order."""
     model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
                      producer_name="cgraph", producer_version=__version__)
+    v: Any  # metadata strings here, state arrays below
     for k, v in g.metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
@@ -172,7 +174,7 @@ def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     return chosen
 
 
-def _dtype_code(dtype: np.dtype, what: str) -> int:
+def _dtype_code(dtype: np.dtype, what: str) -> pb.DataType:
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
         raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
@@ -186,7 +188,7 @@ def _little_endian(value: Any, what: str) -> np.ndarray:
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _file_pieces(message: bytes, payload: list[np.ndarray]) -> Iterator[bytes | memoryview]:
@@ -290,7 +292,7 @@ class _BytesSource:
 
 
 class _FileSource:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: io.RawIOBase) -> None:  # unbuffered: readinto straight into the arrays
         self.f = f
         self.size = os.fstat(f.fileno()).st_size
 
@@ -574,6 +576,9 @@ def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
             raise _Fail(get_op(node.op).unknown_attribute(node.name, a.name))
         if a.name in attrs:
             raise _Fail(f"{at}: attribute {a.name!r} is given twice")
+        if a.value.WhichOneof("value") == "index" and declared[a.name].type != "index":  # decodes as a tuple too
+            raise _Fail(f"{node.name} ({node.op}): attribute {a.name!r} must be {declared[a.name].type} "
+                        f"(AttrValue field ints), got field index")
         attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
     return attrs
 

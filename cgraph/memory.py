@@ -85,7 +85,8 @@ def account(steps: Iterable[Any], sizes: Mapping[str, int], scalars: set[str],
     live = peak = 0
     scratch = scratch or {}
     for step in steps:
-        live += books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
+        if step.update < 0:  # an update step makes no value
+            live += books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
         peak = max(peak, live + scratch.get(step.name, 0))
         for f in step.free:
             live -= books.release(f)

@@ -41,6 +41,8 @@ RUNNING_STATS = "nn.running_stats"  # metadata: JSON {running param: batch stati
 SEED = "nn.seed"  # metadata: the name of the int64 scalar input that `fit` feeds a fresh seed each step
 BN_MOMENTUM = "nn.bn_momentum"  # metadata: the running statistics' momentum, as text
 
+__all__ = ["init_weight", "mlp", "running_stats"]
+
 
 def init_weight(rng: np.random.Generator, fan_in: int, fan_out: int, init: str, scale: float,
                 shape: Sequence[int] | None = None) -> np.ndarray:
@@ -100,7 +102,7 @@ def mlp(sizes: Sequence[int], hidden: str = "logistic", loss: str = "softmax_cro
 
     def forward(training: bool) -> tuple[cg.Tensor, dict[str, cg.Tensor]]:
         """The logits, and (training) each batch-normalised layer's batch statistics."""
-        h, stats = x, {}
+        h, stats = x, dict[str, cg.Tensor]()
         for i, p in enumerate(layers):
             with g.scope(f"layer{i}"):
                 a = h @ p["W"]

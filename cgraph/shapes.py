@@ -48,6 +48,8 @@ def format_shape(shape: Shape) -> str:
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """numpy broadcasting of static shapes; a None size stands for one that is never 1."""
+    if len(shapes) == 2 and shapes[0] == shapes[1]:  # the common case, quickly
+        return tuple(shapes[0])
     ndim = max((len(s) for s in shapes), default=0)
     out: list[int | None] = []
     for axis in range(ndim):
@@ -83,7 +85,7 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 def normalize_index(index: Any) -> tuple:
     """`index` as a tuple of ints, slices (of ints), None and Ellipsis: basic slicing only."""
     items = index if isinstance(index, tuple) else (index,)
-    out = []
+    out: list[Any] = []  # ints, slices, None and Ellipsis
     for it in items:
         if isinstance(it, (bool, np.bool_)) or isinstance(it, (np.ndarray, list)) or hasattr(it, "graph"):
             raise ShapeError(f"only basic indexing (ints, slices, None, ...) is supported, got {it!r}")
