@@ -95,8 +95,11 @@ class _Graphinfo:
         nodes = d.nodes
         meta = concrete_shapes(d, leaf_shapes)
         self.nbytes = {n: nbytes(m) for n, m in meta.items()}
-        self.scratch = {n.name: get_op(n.op).scratch(*[meta[i] for i in n.inputs], **n.attrs)
-                        for n in nodes.values() if not n.is_leaf and get_op(n.op).scratch is not None}
+        self.scratch: dict[str, int] = {}  # the working bytes of the kernels that declare some
+        for n in nodes.values():
+            rule = None if n.is_leaf else get_op(n.op).scratch
+            if rule is not None:
+                self.scratch[n.name] = rule(*[meta[i] for i in n.inputs], **n.attrs)
         self.scalar = {n: not m.shape for n, m in meta.items()}
         self.leaf = {n.name: n.is_leaf for n in nodes.values()}
         self.eager = {n.name: not n.is_leaf and get_eager(n.op) for n in nodes.values()}

@@ -156,7 +156,7 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 count = len(next(iter(batch.values())))
                 if seed_input is not None:
                     step_seed = np.random.default_rng([seed, done, k]).integers(np.iinfo(np.int64).max)
-                    batch = {**batch, seed_input: np.int64(step_seed)}
+                    batch = {**batch, seed_input: np.asarray(step_seed, dtype=np.int64)}
                 if stats_ev is not None:  # from the params before this step's update
                     batch_stats = stats_ev.run(batch)
                 value = step(batch, grads if keep_grads and k == len(batches) - 1 else None)

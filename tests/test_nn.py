@@ -241,9 +241,9 @@ def test_dropout_layers_train_with_fit_and_a_fresh_mask_each_step(monkeypatch):
     drops = [n for n in g.nodes.values() if n.op == "dropout"]
     assert len(drops) == 2 and drops[0].inputs[1] == "seed" and drops[1].inputs[1] != "seed"  # seed, seed + 1
     seen = []
-    grad = cg.ReverseMode.grad
-    monkeypatch.setattr(cg.ReverseMode, "grad", lambda self, feeds: seen.append(int(feeds["seed"])) or
-                        grad(self, feeds))
+    call = cg.optim.TrainStep.__call__
+    monkeypatch.setattr(cg.optim.TrainStep, "__call__", lambda self, feeds, grads=None:
+                        seen.append(int(feeds["seed"])) or call(self, feeds, grads))
     hist = cg.fit(g, {"x": X, "y": Y}, optimizer=cg.optim.Adam(lr=0.05), epochs=30, batch_size=32, progress=False)
     assert len(set(seen)) == len(seen) == 60, "a fresh seed each step"
     assert hist.loss[-1] < 0.6 * hist.loss[0]

@@ -12,10 +12,11 @@ it is returned.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -432,7 +433,7 @@ def _scatter_add(e: _Emitter, n: Node) -> str:
     g_shape = e.g.nodes[n.inputs[0]].shape
     idx_shape = e.g.nodes[n.inputs[1]].shape
     axis, k, nd = int(n.attrs["axis"]), len(idx_shape), len(g_shape)
-    flat = int(np.prod(idx_shape, dtype=np.int64)) if None not in idx_shape else 0
+    flat = 0 if None in idx_shape else math.prod(cast(tuple[int, ...], idx_shape))
     g = _permute(e, e.x(n, 0), [*range(axis), *range(axis + k, nd), *range(axis, axis + k)])
     g = e.node("Reshape", [g, e.const([0] * (nd - k) + [flat or -1])])  # (a 0 copies the size there)
     hot = _one_hot_of(e, e.node("Reshape", [e.x(n, 1), e.const([-1])]), int(n.attrs["size"]), n.dtype)

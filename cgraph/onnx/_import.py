@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -357,8 +357,9 @@ def _spatial(r: _Reader, n: Any, x: Tensor, kernel: tuple, dilations: tuple = (1
     elif mode in ("SAME_UPPER", "SAME_LOWER"):
         if None in x.shape[2:]:
             raise OnnxError(f"{r.where()}: auto_pad={mode} needs the image's size, got {x.shape}")
-        total = [max(0, (-(-x.shape[2 + a] // strides[a]) - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1
-                     - x.shape[2 + a]) for a in (0, 1)]
+        hw = cast(tuple[int, int], x.shape[2:])
+        total = [max(0, (-(-hw[a] // strides[a]) - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - hw[a])
+                 for a in (0, 1)]
         first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
         pads = (first[0], first[1], total[0] - first[0], total[1] - first[1])
     return {"stride": strides, "padding": pads}
@@ -394,9 +395,9 @@ def _conv_transpose(r: _Reader, n: Any) -> list[Tensor]:
     if None in x.shape[2:] or None in w.shape[2:]:
         raise OnnxError(f"{r.where()}: cgraph needs the input's and the kernel's sizes, got {x.shape}, {w.shape}")
     s, p = geometry["stride"], geometry["padding"]
-    size = tuple(s[a] * (x.shape[2 + a] - 1) + extra[a] + dilations[a] * (w.shape[2 + a] - 1) + 1 - p[a] - p[a + 2]
-                 for a in (0, 1))
-    if any(out_size(size[a], w.shape[2 + a], s[a], dilations[a], p[a], p[a + 2]) != x.shape[2 + a] for a in (0, 1)):
+    hw, k = cast(tuple[int, int], x.shape[2:]), cast(tuple[int, int], w.shape[2:])
+    size = tuple(s[a] * (hw[a] - 1) + extra[a] + dilations[a] * (k[a] - 1) + 1 - p[a] - p[a + 2] for a in (0, 1))
+    if any(out_size(size[a], k[a], s[a], dilations[a], p[a], p[a + 2]) != hw[a] for a in (0, 1)):
         raise OnnxError(f"{r.where()}: output_padding {extra} is not less than the stride {s}")
     out = conv2d_transpose(x, w, size=size, dilation=dilations, groups=at.get("group", 1), **geometry)
     return [_bias(r, n, out)]

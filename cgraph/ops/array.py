@@ -447,7 +447,8 @@ def _scatter_add_shape(g: Meta, indices: Meta, *, axis: int, size: int) -> Shape
 
 def _scatter_add_kernel(g: np.ndarray, indices: np.ndarray, *, axis: int, size: int) -> np.ndarray:
     out = np.zeros((*g.shape[:axis], size, *g.shape[axis + indices.ndim:]), g.dtype)
-    np.add.at(out, (slice(None),) * axis + (indices,), g)
+    where: Any = (*(slice(None),) * axis, indices)  # the slices of g's leading axes, then the indices
+    np.add.at(out, where, g)
     return out
 
 
