@@ -207,3 +207,14 @@ def test_dropout_mask_is_a_function_of_the_seed():
         cg.dropout(x, 1.0, seed)
     with pytest.raises(TypeError):
         cg.dropout(x, 0.5, 1.5)
+
+
+def test_erf_without_scipy_is_the_c_library_erf(monkeypatch):
+    import math
+    import sys
+
+    g = cg.Graph()
+    g.output("y", cg.erf(g.input("x", (5,))))
+    X = np.linspace(-2.5, 2.5, 5)
+    monkeypatch.setitem(sys.modules, "scipy.special", None)  # as if scipy were not installed
+    np.testing.assert_array_equal(cg.Evaluator(g).run({"x": X})["y"], [math.erf(v) for v in X])

@@ -15,18 +15,35 @@ kernel, three bilinear ops whose derivatives are each other), max pooling's are
 `max_pool2d_scatter` (the VJP: each window's cotangent shared among the elements that reach
 its max) and `max_pool2d_gather` (the JVP, its adjoint), average pooling's is
 `avg_pool2d_scatter`.
+
+Batching (cg.vmap) folds the batch into the images' own batch axis; kernels that differ from
+example to example are applied as each example's windows (a convolution with one-hot kernels,
+exact) times its kernel, one batched matrix product.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from cgraph.errors import DerivativeError, ShapeError
-from cgraph.ops.array import _with_shape, shape_like
-from cgraph.ops.registry import FLOAT, NONDIFF, SAME_FLOAT, ZERO, Attr, define
+from cgraph.errors import BatchingError, DerivativeError, ShapeError
+from cgraph.ops.array import (
+    _with_shape,
+    broadcast_batch,
+    concat,
+    getitem,
+    matmul,
+    reshaped,
+    shape_like,
+    sizes_of,
+    transpose,
+)
+from cgraph.ops.elementwise import where
+from cgraph.ops.registry import FLOAT, NONDIFF, SAME_FLOAT, ZERO, Attr, Operand, apply, define, rule
+from cgraph.patterns import Dims, Pattern, dense, union
 from cgraph.shapes import Meta, Shape
 
 if TYPE_CHECKING:
@@ -147,6 +164,178 @@ def _col_bytes(x: Any, w: Any, out_hw: tuple, dtype: np.dtype) -> int:
 
 def _nbytes(shape: tuple, dtype: Any) -> int:
     return int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+# ---- batching: the batch folded into the images' batch axis ---------------------------------
+
+def _merged(x: Tensor) -> Tensor:
+    """A batch of images (B, N, C, H, W) as images (B N, C, H, W)."""
+    return reshaped(x, [sizes_of(x, (0, 1)), *(sizes_of(x, (a,)) for a in range(2, x.ndim))])
+
+
+def _split(y: Tensor, like: Tensor) -> Tensor:
+    """Images (B N, ...) back as a batch (B, N, ...), B and N those of `like`."""
+    return reshaped(y, [sizes_of(like, (0,)), sizes_of(like, (1,)), *(sizes_of(y, (a,)) for a in range(1, y.ndim))])
+
+
+# ---- sparsity patterns: which elements each window reads ------------------------------------
+
+def _tap_sources(x_shape: tuple, out_hw: tuple, kernel: tuple, stride: tuple, padding: tuple,
+                 dilation: tuple = (1, 1)) -> list[np.ndarray]:
+    """For each kernel tap: an array of the output's image shape (N, C, Ho, Wo) holding the flat
+    index of the input element the tap reads there (in an input of `x_shape`), or -1 in the
+    padding."""
+    index = np.arange(math.prod(x_shape), dtype=np.int64).reshape(x_shape)
+    out = []
+    for _, _, region, tap in _taps(x_shape[2:], out_hw, kernel, stride, padding, dilation):
+        src = np.full((*x_shape[:2], *out_hw), -1, np.int64)
+        src[region] = index[tap]
+        out.append(src)
+    return out
+
+
+def _window_pattern(out: Dims, x: Pattern, *, kernel: tuple, stride: tuple, padding: tuple, **a: Any) -> Pattern:
+    """each output element depends on its window's elements (exact)"""
+    return union(*(x.gather(src) for src in _tap_sources(x.shape, out[2:], kernel, stride, padding)))
+
+
+def _spread_pattern(g: Pattern, shape: tuple, kernel: tuple, stride: tuple, padding: tuple) -> Pattern:
+    """each element of an image of `shape` depends on the elements of g (one per window) whose
+    window covers it"""
+    if not math.prod(shape):
+        return Pattern.empty(shape, g.n)
+    return union(*(g.group(src, shape) for src in _tap_sources(shape, g.shape[2:], kernel, stride, padding)))
+
+
+def _conv_pattern(out: Dims, x: Pattern, w: Pattern, *, stride: tuple, padding: tuple, dilation: tuple,
+                  groups: int) -> Pattern:
+    """each output element depends on its window's elements in its group's channels, and on its
+    output channel's kernel (exact)"""
+    N, C = x.shape[:2]
+    co, cg = w.shape[:2]
+    parts = []
+    if x.nnz:
+        for c in range(cg):  # the c-th channel of each output channel's group
+            picked = x.gather(np.arange(math.prod(x.shape)).reshape(x.shape)[
+                :, (np.arange(co) // (co // groups)) * cg + c])  # (N, Co, H, W): that channel, per output channel
+            parts += [picked.gather(src) for src in _tap_sources(picked.shape, out[2:], w.shape[2:], stride, padding,
+                                                                 dilation)]
+    if w.nnz:
+        per_channel = w.reduce((1, 2, 3), keepdims=False)  # (Co,)
+        parts.append(per_channel.gather(np.broadcast_to(np.arange(co)[:, None, None], out)))
+    return union(*parts) if parts else Pattern.empty(out, x.n)
+
+
+def _windows(x: Tensor, batched: bool, kernel: tuple, groups: int, **geometry: Any) -> Tensor:
+    """Images (B, N, C, H, W), or (N, C, H, W) when not `batched`, as each window's elements,
+    (B, N, groups, C / groups kh kw, Ho Wo) (or without B), by a convolution with one-hot
+    kernels (exact)."""
+    C = x.shape[-3]
+    if C is None:
+        raise BatchingError("conv2d: batching kernels that differ between examples needs the channels known")
+    eye = np.eye(kernel[0] * kernel[1], dtype=x.dtype).reshape(-1, 1, *kernel)
+    taps = x.graph.constant(None, np.tile(eye, (C, 1, 1, 1)))  # channel c kh kw + k: 1 at tap k
+    cols = _conv2d(_merged(x) if batched else x, taps, groups=C, **geometry)
+    lead = [sizes_of(x, (0,)), sizes_of(x, (1,))] if batched else [sizes_of(x, (0,))]
+    return reshaped(cols, [*lead, groups, C // groups * kernel[0] * kernel[1], sizes_of(cols, (2, 3))])
+
+
+def _per_group(t: Tensor, groups: int, lead: int) -> Tensor:
+    """(lead axes..., Co, Ho, Wo) as (lead axes..., groups, Co / groups, Ho Wo)."""
+    (co,) = _static(t, (lead,))
+    return reshaped(t, [*(sizes_of(t, (a,)) for a in range(lead)), groups, co // groups,
+                        sizes_of(t, (lead + 1, lead + 2))])
+
+
+def _static(t: Tensor, axes: Sequence[int]) -> tuple[int, ...]:
+    """t's sizes along `axes`, which batching needs known."""
+    sizes = tuple(t.shape[a] for a in axes)
+    if None in sizes:
+        raise BatchingError(f"{t.name}: batching it needs its channel and kernel sizes known, got {t.shape}")
+    return cast(tuple[int, ...], sizes)
+
+
+def _kernels(w: Tensor, groups: int) -> Tensor:
+    """Kernels per example (B, Co, Cg, kh, kw) as (B, 1, groups, Co / groups, Cg kh kw)."""
+    co, cg, kh, kw = _static(w, (1, 2, 3, 4))
+    return reshaped(w, [sizes_of(w, (0,)), 1, groups, co // groups, cg * kh * kw])
+
+
+def _conv_batch(batched: tuple[bool, ...], x: Tensor, w: Tensor, **a: Any) -> Tensor:
+    """the op on the images of every example as one batch; kernels that differ between
+    examples: each example's windows times its kernel (a batched matmul)"""
+    if not batched[1]:
+        return _split(_conv2d(_merged(x), w, **a), x)
+    cols = _windows(x, batched[0], w.shape[3:], **a)                          # (B?, N, G, Cg K, L)
+    out = matmul(_kernels(w, a["groups"]), cols)                              # (B, N, G, Og, L)
+    hw = _out_hw(Meta(x.shape[-4:], x.dtype), w.shape[3:], a["stride"], a["padding"], a["dilation"])
+    if None in hw:
+        raise BatchingError(f"conv2d: batching kernels that differ between examples needs the images' size, got "
+                            f"{x.shape}")
+    n = sizes_of(x, (1,)) if batched[0] else sizes_of(x, (0,))
+    return reshaped(out, [sizes_of(w, (0,)), n, *_static(w, (1,)), *cast(tuple[int, int], hw)])
+
+
+def _transpose_batch(batched: tuple[bool, ...], g: Tensor, w: Tensor, *, size: tuple, **a: Any) -> Tensor:
+    """the op on the cotangents of every example as one batch; kernels that differ between
+    examples: each example's kernel times its cotangent (a batched matmul), then the windows put
+    back (a transposed convolution with one-hot kernels)"""
+    if not batched[1]:
+        return _split(conv2d_transpose(_merged(g), w, size=size, **a), g)
+    groups, (cg, kh, kw) = a["groups"], _static(w, (2, 3, 4))
+    lead = 2 if batched[0] else 1
+    cols = matmul(transpose(_kernels(w, groups), (0, 1, 2, 4, 3)), _per_group(g, groups, lead))  # (B, N, G, CgK, L)
+    cols = reshaped(cols, [sizes_of(cols, (0, 1)), cg * groups * kh * kw, sizes_of(g, (lead + 1,)),
+                           sizes_of(g, (lead + 2,))])
+    eye = np.eye(kh * kw, dtype=g.dtype).reshape(-1, 1, kh, kw)
+    taps = g.graph.constant(None, np.tile(eye, (cg * groups, 1, 1, 1)))
+    out = conv2d_transpose(cols, taps, size=size, **{**a, "groups": cg * groups})
+    return reshaped(out, [sizes_of(w, (0,)), sizes_of(g, (lead - 1,)), cg * groups, *size])
+
+
+def _filter_batch(batched: tuple[bool, ...], x: Tensor, g: Tensor, *, kernel: tuple, **a: Any) -> Tensor:
+    """each example's windows times its cotangent, summed over its images and positions (a
+    batched matmul)"""
+    groups = a["groups"]
+    cols = _windows(x, batched[0], kernel, **a)                                # (B?, N, G, Cg K, L)
+    swap = (*range(cols.ndim - 2), cols.ndim - 1, cols.ndim - 2)
+    per = matmul(_per_group(g, groups, 2 if batched[1] else 1), transpose(cols, swap))
+    out = apply("sum", per, axes=(1,), keepdims=False)                         # (B, G, Og, Cg K): over the images
+    (co,), (c,) = _static(g, (g.ndim - 3,)), _static(x, (x.ndim - 3,))
+    cg = c // groups
+    return reshaped(out, [sizes_of(out, (0,)), co, cg, *kernel])
+
+
+def _copied(batched: tuple[bool, ...], *xs: Tensor) -> list[Tensor]:
+    """xs, each one not batched repeated along the batched one's batch axis in a buffer of its
+    own (a `where` that keeps every element: a C-ordered copy, which np.concatenate of a
+    broadcast view is not), so that folding its axes is a view, as the plan's books expect."""
+    ref = next(x for x, b in zip(xs, batched, strict=True) if b)
+    return [x if b else where(True, y := broadcast_batch(x, ref), y) for x, b in zip(xs, batched, strict=True)]
+
+
+def _images_batch(op: str) -> Any:
+    def rule(batched: tuple[bool, ...], *xs: Tensor, **attrs: Any) -> Tensor:
+        images = _copied(batched, *xs)
+        return _split(apply(op, *[_merged(t) for t in images], **attrs), images[0])
+    rule.__doc__ = "the op on the images of every example as one batch (the batch folded into the images' axis)"
+    return rule
+
+
+def _avg_scatter_batch(batched: tuple[bool, ...], g: Tensor, *s: Tensor, shape: tuple, **a: Any) -> Tensor:
+    """the op on the cotangents of every example as one batch (the batch folded into the images'
+    axis)"""
+    if len(batched) > 1 and batched[1]:
+        raise BatchingError("avg_pool2d_scatter: a target shape that differs from example to example cannot be batched")
+    rest = [d if d is not None else getitem(s[0], (slice(i, i + 1),)) for i, d in enumerate(shape) if i]
+    sizes = [sizes_of(g, (0, 1)), *rest]
+    if all(isinstance(d, int) for d in sizes):
+        out = avg_pool2d_scatter(_merged(g), shape=tuple(sizes), **a)
+    else:
+        parts = [d if isinstance(d, Operand) else g.graph.constant(None, np.array([d], np.int64)) for d in sizes]
+        out = avg_pool2d_scatter(_merged(g), concat(parts, 0), shape=tuple(d if isinstance(d, int) else None
+                                                                             for d in sizes), **a)
+    return _split(out, g)
 
 
 # ---- conv2d and its derivatives -------------------------------------------------------------
@@ -277,6 +466,7 @@ def _f(x: Tensor, g: Tensor, w: Tensor, a: dict) -> Tensor:
 
 _conv2d = define(
     "conv2d", _conv_kernel, inputs=("x", "w"), shape=_conv_shape, dtype=FLOAT, attrs=CONV, scratch=_conv_scratch,
+    batch=_conv_batch, pattern=_conv_pattern,
     jvp=(lambda t, out, x, w, **a: _conv2d(t, w, **a), lambda t, out, x, w, **a: _conv2d(x, t, **a)),
     vjp=(lambda g, out, x, w, **a: _t(g, w, x, a), lambda g, out, x, w, **a: _f(x, g, w, a)),
     doc="the 2-D convolution (cross-correlation, as torch.nn.functional.conv2d without bias) of images x "
@@ -289,6 +479,7 @@ _conv2d = define(
 conv2d_transpose = define(
     "conv2d_transpose", _transpose_kernel, inputs=("g", "w"), shape=_transpose_shape, dtype=FLOAT,
     attrs={**CONV, "size": Attr("ints", doc="(H, W) of conv2d's input")}, scratch=_transpose_scratch,
+    batch=_transpose_batch, pattern=dense,
     jvp=(lambda t, out, g, w, **a: conv2d_transpose(t, w, **a), lambda t, out, g, w, **a: conv2d_transpose(g, t, **a)),
     vjp=(lambda c, out, g, w, *, size, **a: _conv2d(c, w, **a),
          lambda c, out, g, w, *, size, **a: _f(c, g, w, a)),
@@ -301,6 +492,7 @@ conv2d_transpose = define(
 conv2d_filter_grad = define(
     "conv2d_filter_grad", _filter_kernel, inputs=("x", "g"), shape=_filter_shape, dtype=FLOAT,
     attrs={**CONV, "kernel": Attr("ints", doc="(kh, kw): the kernel's size")}, scratch=_filter_scratch,
+    batch=_filter_batch, pattern=dense,
     jvp=(lambda t, out, x, g, **a: conv2d_filter_grad(t, g, **a),
          lambda t, out, x, g, **a: conv2d_filter_grad(x, t, **a)),
     vjp=(lambda c, out, x, g, *, kernel, **a: _t(g, c, x, a),
@@ -431,6 +623,9 @@ def _gather_shape(t: Meta, x: Meta, **attrs: Any) -> Shape:
 
 max_pool2d_scatter = define(
     "max_pool2d_scatter", _scatter_kernel, inputs=("g", "x"), shape=_scatter_shape, dtype=FLOAT, attrs=POOL,
+    batch=_images_batch("max_pool2d_scatter"),
+    pattern=rule("each element depends on the cotangents of the windows that cover it (x has no derivative)",
+                 lambda out, g, x, **a: _spread_pattern(g, out, a["kernel"], a["stride"], a["padding"])),
     scratch=_winners_scratch,
     jvp=(lambda t, out, g, x, **a: max_pool2d_scatter(t, x, **a), ZERO),
     vjp=(lambda c, out, g, x, **a: max_pool2d_gather(c, x, **a), ZERO),
@@ -439,6 +634,9 @@ max_pool2d_scatter = define(
     grad_doc="linear in g (JVP: the same op on the tangent; VJP: max_pool2d_gather); zero wrt x")
 max_pool2d_gather = define(
     "max_pool2d_gather", _gather_kernel, inputs=("t", "x"), shape=_gather_shape, dtype=FLOAT, attrs=POOL,
+    batch=_images_batch("max_pool2d_gather"),
+    pattern=rule("each output element depends on its window's elements of t (exact; x has no derivative)",
+                 lambda out, t, x, **a: _window_pattern(out, t, **a)),
     scratch=_winners_scratch,
     jvp=(lambda s, out, t, x, **a: max_pool2d_gather(s, x, **a), ZERO),
     vjp=(lambda c, out, t, x, **a: max_pool2d_scatter(c, x, **a), ZERO),
@@ -447,6 +645,7 @@ max_pool2d_gather = define(
     grad_doc="linear in t (JVP: the same op on the tangent; VJP: max_pool2d_scatter); zero wrt x")
 _max_pool2d = define(
     "max_pool2d", _max_pool_kernel, inputs=("x",), shape=_pool_shape, dtype=SAME_FLOAT, attrs=POOL,
+    batch=_images_batch("max_pool2d"), pattern=_window_pattern,
     jvp=(lambda t, out, x, **a: max_pool2d_gather(t, x, **a),),
     vjp=(lambda g, out, x, **a: max_pool2d_scatter(g, x, **a),),
     doc="the largest element of each kh x kw window of x (N, C, H, W), windows `stride` apart "
@@ -518,7 +717,9 @@ avg_pool2d_scatter = define(
     "avg_pool2d_scatter", _avg_scatter_kernel, inputs=("g", "sizes?"), shape=_avg_scatter_shape, dtype=SAME_FLOAT,
     attrs={"shape": Attr("dims", doc="x's shape (with a `sizes` input: its static sizes, None where known only at "
                                      "run time)"), **AVG},
-    shape_arg=True, scratch=_avg_scatter_scratch,
+    shape_arg=True, scratch=_avg_scatter_scratch, batch=_avg_scatter_batch,
+    pattern=rule("each element depends on the cotangents of the windows that cover it (exact)",
+                 lambda out, g, *s, **a: _spread_pattern(g, out, a["kernel"], a["stride"], a["padding"])),
     jvp=(lambda t, out, g, *s, **a: avg_pool2d_scatter(t, *s, **a), NONDIFF),
     vjp=(lambda c, out, g, *s, shape, **a: _avg_pool2d(c, **a), NONDIFF),
     doc="the VJP of avg_pool2d: zeros of `shape` with each window's element of g, divided as avg_pool2d "
@@ -526,7 +727,7 @@ avg_pool2d_scatter = define(
     grad_doc="linear in g: JVP the same op on the tangent; VJP avg_pool2d")
 _avg_pool2d = define(
     "avg_pool2d", _avg_pool_kernel, inputs=("x",), shape=_pool_shape, dtype=SAME_FLOAT, attrs=AVG,
-    scratch=_avg_scratch,
+    scratch=_avg_scratch, batch=_images_batch("avg_pool2d"), pattern=_window_pattern,
     jvp=(lambda t, out, x, **a: _avg_pool2d(t, **a),),
     vjp=(lambda g, out, x, **a: _with_shape("avg_pool2d_scatter", g, shape_like(x), **a),),
     doc="the mean of each kh x kw window of x (N, C, H, W), windows `stride` apart "

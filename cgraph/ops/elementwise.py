@@ -8,10 +8,12 @@ elementwise rules. Unary math ops are defined by that partial derivative alone (
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgraph.ops.array import batch_elementwise
 from cgraph.ops.registry import (
     CAST,
     COMPARE,
@@ -32,6 +34,13 @@ from cgraph.ops.registry import (
     same_shape,
     unit,
 )
+from cgraph.patterns import elementwise
+
+
+def _rules(op: str) -> dict[str, Any]:
+    """The batching and pattern rules every elementwise op shares."""
+    return {"batch": batch_elementwise(op), "pattern": elementwise}
+
 
 if TYPE_CHECKING:
     from cgraph.graph import Tensor
@@ -40,16 +49,16 @@ if TYPE_CHECKING:
 
 BINARY = ("a", "b")
 
-add = define("add", np.add, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+add = define("add", np.add, **_rules("add"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: t, lambda t, out, a, b: t), identity=unit(0, 0, 1),
              doc="a + b", grad_doc="d/da = 1, d/db = 1")
-sub = define("sub", np.subtract, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+sub = define("sub", np.subtract, **_rules("sub"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: t, lambda t, out, a, b: neg(t)), identity=unit(0, 1),
              doc="a - b", grad_doc="d/da = 1, d/db = -1")
-mul = define("mul", np.multiply, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+mul = define("mul", np.multiply, **_rules("mul"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: mul(t, b), lambda t, out, a, b: mul(a, t)), identity=unit(1, 0, 1),
              doc="a * b", grad_doc="d/da = b, d/db = a")
-div = define("div", np.divide, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
+div = define("div", np.divide, **_rules("div"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
              deriv=(lambda t, out, a, b: div(t, b), lambda t, out, a, b: neg(div(mul(t, out), b))),
              identity=unit(1, 1), doc="a / b (true division; the inputs' result type must be a float)",
              grad_doc="d/da = 1 / b, d/db = -out / b")
@@ -59,7 +68,7 @@ def _pow_da(a: Tensor, b: Tensor) -> Tensor:
     return mul(b, pow(a, sub(b, 1)))
 
 
-pow = define("pow", np.power, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,  # noqa: A001
+pow = define("pow", np.power, **_rules("pow"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,  # noqa: A001
              deriv=(lambda t, out, a, b: mul(t, _pow_da(a, b)), lambda t, out, a, b: mul(t, mul(out, log(a)))),
              doc="a ** b; the derivative wrt b is out * log(a), so it needs a > 0 where it is used",
              grad_doc="d/da = b * a ** (b - 1), d/db = out * log(a)")
@@ -69,7 +78,7 @@ def _unary(name: str, kernel: Any, deriv: Any, grad_doc: str, dtype: Any = FLOAT
            **flags: Any) -> Any:
     """An elementwise op of one input whose derivative is `deriv(x, out)` (or ZERO)."""
     rule = ZERO if deriv is ZERO else (lambda t, out, x: mul(t, deriv(x, out)))
-    return define(name, kernel, inputs=("x",), shape=same_shape, dtype=dtype, deriv=(rule,), doc=doc,
+    return define(name, kernel, inputs=("x",), shape=same_shape, dtype=dtype, deriv=(rule,), doc=doc, **_rules(name),
                   grad_doc=grad_doc, inplace=isinstance(kernel, np.ufunc), **flags)
 
 
@@ -87,7 +96,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
 
 
-neg = define("neg", np.negative, inputs=("x",), shape=same_shape, dtype=NUMERIC, inplace=True,
+neg = define("neg", np.negative, **_rules("neg"), inputs=("x",), shape=same_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, x: neg(t),), identity=involution("neg"), doc="-x", grad_doc="d/dx = -1")
 exp = _unary("exp", np.exp, lambda x, out: out, "d/dx = out", doc="e ** x")
 log = _unary("log", np.log, lambda x, out: reciprocal(x), "d/dx = 1 / x", doc="the natural logarithm")
@@ -113,15 +122,20 @@ def reciprocal(x: Tensor) -> Tensor:
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf as erf_  # imported when first used: `import cgraph` stays light
-
-    return erf_(x)
+    """scipy.special.erf when scipy is installed (the sparse extra); else the C library's erf,
+    as exact, one Python call per element."""
+    try:
+        from scipy.special import erf as scipy_erf  # imported when first run: `import cgraph` stays light
+    except ImportError:
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)
+    return scipy_erf(x)
 
 
 atan = _unary("atan", np.arctan, lambda x, out: reciprocal(add(1.0, square(x))), "d/dx = 1 / (1 + x ** 2)",
               doc="the arctangent, in (-pi/2, pi/2)")
 erf = _unary("erf", _erf, lambda x, out: mul(2.0 / np.sqrt(np.pi), exp(neg(square(x)))),
-             "d/dx = 2 / sqrt(pi) * e ** -(x ** 2)", doc="the error function (scipy.special.erf)")
+             "d/dx = 2 / sqrt(pi) * e ** -(x ** 2)", doc="the error function (scipy.special.erf, or the C "
+             "library's erf without scipy)")
 log1p = _unary("log1p", np.log1p, lambda x, out: reciprocal(add(1.0, x)), "d/dx = 1 / (1 + x)",
                doc="log(1 + x), exact for x near 0")
 expm1 = _unary("expm1", np.expm1, lambda x, out: add(out, 1.0), "d/dx = out + 1",
@@ -133,7 +147,8 @@ def _atan2_rule(num: Any) -> Any:
     return lambda t, out, a, b: mul(t, div(num(a, b), add(square(a), square(b))))
 
 
-atan2 = define("atan2", np.arctan2, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
+atan2 = define("atan2", np.arctan2, **_rules("atan2"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT,
+               inplace=True,
                deriv=(_atan2_rule(lambda a, b: b), _atan2_rule(lambda a, b: neg(a))),
                doc="the angle of the point (b, a) from the positive b axis, in [-pi, pi] (numpy.arctan2)",
                grad_doc="d/da = b / (a ** 2 + b ** 2), d/db = -a / (a ** 2 + b ** 2)")
@@ -153,7 +168,7 @@ def _extremum(name: str, kernel: Any, wins: Any, doc: str) -> Any:
     def weight_b(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _share(wins(b, a), equal(a, b), out.dtype)
 
-    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=PROMOTE, inplace=True,
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=PROMOTE, inplace=True, **_rules(name),
                   deriv=(lambda t, out, a, b: mul(t, weight_a(out, a, b)),
                          lambda t, out, a, b: mul(t, weight_b(out, a, b))),
                   doc=doc, grad_doc="1 to the side that wins, 0 to the other; 1/2 to each on a tie")
@@ -168,7 +183,7 @@ minimum = _extremum("minimum", np.minimum, lambda a, b: less(a, b),
 # ---- comparisons (bool results, no derivative) and where ------------------------------------
 
 def _compare(name: str, kernel: Any, doc: str) -> Any:
-    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=COMPARE,
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=COMPARE, **_rules(name),
                   deriv=(NONDIFF, NONDIFF), doc=doc)
 
 
@@ -178,7 +193,7 @@ greater = _compare("greater", np.greater, "a > b")
 greater_equal = _compare("greater_equal", np.greater_equal, "a >= b")
 equal = _compare("equal", np.equal, "a == b")
 
-where = define("where", np.where, inputs=("cond", "a", "b"), shape=elementwise_shape, dtype=WHERE,
+where = define("where", np.where, **_rules("where"), inputs=("cond", "a", "b"), shape=elementwise_shape, dtype=WHERE,
                deriv=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
                doc="a where cond (a bool tensor) holds, else b",
                grad_doc="d/da = 1 where cond, else 0; d/db = 1 where not cond, else 0; none for cond")
@@ -191,7 +206,7 @@ def _clip_kernel(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 _clip = define(
-    "clip", _clip_kernel, inputs=("x", "lo", "hi"), shape=elementwise_shape, dtype=NUMERIC,
+    "clip", _clip_kernel, **_rules("clip"), inputs=("x", "lo", "hi"), shape=elementwise_shape, dtype=NUMERIC,
     deriv=(lambda t, out, x, lo, hi: where(greater_equal(x, lo), where(less_equal(x, hi), t, 0.0), 0.0),
            lambda t, out, x, lo, hi: where(less(x, lo), where(less(lo, hi), t, 0.0), 0.0),
            lambda t, out, x, lo, hi: where(greater(x, hi), t, where(less(hi, lo), t, 0.0))),
@@ -212,7 +227,8 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
 
 # ---- cast and stop_gradient ----------------------------------------------------------------
 
-_cast = define("cast", lambda x, *, dtype: x.astype(dtype), inputs=("x",), shape=same_shape, dtype=CAST,
+_cast = define("cast", lambda x, *, dtype: x.astype(dtype), **_rules("cast"), inputs=("x",), shape=same_shape,
+               dtype=CAST,
                attrs={"dtype": Attr("str", allowed=tuple(map(str, DTYPES)), doc="the dtype to convert to")},
                jvp=(lambda t, out, x, *, dtype: cast(t, dtype),), vjp=(lambda g, out, x, *, dtype: cast(g, x.dtype),),
                identity=passthrough(static=True),
@@ -226,6 +242,7 @@ def cast(x: Any, dtype: Any) -> Tensor:
 
 
 stop_gradient = define(
-    "stop_gradient", lambda x: x, inputs=("x",), shape=same_shape, dtype=SAME, view=True, deriv=(ZERO,),
+    "stop_gradient", lambda x: x, **_rules("stop_gradient"), inputs=("x",), shape=same_shape, dtype=SAME, view=True,
+    deriv=(ZERO,),
     identity=passthrough(static=False), grad_doc="zero, in both modes",
     doc="the value of x, with derivative zero in both modes (for targets, moving averages, straight-through tricks)")

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.errors import ShapeError
-from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
-from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_shape, sum, unreduce
+from cgraph.errors import BatchingError, ShapeError
+from cgraph.ops.array import batch_axes, broadcast_batch
+from cgraph.ops.elementwise import add, cast, div, exp, mul, neg, softplus, sqrt, square, sub
+from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_pattern, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
-from cgraph.ops.registry import NONDIFF, SAME_FLOAT, Attr, DtypeRule, Operand, define, graph_of, lift, lift_all
+from cgraph.ops.registry import NONDIFF, SAME_FLOAT, Attr, DtypeRule, Operand, define, graph_of, lift, lift_all, rule
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -54,20 +56,29 @@ def _over_axes(x: Meta, *, axes: tuple[int, ...]) -> Shape:
 
 
 AXES = {"axes": Attr("ints", doc="the axes normalised over")}
+
+
+def _group_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...]) -> Pattern:
+    """each output element depends on every input element of its group along `axes`"""
+    return x.reduce(axes, keepdims=True).broadcast(out)
+
 _softmax_op = define(
     "softmax", _softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    batch=batch_axes("softmax"), pattern=_group_pattern,
     jvp=(lambda t, out, x, *, axes: mul(out, sub(t, sum(mul(t, out), axes, keepdims=True))),),
     vjp=(lambda g, out, x, *, axes: mul(out, sub(g, sum(mul(g, out), axes, keepdims=True))),),
     doc="exp(x) / sum(exp(x)) over `axes`, computed with the max trick",
     grad_doc="out * (t - sum(t * out)) over `axes`, for a tangent or a cotangent t")
 _log_softmax_op = define(
     "log_softmax", _log_softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    batch=batch_axes("log_softmax"), pattern=_group_pattern,
     jvp=(lambda t, out, x, *, axes: sub(t, sum(mul(exp(out), t), axes, keepdims=True)),),
     vjp=(lambda g, out, x, *, axes: sub(g, mul(exp(out), sum(g, axes, keepdims=True))),),
     doc="x - logsumexp(x) over `axes`, computed stably",
     grad_doc="JVP: t - sum(exp(out) t); VJP: g - exp(out) sum(g), sums over `axes`")
 _logsumexp_op = define(
     "logsumexp", _logsumexp, inputs=("x",), shape=reduce_shape, dtype=SAME_FLOAT, attrs=REDUCE_ATTRS,
+    batch=batch_axes("logsumexp"), pattern=reduce_pattern,
     jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, softmax(x, axes)), axes, keepdims),),
     vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),),
     doc="log(sum(exp(x))) over `axes`, with the max trick",
@@ -109,8 +120,23 @@ def _scaled(other: Tensor, g: Tensor, logp: Tensor) -> Tensor:
     return mul(other, neg(div(g, count(logp, (0,)))))
 
 
+def _nll_batch(batched: tuple[bool, ...], logp: Tensor, y: Tensor) -> Tensor:
+    """-sum(y * logp) over each example's axes, divided by its rows: built from mul, sum and div"""
+    rows = logp.shape[1] if batched[0] else logp.shape[0]
+    ref = logp if batched[0] else y
+    total = sum(mul(y, logp), tuple(range(1, ref.ndim)))
+    n = float(rows) if rows is not None else count(logp, (1,) if batched[0] else (0,))
+    out = neg(div(total, n))
+    return out if out.dtype == logp.dtype else cast(out, logp.dtype)
+
+
+def _nll_pattern(out: Dims, logp: Pattern, y: Pattern) -> Pattern:
+    """the scalar depends on every element of both inputs"""
+    return union(logp.reduce(range(len(logp.shape))), y.reduce(range(len(y.shape))))
+
+
 _nll_op = define(
-    "nll", _nll, inputs=("logp", "y"), shape=_rows_shape,
+    "nll", _nll, inputs=("logp", "y"), shape=_rows_shape, batch=_nll_batch, pattern=_nll_pattern,
     dtype=DtypeRule("logp's dtype, which MUST be float64 or float32; y MUST NOT be bool", _nll_dtype),
     jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
     vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
@@ -121,9 +147,11 @@ _nll_op = define(
 # ---- dropout: a mask that is a function of the seed ----------------------------------------
 
 def _dropout_shape(x: Meta, seed: Meta, *, rate: float) -> Shape:
-    """x's shape; the seed is a scalar (shape ()) and 0 <= `rate` < 1."""
-    if seed.ndim != 0:
-        raise ShapeError(f"the seed must be a scalar, got shape {seed.shape}")
+    """x's shape; the seed is a scalar (shape ()), or a vector of a seed per row (axis 0) of x;
+    0 <= `rate` < 1."""
+    if seed.ndim > 1 or (seed.ndim == 1 and (x.ndim == 0 or None not in (x.shape[0], seed.shape[0])
+                                            and x.shape[0] != seed.shape[0])):
+        raise ShapeError(f"the seed must be a scalar or one per row of x, got shape {seed.shape}")
     if not 0.0 <= rate < 1.0:
         raise ShapeError(f"rate must be in [0, 1), got {rate}")
     return x.shape
@@ -140,11 +168,26 @@ def _dropout_dtype(dtypes: Any, attrs: Any) -> np.dtype:
 def _dropout_kernel(x: np.ndarray, seed: np.ndarray, *, rate: float) -> np.ndarray:
     out = np.empty_like(x)
     np.multiply(x, x.dtype.type(1.0 / (1.0 - rate)), out=out)
-    u = np.random.default_rng(int(seed) % 2**64).random(x.shape)  # float64 whatever x's dtype: one mask
-    drop = u < rate
-    del u
-    out[drop] = 0
+    if seed.ndim:  # a seed per row: each row's mask as a row alone with that seed would get
+        for i, s in enumerate(seed):
+            out[i, ...][_drop(s, x.shape[1:], rate)] = 0  # (out[i, ...]: a view, also of a 0-d row)
+        return out
+    out[_drop(seed, x.shape, rate)] = 0
     return out
+
+
+def _drop(seed: np.ndarray, shape: tuple[int, ...], rate: float) -> np.ndarray:
+    """Where the mask zeroes: uniform float64 draws of default_rng(seed) below `rate`."""
+    return np.random.default_rng(int(seed) % 2**64).random(shape) < rate
+
+
+def _dropout_batch(batched: tuple[bool, ...], x: Tensor, seed: Tensor, *, rate: float) -> Tensor:
+    """the op itself with a seed per example (the one seed repeated, if it is not batched)"""
+    if seed.ndim - batched[1] > 0:
+        raise BatchingError("dropout: a seed per row of each example cannot be batched")
+    if not batched[0]:
+        x = broadcast_batch(x, seed)
+    return _dropout(x, seed if batched[1] else broadcast_batch(seed, x), rate=rate)
 
 
 _dropout = define(
@@ -152,12 +195,16 @@ _dropout = define(
     dtype=DtypeRule("the first input's dtype, which MUST be float64 or float32; the seed MUST be int64",
                     _dropout_dtype),
     attrs={"rate": Attr("float", doc="the probability that an element is zeroed, in [0, 1)")},
-    scratch=lambda x, seed, *, rate: int(np.prod(x.shape)) * 9,  # the uniform draws (float64) and the mask
+    scratch=lambda x, seed, *, rate: int(np.prod(x.shape[1:] if seed.shape else x.shape)) * 9,  # the uniform
+    #                                                              draws (float64) and the mask, of x or of a row
+    batch=_dropout_batch, pattern=rule("each output element depends on its element of x (exact where kept)",
+                                       lambda out, x, seed, *, rate: x),
     jvp=(lambda t, out, x, seed, *, rate: _dropout(t, seed, rate=rate), NONDIFF),
     vjp=(lambda g, out, x, seed, *, rate: _dropout(g, seed, rate=rate), NONDIFF),
     doc="x with each element zeroed with probability `rate` and the others divided by 1 - rate; the "
         "elements zeroed are those where numpy's default_rng(seed mod 2 ** 64) draws uniform numbers "
-        "(random(), float64, one per element in C order) below `rate`: the same seed and shape give the same mask",
+        "(random(), float64, one per element in C order) below `rate`: the same seed and shape give the same mask; "
+        "with a seed per row (axis 0), each row is masked as that row alone with its seed",
     grad_doc="linear in x: the same op, with the same seed (hence the same mask), on the tangent or cotangent")
 
 

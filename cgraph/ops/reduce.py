@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.ops.array import broadcast_to, expand_dims, reshape, shape_like
+from cgraph.ops.array import batch_axes, broadcast_to, expand_dims, reshape, shape_like, shift_axes
 from cgraph.ops.elementwise import cast, div, equal, mul, where
-from cgraph.ops.registry import INT64, MEAN, NONDIFF, SAME, SAME_NUMERIC, ZERO, Attr, define
+from cgraph.ops.registry import INT64, MEAN, NONDIFF, SAME, SAME_NUMERIC, ZERO, Attr, Unbatched, define, rule
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ def reduce_shape(x: Meta, *, axes: tuple[int, ...], keepdims: bool = False) -> S
 REDUCE_ATTRS = {"axes": Attr("ints", doc="the axes reduced"), "keepdims": Attr("bool", False)}
 
 
+def reduce_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...], keepdims: bool) -> Pattern:
+    """each output element depends on the input elements reduced into it"""
+    return x.reduce(axes, keepdims)
+
+
 def unreduce(g: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
     """g, the result of reducing x over `axes`, with the reduced axes put back as size 1."""
     return g if keepdims or not axes else expand_dims(g, axes)
@@ -84,10 +90,13 @@ _dim_size = define(
     "dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a in axes])), inputs=("x",),
     shape=_scalar_shape, dtype=SAME, attrs={"axes": Attr("ints", doc="the axes whose sizes multiply")},
     jvp=(ZERO,), vjp=(ZERO,), eager=True, grad_doc="zero",
+    batch=rule("the count of one example (the same for all), its `axes` moved past the batch axis",
+               lambda batched, x, *, axes: Unbatched(_dim_size(x, axes=shift_axes(axes, x.ndim - 1)))),
     doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
 _sum_kernel = _reduce_kernel(np.add)
 _sum = define("sum", _sum_kernel, inputs=("x",), shape=reduce_shape, dtype=SAME_NUMERIC, attrs=REDUCE_ATTRS,
+              batch=batch_axes("sum"), pattern=reduce_pattern,
               jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
               vjp=(lambda g, out, x, *, axes, keepdims:
                    broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),),
@@ -102,6 +111,7 @@ def _mean_kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.
 
 
 _mean = define("mean", _mean_kernel, inputs=("x",), shape=reduce_shape, dtype=MEAN, attrs=REDUCE_ATTRS,
+               batch=batch_axes("mean"), pattern=reduce_pattern,
                jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
                vjp=(lambda g, out, x, *, axes, keepdims:
                     broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),),
@@ -118,6 +128,7 @@ def _share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Ten
 def _extremum(name: str, ufunc: np.ufunc, word: str) -> Any:
     return define(
         name, _reduce_kernel(ufunc), inputs=("x",), shape=reduce_shape, dtype=SAME, attrs=REDUCE_ATTRS,
+        batch=batch_axes(name), pattern=reduce_pattern,
         jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _share(out, x, axes, keepdims)), axes, keepdims),),
         vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), _share(out, x, axes, keepdims)),),
         doc=f"the {word} element over `axes` (numpy.{name})",
@@ -146,6 +157,7 @@ def _prod_others(x: Tensor, axes: tuple[int, ...]) -> Tensor:
 
 _prod = define(
     "prod", _reduce_kernel(np.multiply), inputs=("x",), shape=reduce_shape, dtype=SAME_NUMERIC, attrs=REDUCE_ATTRS,
+    batch=batch_axes("prod"), pattern=reduce_pattern,
     jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _prod_others(x, axes)), axes, keepdims),),
     vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), _prod_others(x, axes)),),
     doc="the product over `axes` (numpy.prod); a bool x is multiplied by `cg.prod` after a cast to int64",
@@ -154,6 +166,11 @@ _prod = define(
 
 
 # ---- argmax, cumsum ---------------------------------------------------------------------------
+
+def reduce_one_axis(out: Dims, x: Pattern, *, axis: int, keepdims: bool) -> Pattern:
+    """each output element depends on the input elements along `axis` at its position"""
+    return x.reduce((axis,), keepdims)
+
 
 def _argmax_shape(x: Meta, *, axis: int, keepdims: bool) -> Shape:
     """REDUCE of x's shape over (`axis`,)."""
@@ -167,7 +184,10 @@ def _argmax_kernel(x: np.ndarray, *, axis: int, keepdims: bool) -> np.ndarray:
 _argmax = define(
     "argmax", _argmax_kernel, inputs=("x",), shape=_argmax_shape, dtype=INT64,
     attrs={"axis": Attr("int", doc="the axis searched"), "keepdims": Attr("bool", False)},
-    jvp=(NONDIFF,), vjp=(NONDIFF,),
+    jvp=(NONDIFF,), vjp=(NONDIFF,), pattern=reduce_one_axis,
+    batch=rule("the op itself, its `axis` moved past the batch axis",
+               lambda batched, x, *, axis, keepdims: _argmax(x, axis=shift_axes(axis, x.ndim - 1)[0],
+                                                             keepdims=keepdims)),
     doc="the index of the largest element along `axis` (numpy.argmax: the first one where several tie); int64")
 
 
@@ -175,6 +195,22 @@ def _cumsum_shape(x: Meta, *, axis: int, reverse: bool) -> Shape:
     """x's shape; `axis` is in [-ndim, ndim) (x has at least one dimension)."""
     normalize_axes(axis, x.ndim)
     return x.shape
+
+
+def _cumsum_pattern(out: Dims, x: Pattern, *, axis: int, reverse: bool) -> Pattern:
+    """each output element depends on the input elements summed into it: those at or before it
+    along `axis` (at or after it, `reverse`) (exact)"""
+    index = np.moveaxis(x.index(), axis, -1)
+    n = index.shape[-1]
+    parts = []
+    for k in range(n):  # the input element k places before (after) each output element
+        src = np.full(index.shape, -1, np.int64)
+        if reverse:
+            src[..., :n - k] = index[..., k:]
+        else:
+            src[..., k:] = index[..., :n - k]
+        parts.append(x.gather(np.moveaxis(src, -1, axis)))
+    return union(*parts) if parts else x
 
 
 def _cumsum_kernel(x: np.ndarray, *, axis: int, reverse: bool) -> np.ndarray:
@@ -190,6 +226,9 @@ _cumsum = define(
     "cumsum", _cumsum_kernel, inputs=("x",), shape=_cumsum_shape, dtype=SAME_NUMERIC,
     attrs={"axis": Attr("int", doc="the axis summed along"),
            "reverse": Attr("bool", False, doc="sum from the end: out[i] = x[i] + x[i+1] + ...")},
+    batch=rule("the op itself, its `axis` moved past the batch axis",
+               lambda batched, x, *, axis, reverse: _cumsum(x, axis=shift_axes(axis, x.ndim - 1)[0], reverse=reverse)),
+    pattern=_cumsum_pattern,
     jvp=(lambda t, out, x, *, axis, reverse: _cumsum(t, axis=axis, reverse=reverse),),
     vjp=(lambda g, out, x, *, axis, reverse: _cumsum(g, axis=axis, reverse=not reverse),),
     doc="the running sum along `axis` (numpy.cumsum), from the start or (`reverse`) from the end",
