@@ -36,23 +36,25 @@ def run_ort(model, feeds):
 ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "AveragePool", "Erf", "Atan"}
 
 
-def _as_float32(model):
-    """A copy of a float64 model computing in float32: initializers, constants, inputs,
-    outputs and casts."""
+def _retyped(model, to):
+    """A copy of a model computing in `to` (TensorProto.FLOAT or DOUBLE) where it used the other
+    float type: initializers, constants, inputs, outputs and casts."""
+    was = TensorProto.DOUBLE if to == TensorProto.FLOAT else TensorProto.FLOAT
+    dtype = np.float32 if to == TensorProto.FLOAT else np.float64
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for t in m.graph.initializer:
-        if t.data_type == TensorProto.DOUBLE:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+        if t.data_type == was:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name))
     for vi in [*m.graph.input, *m.graph.output]:
-        if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+        if vi.type.tensor_type.elem_type == was:
+            vi.type.tensor_type.elem_type = to
     for node in m.graph.node:
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.DOUBLE:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
-            elif node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.DOUBLE:
-                a.i = TensorProto.FLOAT
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == was:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(dtype), a.t.name))
+            elif node.op_type == "Cast" and a.name == "to" and a.i == was:
+                a.i = to
     del m.graph.value_info[:]
     return m
 
@@ -62,7 +64,7 @@ def ort_outputs(model, feeds, dtype):
     an operator onnxruntime has only in float32 runs as a float32 copy (its outputs cast back)."""
     if dtype != "float64" or not {n.op_type for n in model.graph.node} & ORT_FLOAT32_ONLY:
         return run_ort(model, feeds), dtype
-    got = run_ort(_as_float32(model), {k: v.astype(np.float32) if v.dtype == np.float64 else v
+    got = run_ort(_retyped(model, TensorProto.FLOAT), {k: v.astype(np.float32) if v.dtype == np.float64 else v
                                        for k, v in feeds.items()})
     return {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in got.items()}, "float32"
 
@@ -321,15 +323,7 @@ def test_import_helper_mlp_matches_onnxruntime_and_differentiates(opset, tmp_pat
 
 
 def _as_float64(model):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for t in m.graph.initializer:
-        if t.data_type == TensorProto.FLOAT:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
-    for vi in [*m.graph.input, *m.graph.output]:
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    return m
+    return _retyped(model, TensorProto.DOUBLE)
 
 
 def test_imported_model_fine_tunes_with_fit():
