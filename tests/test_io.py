@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from control_cases import all_cases, comparable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from specs import build_graph, case_id, cases
@@ -100,8 +101,24 @@ def spec_graphs() -> list[tuple[str, cg.Graph, dict[str, np.ndarray]]]:
     return out
 
 
+def control_graphs() -> list[tuple[str, cg.Graph, dict[str, np.ndarray]]]:
+    """The control-flow cases (tests/control_cases.py: cond, scan, while_loop, nested), with
+    their gradient graphs."""
+    out = []
+    for c in all_cases():
+        out.append((c.name, c.graph, c.feeds))
+        out.append((c.name + "-grad", cg.gradient_graph(c.graph, "loss", c.wrt), c.feeds))
+        if c.name.startswith(("rnn", "tuple")):  # a budgeted plan: checkpoints and scan_revolve
+            full = cg.ReverseMode(c.graph, "loss", c.wrt)
+            full.grad(c.feeds)
+            rm = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=int(full.stats.peak_bytes * 0.8))
+            rm.grad(c.feeds)
+            out.append((c.name + "-budget", rm.memory_plan.plan.graph, c.feeds))
+    return out
+
+
 ALL = [("batch", *batch_graph()), ("batch32", *batch_graph("float32")), ("batch-grad", *grad_of_batch()),
-       ("batch32-grad", *grad_of_batch("float32")), *spec_graphs()]
+       ("batch32-grad", *grad_of_batch("float32")), *spec_graphs(), *control_graphs()]
 
 
 def run(g: cg.Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,7 +130,8 @@ def assert_same_graph(g: cg.Graph, h: cg.Graph) -> None:
     assert list(h.nodes) == list(g.nodes)
     for name, a in g.nodes.items():
         b = h.nodes[name]
-        assert (b.op, b.inputs, dict(b.attrs), b.shape, b.dtype) == (a.op, a.inputs, dict(a.attrs), a.shape, a.dtype)
+        assert (b.op, b.inputs, comparable(dict(b.attrs)), b.shape, b.dtype) == \
+            (a.op, a.inputs, comparable(dict(a.attrs)), a.shape, a.dtype)
         if a.op in ("param", "constant"):
             va, vb = g.value(name), h.value(name)
             assert va.dtype == vb.dtype and va.shape == vb.shape and va.tobytes() == vb.tobytes()
@@ -218,8 +236,28 @@ def test_layout_matches_the_specification():
     refs = [n.value.payload for n in model.graph.node if n.HasField("value")] + [t.payload for t in model.state]
     assert [(r.offset, r.length) for r in refs] == [(0, 48), (48, 8), (56, 16)]
     assert all(zlib.crc32(data[m + r.offset:m + r.offset + r.length]) == r.crc32 for r in refs)
-    assert model.format_version == 1 and model.min_reader_version == 1
+    assert m % 64 == 0 and model.padding == bytes(len(model.padding))  # the payload starts aligned
+    assert all(r.HasField("crc32") for r in refs)
+    assert model.format_version == 3 and model.min_reader_version == 1
     assert (model.producer_name, model.producer_version) == ("cgraph", cg.__version__)
+
+
+@pytest.mark.parametrize("layout", ["inline", "payload"])
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_1_files_still_load(layout, mmap):
+    """Files written by the version-1 writer (cgraph before format version 2, kept in
+    tests/data): no padding, so their payload tensors are unaligned and, under mmap, read."""
+    mf = cio.read_model(ROOT / "tests" / "data" / f"v1-{layout}.pb", mmap=mmap)
+    g = mf.graph
+    assert (mf.format_version, mf.min_reader_version) == (1, 1) and (mf.payload_bytes > 0) == (layout == "payload")
+    assert g.metadata == {"note": "written by the version-1 writer"}
+    assert np.array_equal(g.params["W"], np.arange(6.0).reshape(2, 3)) and g.params["b"].dtype == np.float32
+    assert g.params["b"].tolist() == [0.5, -1.0, 2.0]
+    assert g.state["s"].tolist() == [1, 2] and g.state["mask"].tolist() == [True, False, True]
+    out = cg.Evaluator(g).run({"x": np.array([[1.0, -2.0], [0.5, 0.25]])})
+    assert np.array_equal(out["y"], np.maximum(np.array([[1.0, -2.0], [0.5, 0.25]]) @ g.params["W"], 0) + 1.0)
+    assert out["z"].shape == (2, 3)
+    assert cg.loads(cg.dumps(g)).params["W"].tobytes() == g.params["W"].tobytes()
 
 
 def test_large_tensors_go_to_the_payload_largest_first():
@@ -354,9 +392,34 @@ def test_duplicate_node_name():
 
 def test_future_format_version():
     m = decoded()
-    m.format_version, m.min_reader_version = 3, 2
+    m.format_version, m.min_reader_version = 5, 4
     msg = load_error(reframe(m))
-    assert "needs a reader of format version 2" in msg and "reads format version 1" in msg
+    assert "needs a reader of format version 4" in msg and "reads format version 3" in msg
+    m.min_reader_version = 3  # this reader implements version 3
+    assert cg.loads(reframe(m)).name == "small"
+
+
+def test_only_files_with_control_flow_need_a_version_3_reader():
+    for name, g, _ in ALL:
+        m = pb.Model.FromString(cg.dumps(g)[:-30])
+        control = any(n.op in ("cond", "scan", "while_loop") for n in g.nodes.values())
+        assert (m.format_version, m.min_reader_version) == (3, 3 if control else 1), name
+
+
+def test_bodies_with_params_or_bad_shapes_are_refused():
+    from control_cases import rnn
+    g = rnn().graph
+    m = pb.Model.FromString(cg.dumps(g)[:-30])
+    (scan,) = [n for n in m.graph.node if n.op == "scan"]
+    body = next(a for a in scan.attr if a.name == "body").value.graph
+    body.node[0].op = "param"
+    msg = load_error(reframe(m))
+    assert "attribute 'body': node 0 ('carry', op 'param')" in msg and "no params" in msg
+    m = pb.Model.FromString(cg.dumps(g)[:-30])
+    (scan,) = [n for n in m.graph.node if n.op == "scan"]
+    body = next(a for a in scan.attr if a.name == "body").value.graph
+    body.node[0].shape.dim[1].value = 7
+    assert "attribute 'body': matmul (matmul): inner sizes 7 and 4 differ" in load_error(reframe(m))
 
 
 def test_newer_but_compatible_file_loads():
