@@ -209,7 +209,8 @@ class _Program:
                  for i, name in enumerate(order) for orig in [self.orig[name]]]  # (no fn: counted, never run)
         return account(steps, {n: info.nbytes[self.orig[n]] for n in order},
                        {n for n in nodes if info.scalar[self.orig[n]]},
-                       {n: info.nbytes[o] + info.scratch[o] for n in order for o in [self.orig[n]] if o in info.scratch})
+                       {n: info.nbytes[o] + info.scratch[o]  # a kernel's output and working bytes
+                        for n in order for o in [self.orig[n]] if o in info.scratch})
 
 
 def _candidates(info: _Graphinfo) -> list[frozenset[str]]:

@@ -130,8 +130,9 @@ def account(steps: Iterable[Any], sizes: Mapping[str, Any], scalars: set[str],
             transient: Mapping[str, int] | None = None) -> int:
     """The peak bytes of running `steps` when their outputs have these sizes (a tuple of sizes
     for a tuple of results), from shapes alone (`scalars`: the 0-d values, which numpy hands out
-    as scalars that no view can share; `transient`: the bytes each step's kernel holds at once beyond what was alive before it, its
-    output included, where that is more than its output: scratch, a loop's carries)."""
+    as scalars that no view can share; `transient`: the bytes each step's kernel holds at once
+    beyond what was alive before it, its output included, where that is more than its output:
+    scratch, a loop's carries)."""
     return tally(steps, sizes, scalars, transient)[0]
 
 
