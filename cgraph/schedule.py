@@ -19,8 +19,9 @@ for its first `INTERPRETED_RUNS` runs and compiled only if it keeps running: a g
 
 Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
 buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
-numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
-not counted (they live anyway).
+numpy often returns scalars there, which cannot be viewed); a kernel's declared working memory
+(`OpDef.scratch`) counts while its step runs; feeds, params and constants are not counted
+(they live anyway).
 `Plan.predict_peak` gives the same number from shapes alone, before any run; the one case it
 cannot see is a reshape that must copy a non-contiguous value (the run counts that copy).
 """
@@ -58,6 +59,7 @@ class Step(NamedTuple):
     update: int = -1  # an update step: which callback of the run it calls, or -1
     part: int = -1  # a `result` step: which result of its input (a tuple) it is, or -1
     multi: bool = False  # a control-flow step: its value is `Results`, with its kernel's peak
+    scratch: Callable[..., int] | None = None  # the kernel's working bytes, from its inputs
 
 
 @dataclass
@@ -132,7 +134,8 @@ class Plan(Drawable):
             node = nodes[name]
             opdef = get_op(node.op)
             steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i],
-                              part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi))
+                              part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi,
+                              scratch=opdef.bind_scratch(node)))
         self.steps = tuple(steps)
         self.updates = tuple(sinks.values())  # (param, gradient) of each update step, in callback order
 
@@ -168,7 +171,9 @@ def step_size(meta: Meta) -> int | tuple[int, ...]:
 
 
 def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) -> dict[str, int]:
-    """The peak of each control-flow step's kernel, from its op's `peak` rule at these Metas."""
+    """What each step's kernel holds at once beyond what was alive before it, where that is more
+    than its output: a control-flow step's (its op's `peak` rule at these Metas), or a kernel's
+    with declared scratch (its output and the scratch)."""
     out = {}
     for s in steps:
         if s.multi:
@@ -176,6 +181,8 @@ def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) ->
             rule = get_op(node.op).peak
             assert rule is not None
             out[s.name] = rule(node, [meta[i] for i in node.inputs], meta[s.name])
+        elif s.scratch is not None:  # its output and its working bytes
+            out[s.name] = nbytes(meta[s.name]) + s.scratch(*[meta[a] for a in s.args])
     return out
 
 
@@ -327,7 +334,7 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
     books = Ledger()
     live = peak = 0
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace, update, _, multi = step
+        name, op, fn, args, view, free, inplace, update, _, multi, scratch = step
         ins = [values[a] for a in args]
         if update >= 0:
             updates[update](*ins)
@@ -345,7 +352,8 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
         added = books.record(step, out.sizes if multi else out.nbytes, shares)
-        peak = max(peak, live + (out.peak if multi else 0), live + added)
+        held = out.peak if multi else 0 if scratch is None else added + scratch(*ins)  # while the kernel ran
+        peak = max(peak, live + held, live + added)
         live += added
         for f in free:
             del values[f]

@@ -30,7 +30,7 @@ def test_compiled_equals_interpreted_and_predicted(case):
     spec, shapes = case
     xs = spec.draw(np.random.default_rng(0), shapes)
     g = build_graph(spec, shapes, scale=2.0)
-    wrt = [f"a{i}" for i in range(len(shapes)) if xs[i].dtype != bool]
+    wrt = [f"a{i}" for i in range(len(shapes)) if xs[i].dtype.kind == "f"]
     feeds = {f"a{i}": x for i, x in enumerate(xs)}
     rng = np.random.default_rng(1)
     out_shape = np.shape(cg.Evaluator(g).run(feeds)["out"])
