@@ -3,6 +3,7 @@ pass onnx.checker (full check) and give cgraph's outputs in onnxruntime; models 
 onnx.helper (and exported ones) import, run as onnxruntime runs them, and differentiate."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -669,3 +670,42 @@ def test_derivatives_are_for_float_dtypes_only():
     assert grads["x"].dtype == np.float16 and grads["x"].tolist() == [2.0, 0.0, 12.0]
     with pytest.raises(cg.DerivativeError, match="wrt 'i': a int32 input has no derivative"):
         cg.ReverseMode(g, of="y", wrt=["i"])
+
+
+LIGHT = sorted(p for p in (Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx")
+               if not p.name.endswith("_output_0.pb"))
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[p.stem.removeprefix("light_") for p in LIGHT])
+def test_light_real_models_differentiate(path):
+    """ONNX's nine light real models (ResNet-50, VGG-19, Inception...; their outputs are checked
+    by test_onnx_suite), computed in float64: the gradient wrt the input image of a weighted sum
+    of the logits (the softmax's input) and of every ReLU's output (with the light models'
+    constant weights every class has the same logit, so the softmax itself is constant, and in
+    some the logits do not depend on the image) matches central differences along a direction
+    that moves three pixels."""
+    model = _retyped(onnx.load(path), TensorProto.DOUBLE)
+    inits = {t.name for t in model.graph.initializer}
+    (vi,) = [vi for vi in model.graph.input if vi.name not in inits]
+    shape = tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+    x = np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)
+    g = cg.onnx.load(model)
+    (out,) = g.outputs.values()
+    logits = g[out.node.inputs[0]] if out.op == "softmax" else out
+    rng = np.random.default_rng(0)
+    parts = [logits, *(g[n.name] for n in g.nodes.values() if n.op == "relu")]
+    terms = [cg.mean(t * rng.normal(size=t.shape)) for t in parts]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    g.output("s", total)
+    _, grads = cg.ReverseMode(g, of="s", wrt=[vi.name]).grad({vi.name: x})
+    d = np.zeros(shape)
+    for pixel, v in (((0, 0, shape[2] // 2, shape[3] // 2), 1.0), ((0, shape[1] - 1, 3, shape[3] - 5), -0.5),
+                     ((0, 1, shape[2] - 2, 7), 0.25)):
+        d[pixel] = v
+    ev, h = cg.Evaluator(g, outputs=["s"]), 1e-4
+    fd = (ev.run({vi.name: x + h * d})["s"] - ev.run({vi.name: x - h * d})["s"]) / (2 * h)
+    directional = float(np.sum(grads[vi.name] * d))
+    assert directional != 0.0
+    assert abs(directional - fd) <= 1e-3 * abs(fd), (directional, fd)  # the sums are large: FD loses digits

@@ -504,12 +504,16 @@ RULES["AveragePool"] = _pool(ops.avg_pool2d)
 
 @_rule("Dropout")
 def _dropout(r: _Reader, n: Any) -> list[Tensor]:
-    """Inference form: the input itself (training_mode absent or false)."""
+    """Inference form (training_mode absent or false; before opset 7, as every runtime runs it):
+    the input itself, and a mask of all true."""
     mode = _optional(n, 2)
     if mode is not None and bool(np.asarray(r.value(mode, "training_mode"))):
         raise OnnxError(f"{r.where()}: Dropout in training mode is not supported (cgraph's dropout draws its "
                         "mask from a seed input)")
-    return [r.t(n.input[0])]
+    x = r.t(n.input[0])
+    if not n.output[1:] or not n.output[1]:
+        return [x]
+    return [x, ops.broadcast_to(r.g.constant(None, np.array(True)), shape_like(x))]
 
 
 def _softmax_like(fn: Callable[..., Tensor]) -> Rule:
@@ -852,7 +856,7 @@ def _unsupported(model: onnx.ModelProto) -> Counter[str]:
             training = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
             if training or any(n.output[1:]):
                 bad["BatchNormalization (training mode)"] += 1
-        elif n.op_type in ("Dropout", "MaxPool") and any(n.output[1:]):
+        elif n.op_type == "MaxPool" and any(n.output[1:]):
             bad[f"{n.op_type} (second output)"] += 1
     return bad
 
