@@ -3,9 +3,9 @@ pass onnx.checker (full check) and give cgraph's outputs in onnxruntime; models 
 onnx.helper (and exported ones) import, run as onnxruntime runs them, and differentiate."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
