@@ -827,9 +827,6 @@ def _lrn(r: _Reader, n: Any) -> list[Tensor]:
     return [ops.div(x, ops.pow(scale, float(at.get("beta", 0.75))))]
 
 
-IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
-
-
 def _constant_value(r: _Reader, n: Any) -> np.ndarray:
     at = r.attrs(n)
     numpy_helper = r.onnx.numpy_helper
@@ -843,11 +840,43 @@ def _constant_value(r: _Reader, n: Any) -> np.ndarray:
                     f"(got {', '.join(at)})")
 
 
+def read_nodes(r: _Reader, nodes: Any) -> None:
+    """Import ONNX `nodes` in order, each by its rule, into the reader's environment (the
+    model's graph, or a control-flow body's)."""
+    outer = r.node
+    for n in nodes:
+        r.node = n
+        if n.op_type == "Constant":
+            r.static[n.output[0]] = _constant_value(r, n)
+            continue
+        try:
+            outs = RULES[n.op_type](r, n)
+        except OnnxError:
+            raise
+        except CgraphError as err:
+            raise OnnxError(f"{r.where()}: {err}") from None
+        for out_name, t in zip(n.output, outs, strict=False):
+            if out_name:
+                r.env[out_name] = t
+    r.node = outer
+
+
+def _all_nodes(graph: Any) -> Any:
+    """The nodes of an ONNX graph and of the bodies its nodes hold (If's branches, Loop's and
+    Scan's bodies), depth first."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for body in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(body)
+
+
 def _unsupported(model: onnx.ModelProto) -> Counter[str]:
-    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own)."""
+    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own), bodies
+    included."""
     bad: Counter[str] = Counter()
     onnx = require()
-    for n in model.graph.node:
+    for n in _all_nodes(model.graph):
         if n.domain not in ("", "ai.onnx"):
             bad[f"{n.domain}:{n.op_type}"] += 1
         elif n.op_type not in IMPORTABLE:
@@ -889,21 +918,7 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
     for iname, value in r.static.items():
         if iname not in constants and value.dtype in (np.float32, np.float64):
             r.env[iname] = g.param(iname, value, trainable=iname not in frozen)
-    for n in graph.node:
-        r.node = n
-        if n.op_type == "Constant":
-            r.static[n.output[0]] = _constant_value(r, n)
-            continue
-        try:
-            outs = RULES[n.op_type](r, n)
-        except OnnxError:
-            raise
-        except CgraphError as err:
-            raise OnnxError(f"{r.where()}: {err}") from None
-        for out_name, t in zip(n.output, outs, strict=False):
-            if out_name:
-                r.env[out_name] = t
-    r.node = None
+    read_nodes(r, graph.node)
     for vi in graph.output:
         t = r.t(vi.name)
         want = onnx_to_np_type(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else None
@@ -947,3 +962,8 @@ def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None =
         raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
                         f"({type(err).__name__}: {str(err).strip()[:200]})") from None
     return from_model(model, name)
+
+
+from cgraph.onnx import _import_control  # noqa: E402, F401  (If, Loop and Scan: their bodies are read by read_nodes)
+
+IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
