@@ -154,8 +154,8 @@ def _for_model(trips=5, cond_input=False):
     inputs = [tensor("h0", TensorProto.DOUBLE, [2]), tensor("x", TensorProto.DOUBLE, [trips, 2])]
     if cond_input:
         inputs.append(tensor("c0", TensorProto.BOOL, []))
-    return model_of([node], inputs, [tensor("h", TensorProto.DOUBLE, [2]), tensor("ys", TensorProto.DOUBLE, [trips, 2])],
-                    inits)
+    outputs = [tensor("h", TensorProto.DOUBLE, [2]), tensor("ys", TensorProto.DOUBLE, [trips, 2])]
+    return model_of([node], inputs, outputs, inits)
 
 
 def test_a_loop_with_scan_outputs_and_a_known_trip_count_is_a_scan():
