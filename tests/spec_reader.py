@@ -897,6 +897,8 @@ CONV = {"stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0)), "dilation": (
 POOL = {"kernel": (INTS, _REQ), "stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0))}
 _op("atan erf expm1 log1p", (1, 1), {}, d_promote_f, _same)
 _op("atan2", (2, 2), {}, d_promote_f, _bcast)
+_op("ceil floor round", (1, 1), {}, d_promote_nb, _same)
+_op("mod", (2, 2), {"fmod": (BOOLT, False)}, d_promote_nb, _bcast)
 _op("clip", (3, 3), {}, d_promote_nb, s_bcast3)
 _op("min", (1, 1), RED, d_first, s_reduce)
 _op("prod", (1, 1), RED, d_first_nb, s_reduce)

@@ -282,6 +282,8 @@ def _axes(r: _Reader, n: Any, input_index: int) -> list[int] | None:
     if "axes" in at:
         return [int(a) for a in at["axes"]]
     name = _optional(n, input_index)
+    if name is not None and r.known(name) is None and r.t(name).shape == (0,):
+        return []  # fed at run time, but always empty
     return None if name is None else [int(a) for a in r.value(name, "the axes")]
 
 
@@ -354,40 +356,78 @@ def _slice(r: _Reader, n: Any) -> list[Tensor]:
 
 # ---- reductions and the ops of neural networks ----------------------------------------------
 
-def _reduction(fn: Callable[..., Tensor]) -> Rule:
+Pre = Callable[[Tensor], Tensor]
+Post = Callable[[Tensor, Tensor], Tensor]  # (the sum, x)
+
+
+def _reduction(fn: Callable[..., Tensor], pre: Pre | None = None, post: Post | None = None,
+               mean: bool = False) -> Rule:
+    """A reduction over constant axes; one that is post(sum(pre(x))) (divided by the count for a
+    mean) also over axes fed at run time."""
     def rule(r: _Reader, n: Any) -> list[Tensor]:
         x = r.t(n.input[0])
         at = r.attrs(n)
+        keepdims = bool(at.get("keepdims", 1))
+        name = _optional(n, 1) if "axes" not in at else None
+        if name is not None and r.known(name) is None and (r.t(name).shape[0] or 0) > 0 and (pre or post or mean):
+            return [_runtime_reduction(r, x, _sizes(r, name, "the axes"), keepdims, pre, post, mean)]
         axes = _axes(r, n, 1)
         if not axes:
             if at.get("noop_with_empty_axes", 0):
                 return [x]
             axes = None
-        return [fn(x, None if axes is None else tuple(axes), keepdims=bool(at.get("keepdims", 1)))]
+        return [fn(x, None if axes is None else tuple(axes), keepdims=keepdims)]
     return rule
 
 
-RULES["ReduceSum"] = _reduction(ops.sum)
-RULES["ReduceMean"] = _reduction(ops.mean)
+def _runtime_reduction(r: _Reader, x: Tensor, axes: Tensor, keepdims: bool, pre: Pre | None, post: Post | None,
+                       mean: bool) -> Tensor:
+    """post(sum(pre(x))) over axes known only at run time: sum_to a run-time shape with 1 on
+    those axes; without keepdims, reshaped to the sizes of the other axes, in order."""
+    ndim = x.ndim
+    axes = ops.where(ops.less(axes, 0), ops.add(axes, ndim), axes)
+    hit = ops.equal(ops.expand_dims(axes, 1), _int64(r, np.arange(ndim)[None, :]))
+    mask = ops.greater(ops.sum(ops.cast(hit, np.int64), 0), 0)
+    xs = _shape_of(x)
+    out = ops.array.sum_to(pre(x) if pre else x, ops.where(mask, 1, xs))
+    if mean:
+        out = ops.div(out, ops.cast(ops.prod(ops.where(mask, xs, 1)), out.dtype))
+    out = post(out, x) if post else out
+    if keepdims:
+        return out
+    m = ndim - cast(int, axes.shape[0])
+    kept = ops.cast(_not(mask), np.int64)
+    at = ops.sub(ops.cumsum(kept), 1)  # the position of each kept axis in the result
+    pick = ops.where(ops.equal(ops.expand_dims(at, 0), _int64(r, np.arange(m)[:, None])), ops.expand_dims(kept, 0), 0)
+    return ops.reshape(out, ops.sum(ops.mul(pick, ops.expand_dims(xs, 0)), 1))
+
+
+def _logsumexp(x: Tensor, axes: Any, keepdims: bool) -> Tensor:
+    return ops.logsumexp(x, tuple(range(x.ndim)) if axes is None else axes, keepdims)
+
+
+def _top(x: Tensor) -> Tensor | float:
+    """x's largest element: the shift that keeps a log-sum-exp's exponentials from overflowing
+    (0 for an x without elements)."""
+    return 0.0 if 0 in x.shape else ops.stop_gradient(ops.max(x))
+
+
+RULES["ReduceSum"] = _reduction(ops.sum, post=lambda t, x: t)
+RULES["ReduceMean"] = _reduction(ops.mean, mean=True)
 RULES["ReduceMax"] = _reduction(ops.max)
-RULES["ReduceL1"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.abs(x), axes, keepdims))
-RULES["ReduceL2"] = _reduction(lambda x, axes, keepdims: ops.sqrt(ops.sum(ops.square(x), axes, keepdims)))
-RULES["ReduceSumSquare"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.square(x), axes, keepdims))
-RULES["ReduceLogSum"] = _reduction(lambda x, axes, keepdims: ops.log(ops.sum(x, axes, keepdims)))
-RULES["ReduceLogSumExp"] = _reduction(lambda x, axes, keepdims: ops.logsumexp(x, tuple(range(x.ndim)) if axes is None
-                                                                               else axes, keepdims))
+RULES["ReduceL1"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.abs(x), axes, keepdims), pre=ops.abs)
+RULES["ReduceL2"] = _reduction(lambda x, axes, keepdims: ops.sqrt(ops.sum(ops.square(x), axes, keepdims)),
+                               pre=ops.square, post=lambda t, x: ops.sqrt(t))
+RULES["ReduceSumSquare"] = _reduction(lambda x, axes, keepdims: ops.sum(ops.square(x), axes, keepdims),
+                                      pre=ops.square)
+RULES["ReduceLogSum"] = _reduction(lambda x, axes, keepdims: ops.log(ops.sum(x, axes, keepdims)),
+                                   post=lambda t, x: ops.log(t))
+RULES["ReduceLogSumExp"] = _reduction(_logsumexp, pre=lambda x: ops.exp(ops.sub(x, _top(x))),
+                                      post=lambda t, x: ops.add(ops.log(t), _top(x)))
 
 
 RULES["ReduceMin"] = _reduction(ops.min)
 RULES["ReduceProd"] = _reduction(ops.prod)
-
-
-@_rule("ArgMax")
-def _argmax(r: _Reader, n: Any) -> list[Tensor]:
-    at = r.attrs(n)
-    if at.get("select_last_index", 0):
-        raise OnnxError(f"{r.where()}: select_last_index=1 is not supported (cgraph's argmax takes the first)")
-    return [ops.argmax(r.t(n.input[0]), axis=at.get("axis", 0), keepdims=bool(at.get("keepdims", 1)))]
 
 
 @_rule("CumSum")
@@ -664,9 +704,12 @@ def _padded(r: _Reader, x: Tensor, before: list[int], after: list[int], mode: st
         shape = tuple(cast(int, d) + b + a for d, b, a in zip(x.shape, before, after, strict=True))
         index = tuple(slice(b, b + cast(int, d)) for d, b in zip(x.shape, before, strict=True))
         v = np.asarray(value, x.dtype)
-        inner = x if v == 0 else ops.sub(x, v)
-        out = apply("scatter", inner, shape=shape, index=index)
-        return out if v == 0 else ops.add(out, v)
+        out = apply("scatter", x, shape=shape, index=index)
+        if v == 0:
+            return out
+        inside = np.zeros(shape, bool)
+        inside[index] = True
+        return ops.where(r.g.constant(None, inside), out, v)
     for axis, (b, a) in enumerate(zip(before, after, strict=True)):
         size = cast(int, x.shape[axis])
         def part(sl: slice, x: Tensor = x, axis: int = axis) -> Tensor:
@@ -825,6 +868,226 @@ def _lrn(r: _Reader, n: Any) -> list[Tensor]:
         total = ops.add(total, ops.getitem(padded, (slice(None), slice(k, k + channels))))
     scale = ops.add(float(at.get("bias", 1.0)), ops.mul(float(at.get("alpha", 1e-4)) / size, total))
     return [ops.div(x, ops.pow(scale, float(at.get("beta", 0.75))))]
+
+
+# ---- rounding, remainders, integer division --------------------------------------------------
+
+for _name, _fn in (("Floor", ops.floor), ("Ceil", ops.ceil), ("Round", ops.round)):
+    RULES[_name] = (lambda fn: lambda r, n: [fn(r.t(n.input[0]))])(_fn)
+
+
+@_rule("Mod")
+def _mod(r: _Reader, n: Any) -> list[Tensor]:
+    a, b = _inputs(r, n)
+    return [ops.mod(a, b, fmod=bool(r.attrs(n).get("fmod", 0)))]
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    """True division of floats; of integers, the quotient truncated toward zero (computed in
+    float64, exact while the values fit in 53 bits)."""
+    dtype = np.result_type(a.dtype, b.dtype)
+    if dtype.kind == "f":
+        return ops.div(a, b)
+    return ops.cast(ops.div(ops.cast(a, np.float64), ops.cast(b, np.float64)), dtype)
+
+
+RULES["Div"] = _fold(_div)
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+def _nll(r: _Reader, n: Any, logp: Tensor, target: Tensor) -> Tensor:
+    """-logp[n, target[n, ...], ...] * weight[target], 0 where target is ignore_index, reduced
+    by `reduction`: none, sum, or mean (divided by the weights of the targets counted)."""
+    at = r.attrs(n)
+    reduction = at.get("reduction", b"mean")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    classes = logp.shape[1]
+    if classes is None:
+        raise OnnxError(f"{r.where()}: cgraph needs the number of classes, got {logp.shape}")
+    target = ops.cast(target, np.int64)
+    ignore = at.get("ignore_index")
+    keep = None if ignore is None else _not(ops.equal(target, ignore))
+    if keep is not None:
+        target = ops.where(keep, target, 0)
+    onehot = ops.one_hot(target, classes, dtype=logp.dtype)  # (N, d..., C): the class axis to 1
+    onehot = ops.transpose(onehot, (0, onehot.ndim - 1, *range(1, onehot.ndim - 1)))
+    loss = ops.neg(ops.sum(ops.mul(logp, onehot), 1))
+    weight = r.t(n.input[2]) if _optional(n, 2) else None
+    w = ops.take(weight, target) if weight is not None else None
+    if keep is not None:
+        mask = ops.cast(keep, logp.dtype)
+        w = mask if w is None else ops.mul(w, mask)
+    if w is not None:
+        loss = ops.mul(loss, w)
+    if reduction == "none":
+        return loss
+    total = ops.sum(loss)
+    if reduction == "sum":
+        return total
+    return ops.div(total, ops.sum(w) if w is not None else float(np.prod(loss.shape)) if None not in loss.shape
+                   else ops.cast(_product(_shape_of(loss)), logp.dtype))
+
+
+@_rule("NegativeLogLikelihoodLoss")
+def _nll_loss(r: _Reader, n: Any) -> list[Tensor]:
+    return [_nll(r, n, r.t(n.input[0]), r.t(n.input[1]))]
+
+
+@_rule("SoftmaxCrossEntropyLoss")
+def _softmax_cross_entropy_loss(r: _Reader, n: Any) -> list[Tensor]:
+    """The NLL of log_softmax over the class axis (1); the log-probabilities are the second output."""
+    logp = ops.log_softmax(r.t(n.input[0]), 1)
+    return [_nll(r, n, logp, r.t(n.input[1])), logp]
+
+
+@_rule("RMSNormalization")
+def _rms_norm(r: _Reader, n: Any) -> list[Tensor]:
+    """x / sqrt(mean(x ** 2) + epsilon) * scale over the axes from `axis` on (in float32 for a
+    float16 x, as stash_type 1 says)."""
+    x, scale = r.t(n.input[0]), r.t(n.input[1])
+    at = r.attrs(n)
+    axes = tuple(range(at.get("axis", -1) % x.ndim, x.ndim))
+    xf = ops.cast(x, np.float32) if x.dtype == np.float16 and at.get("stash_type", 1) == 1 else x
+    out = ops.div(xf, ops.sqrt(ops.add(ops.mean(ops.square(xf), axes, keepdims=True), float(at.get("epsilon", 1e-5)))))
+    return [ops.mul(ops.cast(out, x.dtype) if xf is not x else out, scale)]
+
+
+@_rule("Trilu")
+def _trilu(r: _Reader, n: Any) -> list[Tensor]:
+    """x where the constant mask of the upper (or lower) triangle from diagonal k holds, else 0."""
+    x = r.t(n.input[0])
+    k = int(np.asarray(r.value(n.input[1], "k")).reshape(())) if _optional(n, 1) else 0
+    rows, cols = x.shape[-2:]
+    if rows is None or cols is None:
+        raise OnnxError(f"{r.where()}: cgraph needs the matrix sizes, got {x.shape}")
+    tri = np.triu if r.attrs(n).get("upper", 1) else np.tril
+    mask = r.g.constant(None, tri(np.ones((rows, cols), bool), k))
+    return [ops.where(mask, x, np.zeros((), x.dtype))]
+
+
+# ---- gathering and one-dimensional images ------------------------------------------------------
+
+@_rule("GatherElements")
+def _gather_elements(r: _Reader, n: Any) -> list[Tensor]:
+    """out[..., j, ...] = x[..., indices[..., j, ...], ...] along `axis`: x's axis moved last and
+    compared with every index (a where and a sum, so that it differentiates)."""
+    x, idx = r.t(n.input[0]), ops.cast(r.t(n.input[1]), np.int64)
+    axis = r.attrs(n).get("axis", 0) % x.ndim
+    size = x.shape[axis]
+    off_axis = x.shape[:axis] + x.shape[axis + 1:] != idx.shape[:axis] + idx.shape[axis + 1:]
+    if size is None or None in idx.shape or off_axis:
+        raise OnnxError(f"{r.where()}: cgraph needs static sizes, equal off the axis, got {x.shape} and {idx.shape}")
+    idx = ops.where(ops.less(idx, 0), ops.add(idx, size), idx)
+    moved = ops.expand_dims(ops.transpose(x, (*range(axis), *range(axis + 1, x.ndim), axis)), axis)
+    hit = ops.equal(ops.expand_dims(idx, -1), _int64(r, np.arange(size)))
+    return [ops.sum(ops.where(hit, moved, np.zeros((), x.dtype)), -1)]
+
+
+def _last_index(r: _Reader, n: Any, x: Tensor) -> Tensor:
+    """argmax along `axis`; with select_last_index, of x reversed along it, counted from the end."""
+    at = r.attrs(n)
+    axis, keepdims = at.get("axis", 0) % x.ndim, bool(at.get("keepdims", 1))
+    if not at.get("select_last_index", 0):
+        return ops.argmax(x, axis=axis, keepdims=keepdims)
+    size = x.shape[axis]
+    if size is None:
+        raise OnnxError(f"{r.where()}: select_last_index needs the axis' size, got {x.shape}")
+    flipped = ops.getitem(x, (slice(None),) * axis + (slice(None, None, -1),))
+    return ops.sub(size - 1, ops.argmax(flipped, axis=axis, keepdims=keepdims))
+
+
+RULES["ArgMax"] = lambda r, n: [_last_index(r, n, r.t(n.input[0]))]
+RULES["ArgMin"] = lambda r, n: [_last_index(r, n, (lambda x: ops.neg(x if x.dtype.kind == "f" else ops.cast(
+    x, np.int64)))(r.t(n.input[0])))]
+
+
+@_rule("Hardmax")
+def _hardmax(r: _Reader, n: Any) -> list[Tensor]:
+    """1 at the first largest element along `axis` (opset 13; before, of the flattened axes from
+    `axis` on), else 0."""
+    x = r.t(n.input[0])
+    axis = r.attrs(n).get("axis", -1 if r.opset >= 13 else 1) % x.ndim
+    flat = x if r.opset >= 13 or axis == x.ndim - 1 else ops.reshape(x, (*x.shape[:axis], -1))
+    a = flat.ndim - 1 if flat is not x else axis
+    size = flat.shape[a]
+    if size is None or None in x.shape:
+        raise OnnxError(f"{r.where()}: cgraph needs static sizes, got {x.shape}")
+    hot = ops.one_hot(ops.argmax(flat, axis=a), size, dtype=x.dtype)
+    hot = ops.transpose(hot, (*range(a), hot.ndim - 1, *range(a, hot.ndim - 1)))
+    return [hot if flat is x else ops.reshape(hot, x.shape)]
+
+
+@_rule("LpNormalization")
+def _lp_normalization(r: _Reader, n: Any) -> list[Tensor]:
+    x, at = r.t(n.input[0]), r.attrs(n)
+    axis, p = at.get("axis", -1), at.get("p", 2)
+    norm = ops.sum(ops.abs(x), axis, keepdims=True) if p == 1 else ops.sqrt(ops.sum(ops.square(x), axis, keepdims=True))
+    zero = ops.equal(norm, 0)  # a zero vector stays zero
+    return [ops.where(zero, np.zeros((), x.dtype), ops.div(x, ops.where(zero, np.ones((), x.dtype), norm)))]
+
+
+RULES["Swish"] = _attr_rule(lambda x, alpha: ops.mul(x, ops.logistic(ops.mul(alpha, x))), alpha=1.0)
+
+
+@_rule("DepthToSpace", "SpaceToDepth")
+def _depth_space(r: _Reader, n: Any) -> list[Tensor]:
+    """Reshapes and a transpose of an (N, C, H, W) image of static sizes, as ONNX lays them out
+    (DCR or CRD for DepthToSpace)."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    b = int(at["blocksize"])
+    if x.ndim != 4 or None in x.shape:
+        raise OnnxError(f"{r.where()}: cgraph needs a 4-D image of static sizes, got {x.shape}")
+    N, C, H, W = cast(tuple[int, int, int, int], x.shape)
+    mode = at.get("mode", b"DCR")
+    dcr = (mode.decode() if isinstance(mode, bytes) else mode) == "DCR"
+    if n.op_type == "SpaceToDepth":
+        t = ops.reshape(x, (N, C, H // b, b, W // b, b))
+        t = ops.transpose(t, (0, 3, 5, 1, 2, 4) if dcr else (0, 1, 3, 5, 2, 4))
+        return [ops.reshape(t, (N, C * b * b, H // b, W // b))]
+    if dcr:
+        t = ops.transpose(ops.reshape(x, (N, b, b, C // (b * b), H, W)), (0, 3, 4, 1, 5, 2))
+    else:
+        t = ops.transpose(ops.reshape(x, (N, C // (b * b), b, b, H, W)), (0, 1, 4, 2, 5, 3))
+    return [ops.reshape(t, (N, C // (b * b), H * b, W * b))]
+
+
+def _one_dimensional(rule: Rule) -> Rule:
+    """A 2-D image rule that also takes 1-D images (N, C, L): as (N, C, 1, L), its weights and
+    attributes given a leading size-1 axis, the result's axis 2 dropped."""
+    def wrapped(r: _Reader, n: Any) -> list[Tensor]:
+        if r.t(n.input[0]).ndim != 3:
+            return rule(r, n)
+        helper = r.onnx.helper
+        node = r.onnx.NodeProto()
+        node.CopyFrom(n)
+        del node.input[:], node.attribute[:]
+        for i, name in enumerate(n.input):
+            if name and (i < 2 and not (n.op_type in ("MaxPool", "AveragePool") and i == 1)):
+                wide = f"{name}\x00as 2-D"
+                r.env[wide] = ops.expand_dims(r.t(name), 2)
+                name = wide
+            node.input.append(name)
+        lead = {"kernel_shape": [1], "strides": [1], "dilations": [1], "output_padding": [0]}
+        for key, value in r.attrs(n).items():
+            if key in lead:
+                value = lead[key] + list(value)
+            elif key == "pads":
+                value = [0, value[0], 0, value[1]]
+            elif key == "output_shape":
+                value = [1, *value]
+            node.attribute.append(helper.make_attribute(key, value))
+        r.node = node
+        try:
+            outs = rule(r, node)
+        finally:
+            r.node = n
+        return [ops.squeeze(t, 2) if t.ndim == 4 else t for t in outs]
+    return wrapped
+
+
+for _name in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
+    RULES[_name] = _one_dimensional(RULES[_name])
 
 
 def _constant_value(r: _Reader, n: Any) -> np.ndarray:
