@@ -178,6 +178,8 @@ def _stop_gradient(e: _Emitter, n: Node) -> str:
 
 @_rule("transpose")
 def _transpose(e: _Emitter, n: Node) -> str:
+    if not n.attrs["axes"]:  # a 0-d value: ONNX cannot type an empty perm attribute
+        return e.node("Identity", [e.x(n, 0)])
     return e.node("Transpose", [e.x(n, 0)], perm=[int(a) for a in n.attrs["axes"]])
 
 
