@@ -8,17 +8,15 @@ found by (offset, length, CRC-32), so a model of any size stays one file with no
 Loading never runs code from the file and validates everything before building the graph:
 any problem is a `GraphFormatError` of one line, never another exception, a hang, or an
 allocation larger than the file justifies. Saving is atomic: a temporary file in the same
-folder, flushed to disk, then renamed over the target.
+folder, flushed to disk, then renamed over the target (`cgraph.files`).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import networkx as nx
@@ -26,6 +24,7 @@ import numpy as np
 
 from cgraph._proto import cgraph_pb2 as pb
 from cgraph.errors import CgraphError, GraphFormatError
+from cgraph.files import replace_file
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
 from cgraph.ops.registry import get_op
 
@@ -40,7 +39,8 @@ MAGIC = b"CGPB"
 FOOTER_SIZE = 30
 _FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
 _MAX_NDIM = 64  # numpy's limit
-_CHUNK = 64 * 2**20  # read and write large payload tensors in pieces of this size
+_MAX_MESSAGE = 2**31 - 1  # protobuf's limit on a message's size
+_CHUNK = 64 * 2**20  # read large payload tensors in pieces of this size
 
 _DTYPES: dict[np.dtype, int] = {
     np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
@@ -55,22 +55,10 @@ _FROM_CODE: dict[int, np.dtype] = {code: dt for dt, code in _DTYPES.items()}
 
 def save(g: Graph, path: str | os.PathLike[str], *, inline_limit: int = INLINE_LIMIT) -> None:
     """Write `g` (nodes, params, constants, outputs, metadata, state) to `path`, atomically:
-    a crash or error midway leaves any previous file at `path` as it was."""
+    a crash or error midway leaves any previous file at `path` as it was. A symbolic link is
+    followed, and an existing file keeps its permissions (see `cgraph.files.replace_file`)."""
     message, payload = _encode(g, inline_limit)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask
-    try:
-        with open(fd, "wb") as f:
-            for piece in _file_pieces(message, payload):
-                _write(f, piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    replace_file(path, _file_pieces(message, payload))
 
 
 def dumps(g: Graph, *, inline_limit: int = INLINE_LIMIT) -> bytes:
@@ -205,26 +193,6 @@ def _footer(message_length: int, payload_length: int, crc: int) -> bytes:
     return data
 
 
-def _write(f: BinaryIO, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), _CHUNK):
-        f.write(view[start:start + _CHUNK])
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows opening a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _encode_shape(msg: pb.Shape, shape: tuple[int | None, ...]) -> None:
     msg.SetInParent()  # present even for a scalar's empty shape
     for d in shape:
@@ -349,6 +317,9 @@ def _check_framing(src: _BytesSource | _FileSource) -> tuple[bytes, int]:
     m_len = int.from_bytes(tail[8:16], "little")
     p_len = int.from_bytes(tail[17:25], "little")
     crc = int.from_bytes(tail[26:30], "little")
+    if m_len > _MAX_MESSAGE:  # refused before reading: no protobuf parser takes a message this long
+        raise _Fail(f"corrupted: the footer claims a message section of {m_len} bytes, more than protobuf's "
+                    f"limit of {_MAX_MESSAGE} (2 GiB - 1)")
     if m_len + p_len + FOOTER_SIZE != size:
         raise _Fail(f"truncated or corrupted: the footer describes {m_len + p_len + FOOTER_SIZE} bytes "
                     f"(message {m_len}, payload {p_len}, footer {FOOTER_SIZE}), the file has {size}")

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from specs import build_graph, case_id, cases
 
 import cgraph as cg
+import cgraph.files as cfiles
 import cgraph.io as cio
 from cgraph._proto import cgraph_pb2 as pb
 from cgraph.ops.registry import OPS
@@ -427,6 +429,24 @@ def test_payload_ranges_must_tile_the_payload():
     assert "CRC-32" in load_error(reframe(m, payload))
 
 
+def test_a_message_past_protobufs_limit_is_refused_from_the_footer(tmp_path):
+    """A 3 GiB message section (a sparse file) is refused before a byte of it is read."""
+    path = tmp_path / "huge.pb"
+    m_len = 3 * 2**30
+    with open(path, "wb") as f:
+        f.truncate(m_len)
+        f.seek(m_len)
+        f.write(spec_footer(m_len, 0, 0))
+    tracemalloc.start()
+    try:
+        with pytest.raises(cg.GraphFormatError, match=r"claims a message section of 3221225472 bytes, more than "
+                                                     r"protobuf's limit of 2147483647"):
+            cg.load(path)
+        assert tracemalloc.get_traced_memory()[1] < 2**20, "nothing of the message was read"
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_tensor_claiming_1e12_elements_allocates_nothing(tmp_path):
     """Under an address-space limit, so a huge allocation would fail the test (MemoryError)."""
     m = decoded()
@@ -537,14 +557,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
     calls = []
 
-    def failing_write(f, data):
+    def failing_write(f, pieces):
+        data = next(iter(pieces))
         calls.append(len(data))
         f.write(bytes(data)[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cio, "_write", failing_write)
+    monkeypatch.setattr(cfiles, "_write", failing_write)
     g, _ = batch_graph()
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="m.pb': no space"):
         cg.save(g, path)
     assert calls and path.read_bytes() == before
     with pytest.raises(OSError):
