@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
+import subprocess
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +31,7 @@ import numpy as np
 
 from cgraph.checkpoint import RECOMPUTE, MemoryPlan
 from cgraph.errors import CgraphError
+from cgraph.files import replace_file
 from cgraph.graph import Graph, Node, format_shape
 from cgraph.schedule import Plan
 from cgraph.tracing import Trace, trace
@@ -40,6 +43,9 @@ LONG_EDGE_RANKS = 25  # ranks crossed by all edges together, per allowed box, be
 STRAIGHT_EDGES_FROM = 2_000  # ranks crossed beyond which edges are drawn straight (routing
 #                              curves around thousands of virtual nodes takes dot minutes)
 INSTALL_HINT = "install Graphviz (apt-get install graphviz, brew install graphviz)"
+LABEL_CHARS = 80  # characters of a label's line; the full name is in the tooltip
+TOOLTIP_CHARS = 4000  # characters of a tooltip or id: dot refuses strings past 16 KiB
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _STYLE: dict[str, dict[str, str]] = {
     "input": {"shape": "ellipse", "style": "filled", "fillcolor": "#dbeafe", "color": "#1d4ed8"},
@@ -65,9 +71,20 @@ class RenderWarning(UserWarning):
     """A graph was folded to keep its drawing readable and fast."""
 
 
+def _shown(text: str, limit: int = LABEL_CHARS) -> str:
+    """`text` as DOT can carry it: control characters as escapes (`\\x00`, `\\n`), at most
+    `limit` characters (the middle cut out: names differ at their ends as often as at their
+    starts), backslashes escaped, `&` kept from starting an entity and `<...>` from being HTML."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) > limit:
+        head = (limit - 1) - (limit - 1) // 2
+        text = text[:head] + "…" + text[len(text) - (limit - 1) // 2:]
+    return graphviz.escape(text.replace("&", "&amp;"))
+
+
 def _label(*lines: str) -> str:
-    """A multi-line label: each line escaped by the graphviz package, joined by DOT's `\\n`."""
-    return graphviz.nohtml("\\n".join(graphviz.escape(line) for line in lines))
+    """A multi-line label: each line as `_shown`, joined by DOT's `\\n`."""
+    return graphviz.nohtml("\\n".join(_shown(line) for line in lines))
 
 
 def summarize(value: Any) -> str:
@@ -238,8 +255,8 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
     layout = {"nslimit": "3", "nslimit1": "3"}
     if cost > STRAIGHT_EDGES_FROM:
         layout["splines"] = "line"
-    dot = graphviz.Digraph(name=g.name, graph_attr={"rankdir": rankdir, "label": _label(*title), "labelloc": "t",
-                                                    "fontname": "Helvetica", **layout},
+    dot = graphviz.Digraph(name=_shown(g.name), graph_attr={"rankdir": rankdir, "label": _label(*title),
+                                                            "labelloc": "t", "fontname": "Helvetica", **layout},
                            node_attr={"fontname": "Helvetica", "fontsize": "11"},
                            edge_attr={"color": "#6b7280", "arrowsize": "0.7"})
     # Each drawn box: its DOT id, its scope (the cluster it sits in), label and attributes.
@@ -252,7 +269,8 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
             folded[key].append(node)
             continue
         item[node.name] = ident = f"n{node.index}"
-        attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=graphviz.escape(node.name))
+        full = _shown(node.name, TOOLTIP_CHARS)
+        attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=full, tooltip=full)
         if node.name in outputs:
             attrs.update(peripheries="2", penwidth="1.5")
         if node.name in states:
@@ -268,7 +286,7 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
         top = ", ".join(f"{c} {op}" for op, c in ops[:4]) + (", ..." if len(ops) > 4 else "")
         label = _label(key, f"{len(nodes)} nodes", top)
         scope = () if key.startswith("#") else _scope(key)
-        members[scope].append((ident, label, dict(_STYLE["fold"], id=graphviz.escape(f"fold:{key}"))))
+        members[scope].append((ident, label, dict(_STYLE["fold"], id=_shown(f"fold:{key}", TOOLTIP_CHARS))))
 
     children: dict[tuple[str, ...], set[tuple[str, ...]]] = defaultdict(set)
     for scope in list(members):
@@ -295,7 +313,7 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
             if src in keys or node.name in keys:
                 bundled[a, b] += 1
             else:
-                dot.edge(a, b, tooltip=_label(f"{src} -> {node.name} (input {i})"))
+                dot.edge(a, b, tooltip=_shown(f"{src} -> {node.name} (input {i})", TOOLTIP_CHARS))
     for (a, b), count in bundled.items():
         dot.edge(a, b, **({"label": str(count), "penwidth": "1.5"} if count > 1 else {}))
     return dot
@@ -346,22 +364,27 @@ def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,
     fmt = format_of(path, format)
     dot = digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
                   wrt=wrt, tangents=tangents, plan=plan, step=step)
-    if fmt == "dot":
-        data = dot.source.encode()
-    else:
-        try:
-            data = dot.pipe(format=fmt, quiet=True)
-        except graphviz.ExecutableNotFound:
-            raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
-                              f"{INSTALL_HINT}; or write .dot") from None
-        except graphviz.CalledProcessError as e:
-            err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-            raise RenderError(f"Graphviz 'dot' failed on graph {g.name!r}: {err[-1] if err else e}") from None
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return out
+    source = dot.source.encode("utf-8", "replace")  # (a graph's own name may hold lone surrogates)
+    data = source if fmt == "dot" else _run_dot(source, fmt, g.name)
+    replace_file(path, [data])
+    return Path(path)
+
+
+def _run_dot(source: bytes, fmt: str, name: str) -> bytes:
+    """What `dot -T<fmt>` makes of `source`. subprocess.run waits for the process whatever
+    happens (an error, a closed pipe, Ctrl-C), so none is left behind."""
+    try:
+        proc = subprocess.run(["dot", f"-T{fmt}"], input=source, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
+                          f"{INSTALL_HINT}; or write .dot") from None
+    except OSError as e:
+        raise RenderError(f"cannot run Graphviz 'dot' for graph {name!r:.80}: {e}") from None
+    if proc.returncode:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        err = next((line for line in lines if line.startswith("Error")), lines[-1])
+        raise RenderError(f"Graphviz 'dot' failed on graph {name!r:.80}: {err[:300]}")
+    return proc.stdout
 
 
 __all__ = ["FORMATS", "RenderError", "RenderWarning", "digraph", "format_of", "render", "summarize", "to_dot"]
