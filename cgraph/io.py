@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 
 from cgraph._proto import cgraph_pb2 as pb
-from cgraph.errors import CgraphError, GraphFormatError
+from cgraph.errors import CgraphError, GraphFormatError, one_line
 from cgraph.files import replace_file
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
 from cgraph.ops.registry import get_op
@@ -281,10 +281,8 @@ class _FileSource:
 def _read(src: _BytesSource | _FileSource, where: str) -> ModelFile:
     try:
         return _read_checked(src)
-    except _Fail as e:
-        raise GraphFormatError(f"{where}{e}") from None
-    except CgraphError as e:  # shape inference while rebuilding: one line already
-        raise GraphFormatError(f"{where}{e}") from None
+    except (_Fail, CgraphError) as e:  # CgraphError: shape inference while rebuilding
+        raise GraphFormatError(one_line(f"{where}{e}")) from None
 
 
 def _read_checked(src: _BytesSource | _FileSource) -> ModelFile:

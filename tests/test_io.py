@@ -401,6 +401,11 @@ def test_bad_attributes():
         m = decoded(g)
         mutate(m.graph.node[1])
         assert expected in load_error(reframe(m))
+    m = decoded(g)  # a name with line breaks: the message stays one line (what fuzzing found)
+    m.graph.node[1].name = m.graph.output[0].node = "sum\nof\u2028rows"
+    m.graph.node[1].attr[0].value.s = "rows"
+    assert load_error(reframe(m)) == ("sum\\nof\\u2028rows (sum): attribute 'axes' must be a tuple of ints, "
+                                      "got str 'rows'")
 
 
 def test_bad_bool_bytes_and_params_that_are_not_float():

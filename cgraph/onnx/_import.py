@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import cgraph.ops as ops
-from cgraph.errors import CgraphError
+from cgraph.errors import CgraphError, one_line
 from cgraph.graph import DTYPES, Graph, Tensor
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
@@ -360,15 +360,15 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
     r = _Reader(Graph(name or "onnx"), 1)
     try:
         return _read_model(r, model, name)
-    except OnnxError:
-        raise
+    except OnnxError as err:
+        raise OnnxError(one_line(str(err))) from None
     except CgraphError as err:
-        raise OnnxError(f"{r.where()}: {err}") from None
+        raise OnnxError(one_line(f"{r.where()}: {err}")) from None
     except Exception as err:  # protobuf and onnx meeting malformed input (bad UTF-8, unknown types...)
-        raise OnnxError(f"{r.where()}: {_one_line(err)}") from None
+        raise OnnxError(one_line(f"{r.where()}: {_first_line(err)}")) from None
 
 
-def _one_line(err: BaseException, kind: bool = True) -> str:
+def _first_line(err: BaseException, kind: bool = True) -> str:
     """The first line of an exception's message (at most 200 characters), after its type."""
     lines = str(err).strip().splitlines()
     text = lines[0][:200] if lines else ""
@@ -387,7 +387,7 @@ def _read_model(r: _Reader, model: onnx.ModelProto, name: str | None) -> Graph:
     try:
         onnx.checker.check_model(model)
     except Exception as err:  # ValidationError, and what the checker's C++ raises on stranger input
-        raise OnnxError(f"not a valid ONNX model: {_one_line(err, kind=False)}") from None
+        raise OnnxError(f"not a valid ONNX model: {_first_line(err, kind=False)}") from None
     bad = _unsupported(model)
     if bad:
         listed = ", ".join(f"{op} ({k})" for op, k in sorted(bad.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -467,5 +467,5 @@ def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None =
         raise
     except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
         raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
-                        f"({_one_line(err)})") from None
+                        f"({_first_line(err)})") from None
     return from_model(model, name)
