@@ -9,10 +9,18 @@ contract (`op_info`); your own ops go through the same door (`define_op`).
 # nn, optim: training helpers on the public API; onnx: imports the onnx package only when used
 from cgraph import nn, onnx, optim
 from cgraph.autodiff import gradient_graph
-from cgraph.checkpoint import MemoryBudgetError, MemoryPlan
-from cgraph.errors import CgraphError, DerivativeError, FeedError, GraphFormatError, ShapeError
+from cgraph.checkpoint import MemoryPlan
+from cgraph.errors import (
+    CgraphError,
+    DerivativeError,
+    FeedError,
+    GraphError,
+    GraphFormatError,
+    MemoryBudgetError,
+    ShapeError,
+)
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
-from cgraph.graph import Graph, GraphError, Node, Tensor
+from cgraph.graph import Graph, Node, Tensor
 from cgraph.io import dumps, load, loads, save
 from cgraph.jacobian import gradcheck, jacobian
 from cgraph.ops import *  # noqa: F403  (the op functions: cg.add, cg.matmul, ...)
@@ -20,8 +28,7 @@ from cgraph.ops import __all__ as _ops_all
 from cgraph.render import render, to_dot
 from cgraph.tracing import Trace, trace
 from cgraph.train import fit, predict
-
-__version__ = "0.1.0"
+from cgraph.version import __version__ as __version__
 
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",

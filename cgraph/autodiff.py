@@ -1,4 +1,4 @@
-"""Derivative transforms: a graph in, a derivative graph out (DESIGN.md decision 2).
+"""Derivative transforms: a graph in, a derivative graph out.
 
 `jvp_graph` copies the forward graph and, node by node in the same sweep, adds each value's
 tangent (forward mode: the lecture's a4dot = a2dot*a3 + a2*a3dot). `vjp_graph` copies the
@@ -13,6 +13,7 @@ to its input's shape here, and a tangent broadcast to its output's shape.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import networkx as nx
@@ -33,38 +34,32 @@ NODE_TANGENT = "node:tangent:"
 NODE_ADJOINT = "node:adjoint:"
 
 
+class Seed(enum.Enum):
+    """Where the reverse sweep starts: a cotangent input for each output (a VJP), or 1 for one
+    scalar output (a gradient)."""
+
+    INPUT = "input"
+    ONES = "ones"
+
+
 def _needed(g: Graph, targets: Sequence[str]) -> list[Node]:
     """The nodes `targets` depend on, in creation order."""
     need = g.needed_by(targets)
     return [n for n in g.nodes.values() if n.name in need]
 
 
-def _copy(g: Graph, d: Graph, node: Node, share_params: bool) -> None:
-    if node.is_leaf:
-        value = g._values.get(node.name)
-        if value is not None and not share_params:
-            value = value.copy()
-        d._add_leaf(node.op, node.name, node.shape, node.dtype, value, node.attrs)
-    else:
-        d.add_node(node.op, node.inputs, node.attrs, name=node.name)
-
-
 def check_wrt(g: Graph, wrt: Sequence[str]) -> None:
+    seen = set()
     for w in wrt:
+        if w in seen:
+            raise DerivativeError(f"wrt {w!r} is given twice")
+        seen.add(w)
         node = g.nodes.get(w)
         if node is None or node.op not in ("input", "param"):
             raise DerivativeError(f"wrt {w!r}: derivatives are taken wrt inputs and params of "
                                   f"graph {g.name!r}")
         if node.dtype.kind != "f":
             raise DerivativeError(f"wrt {w!r}: a {node.dtype} {node.op} has no derivative")
-
-
-def output_nodes(g: Graph, of: Sequence[str]) -> list[str]:
-    missing = [o for o in of if o not in g._outputs]
-    if missing:
-        raise DerivativeError(f"graph {g.name!r} has no output {missing[0]!r} "
-                              f"(outputs: {', '.join(g._outputs) or 'none'})")
-    return [g._outputs[o] for o in of]
 
 
 def _fit(x: Tensor, like: Tensor, down: bool) -> Tensor:
@@ -87,22 +82,20 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
     and `node:tangent:<n>` for every node that has a tangent (the others' tangents are zero);
     this keeps every value alive, so it is for looking at a sweep, not for running one cheaply."""
     check_wrt(g, wrt)
-    targets = output_nodes(g, of)
-    d = Graph(f"{g.name}/jvp")
-    d.metadata = dict(g.metadata)
+    targets = [g.output_node(o) for o in of]
     tangent: dict[str, Tensor] = {}
-    for node in _needed(g, [*targets, *wrt]):
-        _copy(g, d, node, share_params)
+
+    def with_tangent(d: Graph, node: Node, inputs: list[str]) -> str:
+        """Copy `node`, then build its tangent right after it (one sweep)."""
+        value = g.value(node.name) if node.op in ("param", "constant") else None
+        out = d.copy_node(node, inputs, value=value if share_params or value is None else value.copy())
         if node.is_leaf:
             if node.name in wrt:
                 tangent[node.name] = d.input(TANGENT + node.name, node.shape, node.dtype)
-            continue
-        if node.dtype.kind != "f":
-            continue
+            return out.name
         ts = [tangent.get(s) for s in node.inputs]
-        if not any(t is not None for t in ts):
-            continue
-        out = d[node.name]
+        if node.dtype.kind != "f" or all(t is None for t in ts):
+            return out.name
         xs = [d[s] for s in node.inputs]
         opdef = get_op(node.op)
         with d.scope("jvp"):
@@ -120,6 +113,10 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
                     total = c if total is None else add(total, c)
             if total is not None:
                 tangent[node.name] = _fit(total, out, down=False)
+        return out.name
+
+    d, _ = g.rebuild(with_tangent, nodes=g.needed_by([*targets, *wrt]))
+    d.name = f"{g.name}/jvp"
     for o, t in zip(of, targets, strict=True):
         d.output(o, d[t])
     with d.scope("jvp"):
@@ -134,23 +131,22 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
     return d
 
 
-def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "input",
+def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed.INPUT,
               share_params: bool = True, grad_prefix: str = "grad/", intermediates: bool = False) -> Graph:
     """A graph with outputs `of` and then `<grad_prefix><w>` for each wrt name, in that order
     (the prefix grows to `grad/grad/` when `of` already holds such names).
 
-    `seed="input"`: inputs `cotangent:<o>` carry the output cotangents (a VJP);
-    `seed="ones"`: the single output `of` must be a scalar, and its cotangent is 1 (a gradient).
+    `Seed.INPUT`: inputs `cotangent:<o>` carry the output cotangents (a VJP); `Seed.ONES`: the
+    single output `of` must be a scalar, and its cotangent is 1 (a gradient).
     `intermediates=True` also outputs (after those) `node:value:<n>` for every forward node and
     `node:adjoint:<n>` for every node the backward sweep reaches (on a path from wrt to `of`).
     """
+    seed = Seed(seed)
     check_wrt(g, wrt)
-    targets = output_nodes(g, of)
-    d = Graph(f"{g.name}/vjp")
-    d.metadata = dict(g.metadata)
+    targets = [g.output_node(o) for o in of]
     forward = _needed(g, [*targets, *wrt])
-    for node in forward:
-        _copy(g, d, node, share_params)
+    d, _ = g.rebuild(nodes={n.name for n in forward}, copy_values=not share_params)
+    d.name = f"{g.name}/vjp"
     for o, t in zip(of, targets, strict=True):
         d.output(o, d[t])
 
@@ -166,7 +162,7 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: str = "inpu
     cot: dict[str, Tensor] = {}
     for o, t in zip(of, targets, strict=True):
         node = g.nodes[t]
-        if seed == "ones":
+        if seed is Seed.ONES:
             if node.shape != ():
                 raise DerivativeError(f"output {o!r} has shape {node.shape}: a gradient needs a "
                                       "scalar output (use vjp for others)")
@@ -209,6 +205,6 @@ def gradient_graph(g: Graph, of: str, wrt: Sequence[str] | str) -> Graph:
     outputs `of` and `grad/<w>` for each wrt name: it runs, saves, renders and differentiates
     like any graph (forward over it gives Hessian-vector products)."""
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-    d = vjp_graph(g, [of], wrt, seed="ones", share_params=False)
+    d = vjp_graph(g, [of], wrt, seed=Seed.ONES, share_params=False)
     d.name = f"{g.name}/grad"
     return d

@@ -1,4 +1,4 @@
-"""Checkpointing: reverse mode under a memory budget (DESIGN.md decision 4).
+"""Checkpointing: reverse mode under a memory budget.
 
 A reverse-mode graph keeps every forward value that a backward step reads until that step has
 run, so on an n-layer chain n activations are alive when the backward sweep starts. Under a
@@ -31,21 +31,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cgraph.errors import CgraphError
+from cgraph.errors import MemoryBudgetError
 from cgraph.graph import Graph, Node, format_shape
+from cgraph.memory import account
 from cgraph.ops.registry import get_op
-from cgraph.schedule import Plan, Step, account, concrete_shapes, get_eager, liveness, nbytes
+from cgraph.schedule import Plan, Step, concrete_shapes, get_eager, liveness, nbytes, order_keys
 
 RECOMPUTE = "recompute/"  # prefix of the copies of forward nodes run in the backward sweep
-
-
-class MemoryBudgetError(CgraphError, ValueError):
-    """No schedule fits the memory budget; `smallest` is the smallest budget that has one."""
-
-    def __init__(self, message: str, budget: int, smallest: int) -> None:
-        super().__init__(message)
-        self.budget = budget
-        self.smallest = smallest
 
 
 @dataclass
@@ -115,9 +107,13 @@ class _Graphinfo:
 
     def recomputed(self, stored: frozenset[str]) -> set[str]:
         """The forward nodes that must run again when only `stored` is kept."""
+        return self.unstored([r for r in self.read if r not in stored], stored)
+
+    def unstored(self, wanted: list[str], stored: frozenset[str] | set[str]) -> set[str]:
+        """`wanted` and the forward values outside `stored` that they are computed from."""
         nodes, forward = self.d.nodes, self.forward
         need: set[str] = set()
-        stack = [r for r in self.read if r not in stored]
+        stack = list(wanted)
         while stack:
             v = stack.pop()
             if v not in need:
@@ -139,31 +135,29 @@ class _Program:
         d, forward = info.d, info.forward
         nodes = d.nodes
         self.items: list[tuple[str, str, tuple[str, ...]]] = []  # (name, original, inputs)
+        self.before: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}  # copies made before a node
+        self.inputs: dict[str, tuple[str, ...]] = {}  # each original node's inputs, some copies
         copies: dict[str, str] = {}
         for node in nodes.values():
             inputs = node.inputs
             if node.index >= info.first_backward and not node.is_leaf and not info.eager[node.name]:
                 wanted = [i for i in inputs if i in forward and i not in stored and i not in copies]
                 if wanted:
-                    self._recompute(d, wanted, forward, stored, copies)
+                    start = len(self.items)
+                    self._recompute(info, wanted, stored, copies)
+                    self.before[node.name] = self.items[start:]
                 inputs = tuple(copies.get(i, i) for i in inputs)
+            self.inputs[node.name] = inputs
             self.items.append((node.name, node.name, inputs))
         self.recomputed = tuple(copies)
         self.orig = {name: orig for name, orig, _ in self.items}
 
-    def _recompute(self, d: Graph, wanted: list[str], forward: set[str], stored: frozenset[str],
+    def _recompute(self, info: _Graphinfo, wanted: list[str], stored: frozenset[str],
                    copies: dict[str, str]) -> None:
-        """Append copies of `wanted` and of the unstored forward values they need, in
-        creation (topological) order."""
-        nodes = d.nodes
-        need: set[str] = set()
-        stack = list(wanted)
-        while stack:
-            v = stack.pop()
-            if v not in need:
-                need.add(v)
-                stack.extend(i for i in nodes[v].inputs if i in forward and i not in stored and i not in copies)
-        for v in sorted(need, key=lambda n: nodes[n].index):
+        """Append copies of `wanted` and of the unstored forward values they need (and that
+        have no copy yet), in creation (topological) order."""
+        nodes = info.d.nodes
+        for v in sorted(info.unstored(wanted, stored | copies.keys()), key=lambda n: nodes[n].index):
             name = RECOMPUTE + v
             while name in nodes:
                 name += "_"
@@ -171,17 +165,16 @@ class _Program:
             self.items.append((name, v, tuple(copies.get(i, i) for i in nodes[v].inputs)))
 
     def build(self, d: Graph) -> Graph:
-        r = Graph(d.name)
-        r.metadata = dict(d.metadata)
+        """The derivative graph rewritten: each recomputed copy built just before the backward
+        step that first reads it, and backward steps reading the copies."""
         nodes = d.nodes
-        for name, orig, inputs in self.items:
-            node = nodes[orig]
-            if node.is_leaf:
-                r._add_leaf(node.op, name, node.shape, node.dtype, d._values.get(name), node.attrs)
-            else:
-                r.add_node(node.op, inputs, node.attrs, name=name)
-        r._outputs = dict(d._outputs)
-        return r
+
+        def rewrite(r: Graph, node: Node, inputs: list[str]) -> str | None:
+            for name, orig, ins in self.before.get(node.name, ()):
+                r.copy_node(nodes[orig], ins, name=name)
+            return None if node.is_leaf else r.copy_node(node, self.inputs[node.name]).name
+
+        return d.rebuild(rewrite)[0]
 
     def simulate(self, info: _Graphinfo) -> int:
         """The peak bytes `Plan.predict_peak` gives for the built program, from the same order
@@ -191,11 +184,10 @@ class _Program:
         for name, _, inputs in reversed(self.items):
             if name in needed:
                 needed.update(inputs)
-        key: dict[str, float] = {}
+        key = order_keys((name, inputs, info.eager[orig]) for name, orig, inputs in self.items)
         order = []
         nodes: dict[str, Node] = {}
-        for i, (name, orig, inputs) in enumerate(self.items):
-            key[name] = max(key[j] for j in inputs) + 0.5 if info.eager[orig] and inputs else float(i)
+        for name, orig, inputs in self.items:
             nodes[name] = dataclasses.replace(info.d.nodes[orig], name=name, inputs=inputs)
             if name in needed and not info.leaf[orig]:
                 order.append(name)

@@ -114,17 +114,20 @@ def _import_onnx(args: argparse.Namespace) -> int:
 
 
 def _add_render_command(sub: argparse._SubParsersAction) -> None:
+    from cgraph.render import RANKDIRS, RenderOptions
+
+    defaults = RenderOptions()
     p = sub.add_parser("render", help="draw a model with Graphviz (svg, png, pdf, or dot source)")
     p.add_argument("model", help="a cgraph model file (.pb)")
     p.add_argument("-o", "--output", help="the file to write (default: the model's name with .svg, or --format)")
     p.add_argument("--format", metavar="{svg,png,pdf,dot}",  # checked by cgraph.render: one-line error
                    help="the output format (default: from -o's suffix, else svg)")
-    p.add_argument("--rankdir", choices=["TB", "LR", "BT", "RL"], default="TB",
-                   help="top-down (TB, the default) or left-to-right (LR), or reversed")
+    p.add_argument("--rankdir", choices=RANKDIRS,
+                   help=f"top-down (TB) or left-to-right (LR), or reversed (default: {defaults.rankdir})")
     p.add_argument("--collapse", type=_positive, metavar="DEPTH",
                    help="fold name scopes deeper than DEPTH into one box each (1: every top-level scope)")
-    p.add_argument("--max-nodes", type=_positive, default=None, metavar="N",
-                   help="boxes drawn before the graph folds itself (default: 400)")
+    p.add_argument("--max-nodes", type=_positive, metavar="N",
+                   help=f"boxes drawn before the graph folds itself (default: {defaults.max_nodes})")
     p.add_argument("--feeds", metavar="FEEDS.npz", help="input values (numpy .npz): label every node with its value")
     p.add_argument("--mode", choices=["forward", "reverse"],
                    help="with --feeds: also each node's tangent (forward) or adjoint (reverse)")
@@ -151,7 +154,7 @@ def _render(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from cgraph.render import MAX_NODES, RenderError, RenderWarning, format_of
+    from cgraph.render import RenderError, RenderOptions, RenderWarning, format_of
 
     if args.output is None:
         out = Path(args.model).with_suffix("." + (args.format or "svg"))
@@ -174,12 +177,13 @@ def _render(args: argparse.Namespace) -> int:
             raise RenderError(f"cannot read feeds {args.feeds}: not a numpy .npz file of named arrays")
         with npz:
             feeds = {k: npz[k] for k in npz.files}
+    given = {"rankdir": args.rankdir, "collapse": args.collapse, "max_nodes": args.max_nodes, "feeds": feeds,
+             "mode": args.mode, "of": args.of, "wrt": args.wrt}
+    options = RenderOptions(**{k: v for k, v in given.items() if v is not None})
     g = cgraph.load(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RenderWarning)
-        cgraph.render(g, out, format=fmt, rankdir=args.rankdir, collapse=args.collapse,
-                      max_nodes=args.max_nodes or MAX_NODES, feeds=feeds, mode=args.mode, of=args.of,
-                      wrt=args.wrt)
+        cgraph.render(g, out, format=fmt, options=options)
     for w in caught:
         print(f"cgraph render: note: {w.message}", file=sys.stderr)
     print(f"wrote {out}: {fmt}, {len(g)} nodes")

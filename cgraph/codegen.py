@@ -4,10 +4,9 @@ An interpreted run pays, at every step, for a loop iteration, dict lookups of th
 a dict store of the result and the bookkeeping of freed values. A plan is fixed once compiled,
 so all of that can be decided once: `compile_plan` writes a function whose locals are the
 values (`v3 = f3(v1, a0)`), that drops each value with `del` right after its last reader, and
-that keeps the same memory books as `schedule.run_plan` (each buffer counted once; a view's
-bytes counted only if the kernel had to copy), with plain arithmetic on locals. Values that
-take part in views keep the general bookkeeping; the others need one addition and one
-subtraction each.
+that keeps the memory books of `cgraph.memory` (each buffer counted once; a view's bytes
+counted only if the kernel had to copy): values that take part in views are recorded in a
+`Ledger`, the others own their buffer alone and need one addition and one subtraction each.
 
 The generated source is kept on the runner (`runner.source`) for reading and debugging.
 """
@@ -18,6 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from cgraph.memory import Ledger
 
 if TYPE_CHECKING:
     from cgraph.schedule import Plan
@@ -42,13 +43,13 @@ def compile_plan(plan: Plan) -> Runner:
     # Values whose buffer may be shared: view steps and the values they view.
     shared = {s.name for s in plan.steps if s.view} | {s.args[0] for s in plan.steps if s.view}
     shared -= set(plan.leaves)
-    ns: dict[str, Any] = {"_share": np.may_share_memory}
+    ns: dict[str, Any] = {"_share": np.may_share_memory, "_Ledger": Ledger}
     body = ["def run(leaves):"]
     if plan.leaves:
         body.append(f"    {', '.join(var[n] for n in plan.leaves)}, = leaves")
     body.append("    live = peak = 0")
     if shared:
-        body.append("    owner = {}; refs = {}; size = {}")
+        body.append("    L = _Ledger()")
     counted = set()
     for i, step in enumerate(plan.steps):
         ns[f"f{i}"] = step.fn
@@ -58,9 +59,8 @@ def compile_plan(plan: Plan) -> Runner:
             src = step.args[step.inplace]
             body.append(f"    {v} = f{i}({args}, out={var[src]})  # {step.name} ({step.op}, in place)")
             # the result owns the dying input's buffer: no new bytes, none freed with the input
-            if step.name in shared:
-                body.append(f"    owner[{step.name!r}] = {step.name!r}; refs[{step.name!r}] = 1; "
-                            f"size[{step.name!r}] = n{var[src][1:]}")
+            if step.name in shared:  # the input was counted inline: its bytes are live already
+                body.append(f"    L.new({step.name!r}, n{var[src][1:]})")
             else:
                 body.append(f"    n{i} = n{var[src][1:]}")
                 counted.add(step.name)
@@ -71,16 +71,12 @@ def compile_plan(plan: Plan) -> Runner:
         if step.view:
             src = step.args[0]
             body += [f"    if {var[src]}.ndim and _share({v}, {var[src]}):",
-                     f"        o = owner.get({src!r})",
-                     "        if o is not None:",
-                     f"            owner[{step.name!r}] = o; refs[o] += 1",
+                     f"        L.view({step.name!r}, {src!r})",
                      "    else:",
-                     f"        owner[{step.name!r}] = {step.name!r}; refs[{step.name!r}] = 1",
-                     f"        size[{step.name!r}] = n = {v}.nbytes; live += n",
+                     f"        live += L.new({step.name!r}, {v}.nbytes)",
                      "        if live > peak: peak = live"]
         elif step.name in shared:
-            body += [f"    owner[{step.name!r}] = {step.name!r}; refs[{step.name!r}] = 1",
-                     f"    size[{step.name!r}] = n = {v}.nbytes; live += n",
+            body += [f"    live += L.new({step.name!r}, {v}.nbytes)",
                      "    if live > peak: peak = live"]
         else:
             body += [f"    n{i} = {v}.nbytes; live += n{i}",
@@ -102,8 +98,5 @@ def _frees(free: Sequence[str], var: dict[str, str], counted: set[str], shared: 
         if f in counted:
             lines.append(f"    live -= n{var[f][1:]}")
         elif f in shared:
-            lines += [f"    o = owner.pop({f!r}, None)",
-                      "    if o is not None:",
-                      "        if refs[o] == 1: del refs[o]; live -= size.pop(o)",
-                      "        else: refs[o] -= 1"]
+            lines.append(f"    live -= L.release({f!r})")
     return lines

@@ -38,3 +38,30 @@ class GraphFormatError(CgraphError, ValueError):
 
 class DerivativeError(CgraphError):
     """A derivative was asked of something that has none (a missing rule, a bool output...)."""
+
+
+class MemoryBudgetError(CgraphError, ValueError):
+    """No reverse-mode schedule fits the memory budget; `smallest` is the smallest budget that
+    has one."""
+
+    def __init__(self, message: str, budget: int, smallest: int) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.smallest = smallest
+
+
+class RenderError(CgraphError, ValueError):
+    """A graph cannot be drawn as asked: an unknown format, a bad option, no `dot` program."""
+
+
+class RenderWarning(UserWarning):
+    """A graph was folded to keep its drawing readable and fast."""
+
+
+class OnnxError(CgraphError, ValueError):
+    """A graph cannot be exported to ONNX, or an ONNX model cannot be imported (one line
+    naming the ops, nodes or values at fault)."""
+
+
+class OnnxMissingError(CgraphError, ImportError):
+    """The optional `onnx` package (or onnxruntime) is not installed."""

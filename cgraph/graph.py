@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,8 +164,16 @@ class Graph:
         return {n.name: Tensor(self, n.name) for n in self._nodes.values() if n.op == "input"}
 
     def value(self, name: str) -> np.ndarray:
-        """The stored value of a param or constant (not a copy: do not write to it)."""
+        """The stored value of a param or constant (read-only, not a copy)."""
         return self._values[name]
+
+    def output_node(self, output: str) -> str:
+        """The name of the node that output `output` refers to."""
+        node = self._outputs.get(output)
+        if node is None:
+            raise GraphError(f"graph {self.name!r} has no output {output!r} "
+                             f"(outputs: {', '.join(self._outputs) or 'none'})")
+        return node
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self._nodes:
@@ -209,7 +217,66 @@ class Graph:
                 G.add_edge(src, n.name, key=i, index=i)
         return G
 
-    # ---- building (used by cgraph.ops, the transforms and the file loader) ------------------
+    # ---- building (op functions, transforms and the file reader) ---------------------------
+
+    def add_leaf(self, kind: str, name: str, shape: Shape, dtype: Any, value: np.ndarray | None = None,
+                 trainable: bool = True) -> Tensor:
+        """A leaf as a file reader or a graph transform makes it: `kind` is "input", "param" or
+        "constant", and a param's or constant's `value` (of exactly `shape` and `dtype`) is
+        kept as given, made read-only, not copied. Building by hand, use `input`, `param` and
+        `constant`, which check and copy."""
+        if kind not in LEAF_OPS:
+            raise GraphError(f"{kind!r} is not a leaf kind ({', '.join(LEAF_OPS)})")
+        if (value is None) != (kind == "input"):
+            raise GraphError(f"{kind} {name!r}: {'an input has no' if kind == 'input' else 'needs a'} stored value")
+        if value is not None and (value.shape != tuple(shape) or value.dtype != dtype):
+            raise ShapeError(f"{kind} {name!r}: a value of {format_shape(value.shape)} {value.dtype} for "
+                             f"{format_shape(tuple(shape))} {np.dtype(dtype)}")
+        attrs = {"trainable": False} if kind == "param" and not trainable else {}
+        return self._add_leaf(kind, name, tuple(shape), np.dtype(dtype), value, attrs)
+
+    def copy_node(self, node: Node, inputs: Sequence[str] | None = None, name: str | None = None,
+                  value: np.ndarray | None = None) -> Tensor:
+        """A node like `node` (of any graph): the same op and attributes, or for a leaf the same
+        kind, shape, dtype, trainable flag and the stored `value` given; named `name` (default
+        its own) and reading `inputs` (default its own input names). An op node's shape and
+        dtype are inferred again here."""
+        name = node.name if name is None else name
+        if node.is_leaf:
+            return self.add_leaf(node.op, name, node.shape, node.dtype, value,
+                                 trainable=node.attrs.get("trainable", True))
+        return self.add_node(node.op, node.inputs if inputs is None else inputs, node.attrs, name=name)
+
+    def rebuild(self, rewrite: Callable[[Graph, Node, list[str]], str | None] | None = None, *,
+                nodes: Sequence[str] | set[str] | None = None, copy_values: bool = False
+                ) -> tuple[Graph, dict[str, str]]:
+        """A new graph of this graph's nodes (all, or those in `nodes`), in creation order, and
+        where each node went: the one way cgraph copies and rewrites graphs (simplification,
+        derivatives, checkpointing).
+
+        `rewrite(new_graph, node, inputs)` sees each node with its inputs' new names; it may
+        add nodes to the new graph and return the name of the one that stands for `node`, or
+        None to have it copied. Leaf values are shared (they are read-only) unless
+        `copy_values`. A copy of the whole graph keeps its outputs, metadata and state; a copy
+        of some nodes keeps the metadata only."""
+        d = Graph(self.name)
+        d.metadata = dict(self.metadata)
+        keep = None if nodes is None else set(nodes)
+        where: dict[str, str] = {}
+        for node in self._nodes.values():
+            if keep is not None and node.name not in keep:
+                continue
+            inputs = [where[s] for s in node.inputs]
+            to = rewrite(d, node, inputs) if rewrite is not None else None
+            if to is None:
+                value = self._values.get(node.name)
+                to = d.copy_node(node, inputs, value=value.copy() if copy_values and value is not None else value).name
+            where[node.name] = to
+        if keep is None:
+            d.state = dict(self.state)
+            for out, name in self._outputs.items():
+                d._outputs[out] = where[name]
+        return d, where
 
     def add_node(self, op: str, inputs: Sequence[str], attrs: Mapping[str, Any] | None = None,
                  name: str | None = None) -> Tensor:

@@ -27,6 +27,7 @@ from cgraph.errors import CgraphError, GraphFormatError, one_line
 from cgraph.files import replace_file
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
 from cgraph.ops.registry import get_op
+from cgraph.version import __version__
 
 __all__ = ["FORMAT_VERSION", "INLINE_LIMIT", "READER_VERSION", "ModelFile", "dumps", "load", "loads",
            "read_model", "save"]
@@ -100,8 +101,6 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
 
 def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
     """The message section and the arrays of the payload section, in order."""
-    from cgraph import __version__
-
     model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
                      producer_name="cgraph", producer_version=__version__)
     for k, v in g.metadata.items():
@@ -127,8 +126,8 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
             _encode_attr(msg.attr.add(name=k).value, v, f"node {node.name!r} ({node.op}) attribute {k!r}")
         if node.op in ("param", "constant"):
             slots.append((msg.value, _little_endian(g.value(node.name), f"{node.op} {node.name!r}")))
-    for out, src in g._outputs.items():
-        model.graph.output.add(name=out, node=src)
+    for out, t in g.outputs.items():
+        model.graph.output.add(name=out, node=t.name)
     for k, v in g.state.items():
         if not isinstance(k, str) or not k:
             raise GraphError(f"cannot save graph {g.name!r}: state names must be non-empty str, got {k!r}")
@@ -340,8 +339,6 @@ def _parse(data: bytes) -> pb.Model:
 
 
 def _check_versions(model: pb.Model) -> None:
-    from cgraph import __version__
-
     fv, mr = model.format_version, model.min_reader_version
     if fv < 1 or mr < 1 or mr > fv:
         raise _Fail(f"bad versions: format_version {fv}, min_reader_version {mr}")
@@ -498,8 +495,7 @@ def _build(model: pb.Model, values: Iterator[np.ndarray]) -> Graph:
         if node.op in LEAF_OPS:
             value = next(values) if node.HasField("value") else None
             frozen = node.HasField("trainable") and not node.trainable  # absent means trainable
-            attrs = {"trainable": False} if frozen else {}
-            g._add_leaf(node.op, node.name, shape, dtype, value, attrs)
+            g.add_leaf(node.op, node.name, shape, dtype, value, trainable=not frozen)
             continue
         attrs = _decode_attrs(node, at)
         try:

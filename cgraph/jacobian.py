@@ -8,20 +8,9 @@ from typing import Any
 import numpy as np
 
 from cgraph.autodiff import check_wrt
-from cgraph.errors import DerivativeError
 from cgraph.executors import Evaluator, ForwardMode, ReverseMode
+from cgraph.executors.base import leaf_value
 from cgraph.graph import Graph
-
-
-def _leaf_value(g: Graph, feeds: Mapping[str, Any], name: str) -> np.ndarray:
-    """The value `name` (a float input or param) has in this run."""
-    check_wrt(g, [name])
-    node = g.nodes[name]
-    if node.op == "param":
-        return g._values[name]
-    if name not in feeds:
-        raise DerivativeError(f"wrt {name!r}: the feeds hold no value for it")
-    return np.asarray(feeds[name], dtype=node.dtype)
 
 
 def jacobian(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str, mode: str = "auto") -> np.ndarray:
@@ -32,7 +21,8 @@ def jacobian(g: Graph, feeds: Mapping[str, Any], of: str, wrt: str, mode: str = 
     """
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not {mode!r}")
-    x = _leaf_value(g, feeds, wrt)
+    check_wrt(g, [wrt])
+    x = leaf_value(g, feeds, wrt)
     out = Evaluator(g, outputs=[of]).run(feeds)[of]
     if mode == "auto":
         mode = "forward" if x.size <= out.size else "reverse"
@@ -57,11 +47,12 @@ def gradcheck(g: Graph, feeds: Mapping[str, Any], of: str, wrt: Sequence[str] | 
     """Max relative error of ReverseMode's gradient of the scalar `of` against central
     differences: max |analytic - numeric| / max(1, |analytic|, |numeric|) over all entries."""
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    check_wrt(g, wrt)
     _, grads = ReverseMode(g, of=of, wrt=wrt).grad(feeds)
     ev = Evaluator(g, outputs=[of])
     worst = 0.0
     for w in wrt:
-        base = _leaf_value(g, feeds, w)
+        base = leaf_value(g, feeds, w)
         h = eps if eps is not None else (1e-6 if base.dtype == np.float64 else 1e-3)
         numeric = np.empty(base.size)
         for k in range(base.size):
@@ -71,7 +62,7 @@ def gradcheck(g: Graph, feeds: Mapping[str, Any], of: str, wrt: Sequence[str] | 
                 x[k] += sign * h
                 x = x.reshape(base.shape).astype(base.dtype)
                 if g.nodes[w].op == "param":
-                    f.append(float(ev._run(ev.plan, feeds, params={w: x})[0]))
+                    f.append(float(ev.run(feeds, params={w: x})[of]))
                 else:
                     f.append(float(ev.run({**feeds, w: x})[of]))
             numeric[k] = (f[0] - f[1]) / (2 * h)

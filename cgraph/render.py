@@ -14,6 +14,7 @@ coloured by whether it is kept, freed or not yet computed after step `step`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -22,6 +23,7 @@ import subprocess
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import networkx as nx
 import numpy as np
 
 from cgraph.checkpoint import RECOMPUTE, MemoryPlan
-from cgraph.errors import CgraphError
+from cgraph.errors import RenderError, RenderWarning
 from cgraph.files import replace_file
 from cgraph.graph import Graph, Node, format_shape
 from cgraph.schedule import Plan
@@ -61,14 +63,6 @@ _PLAN_STYLE: dict[str, dict[str, str]] = {
     "recomputed": {"fillcolor": "#fed7aa"},
     "pending": {"fillcolor": "#ffffff", "fontcolor": "#6b7280"},
 }
-
-
-class RenderError(CgraphError, ValueError):
-    """A graph cannot be drawn as asked: an unknown format, a bad option, no `dot` program."""
-
-
-class RenderWarning(UserWarning):
-    """A graph was folded to keep its drawing readable and fast."""
 
 
 def _shown(text: str, limit: int = LABEL_CHARS) -> str:
@@ -209,33 +203,63 @@ def _node_lines(g: Graph, node: Node, outputs: Mapping[str, list[str]], tr: Trac
     return lines
 
 
-def _check_options(rankdir: str, collapse: int | None, max_nodes: int) -> None:
-    if rankdir not in RANKDIRS:
-        raise RenderError(f"rankdir must be one of {', '.join(RANKDIRS)}, not {rankdir!r}")
-    if collapse is not None and (not isinstance(collapse, int) or collapse < 1):
-        raise RenderError(f"collapse must be a depth of at least 1, not {collapse!r}")
-    if not isinstance(max_nodes, int) or max_nodes < 1:
-        raise RenderError(f"max_nodes must be a positive number, not {max_nodes!r}")
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a graph is drawn, for `to_dot`, `render`, `digraph` and the `cgraph render` command
+    (each takes these as keywords, or an `options=` to start from).
+
+    - `rankdir`: "TB" (top-down), "LR" (left-to-right), "BT" or "RL".
+    - `collapse`: fold name scopes deeper than this depth into one box each (1: every
+      top-level scope is a box). Beyond `max_nodes` boxes, or long edges crossing more than
+      25 * `max_nodes` ranks in all (what makes dot slow), the graph folds itself further
+      (shallower scopes, then runs of nodes), with a `RenderWarning` and a note in the drawing.
+    - `feeds`: label each node with its value; `mode="forward"` (with `wrt`, and `tangents`,
+      default ones) adds tangents, `mode="reverse"` (with `of`) adjoints; see `cg.trace`.
+    - `plan`, `step`: colour the nodes kept, freed, recomputed or not yet computed after that
+      step of the plan (default its last): `ReverseMode(g, ...).plan` drawn over `plan.graph`,
+      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`.
+    """
+
+    rankdir: str = "TB"
+    collapse: int | None = None
+    max_nodes: int = MAX_NODES
+    feeds: Mapping[str, Any] | None = None
+    mode: str | None = None
+    of: Sequence[str] | str | None = None
+    wrt: Sequence[str] | str | None = None
+    tangents: Mapping[str, Any] | None = None
+    plan: Plan | MemoryPlan | None = None
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rankdir not in RANKDIRS:
+            raise RenderError(f"rankdir must be one of {', '.join(RANKDIRS)}, not {self.rankdir!r}")
+        if self.collapse is not None and (not isinstance(self.collapse, int) or self.collapse < 1):
+            raise RenderError(f"collapse must be a depth of at least 1, not {self.collapse!r}")
+        if not isinstance(self.max_nodes, int) or self.max_nodes < 1:
+            raise RenderError(f"max_nodes must be a positive number, not {self.max_nodes!r}")
+        if self.feeds is None and self.mode is not None:
+            raise RenderError(f"mode={self.mode!r} needs feeds: the values the sweep starts from")
+
+    @classmethod
+    def of_call(cls, options: RenderOptions | None, changes: Mapping[str, Any]) -> RenderOptions:
+        """`options` (or the defaults) with the keyword `changes` a function was called with."""
+        return dataclasses.replace(options or cls(), **changes)
 
 
-def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
-            feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
-            wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
-            plan: Plan | MemoryPlan | None = None, step: int | None = None) -> graphviz.Digraph:
-    """The drawing as a `graphviz.Digraph` (see `to_dot` for the options)."""
+def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> graphviz.Digraph:
+    """The drawing as a `graphviz.Digraph` (the options are `RenderOptions`')."""
     if not isinstance(g, Graph):
         raise TypeError(f"expected a cgraph Graph, got {type(g).__name__}")
-    if isinstance(plan, MemoryPlan):
-        plan = plan.plan
-    _check_options(rankdir, collapse, max_nodes)
-    if feeds is None and mode is not None:
-        raise RenderError(f"mode={mode!r} needs feeds: the values the sweep starts from")
-    keys, why, cost = _fold(g, collapse, max_nodes)
+    o = RenderOptions.of_call(options, changes)
+    plan = o.plan.plan if isinstance(o.plan, MemoryPlan) else o.plan
+    rankdir, max_nodes = o.rankdir, o.max_nodes
+    keys, why, cost = _fold(g, o.collapse, max_nodes)
     if why:
         warnings.warn(f"graph {g.name!r}: {why} (choose with collapse=/--collapse, max_nodes=/--max-nodes)",
                       RenderWarning, stacklevel=3)
-    tr = trace(g, feeds, mode=mode, of=of, wrt=wrt, tangents=tangents) if feeds is not None else None
-    states, current, legend = _plan_states(plan, step) if plan is not None else ({}, None, None)
+    tr = trace(g, o.feeds, mode=o.mode, of=o.of, wrt=o.wrt, tangents=o.tangents) if o.feeds is not None else None
+    states, current, legend = _plan_states(plan, o.step) if plan is not None else ({}, None, None)
 
     outputs: dict[str, list[str]] = defaultdict(list)
     for o, t in g.outputs.items():
@@ -319,25 +343,10 @@ def digraph(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_n
     return dot
 
 
-def to_dot(g: Graph, *, rankdir: str = "TB", collapse: int | None = None, max_nodes: int = MAX_NODES,
-           feeds: Mapping[str, Any] | None = None, mode: str | None = None, of: Sequence[str] | str | None = None,
-           wrt: Sequence[str] | str | None = None, tangents: Mapping[str, Any] | None = None,
-           plan: Plan | MemoryPlan | None = None, step: int | None = None) -> str:
-    """Graphviz source for `g`.
-
-    - `rankdir`: "TB" (top-down), "LR" (left-to-right), "BT" or "RL".
-    - `collapse`: fold name scopes deeper than this depth into one box each (1: every
-      top-level scope is a box). Beyond `max_nodes` boxes, or long edges crossing more than
-      25 * `max_nodes` ranks in all (what makes dot slow), the graph folds itself further
-      (shallower scopes, then runs of nodes), with a `RenderWarning` and a note in the drawing.
-    - `feeds`: label each node with its value; `mode="forward"` (with `wrt`, and `tangents`,
-      default ones) adds tangents, `mode="reverse"` (with `of`) adjoints; see `cg.trace`.
-    - `plan`, `step`: colour the nodes kept, freed, recomputed or not yet computed after that
-      step of the plan (default its last): `ReverseMode(g, ...).plan` drawn over `plan.graph`,
-      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`.
-    """
-    return digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
-                   wrt=wrt, tangents=tangents, plan=plan, step=step).source
+def to_dot(g: Graph, options: RenderOptions | None = None, **changes: Any) -> str:
+    """Graphviz source for `g`; the options are `RenderOptions`' (rankdir, collapse, max_nodes,
+    feeds, mode, of, wrt, tangents, plan, step), as keywords."""
+    return digraph(g, options, **changes).source
 
 
 def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:  # noqa: A002
@@ -352,18 +361,13 @@ def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:  
 
 
 def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,  # noqa: A002 (as graphviz)
-           rankdir: str = "TB",
-           collapse: int | None = None, max_nodes: int = MAX_NODES, feeds: Mapping[str, Any] | None = None,
-           mode: str | None = None, of: Sequence[str] | str | None = None, wrt: Sequence[str] | str | None = None,
-           tangents: Mapping[str, Any] | None = None, plan: Plan | MemoryPlan | None = None,
-           step: int | None = None) -> Path:
+           options: RenderOptions | None = None, **changes: Any) -> Path:
     """Draw `g` to `path`, in the format of its suffix (svg, png, pdf, dot) or `format`.
 
-    The options are `to_dot`'s. svg, png and pdf need Graphviz's `dot` program; .dot does not.
-    Returns the path written."""
+    The options are `RenderOptions`' (as keywords, as for `to_dot`). svg, png and pdf need
+    Graphviz's `dot` program; .dot does not. Returns the path written."""
     fmt = format_of(path, format)
-    dot = digraph(g, rankdir=rankdir, collapse=collapse, max_nodes=max_nodes, feeds=feeds, mode=mode, of=of,
-                  wrt=wrt, tangents=tangents, plan=plan, step=step)
+    dot = digraph(g, options, **changes)
     source = dot.source.encode("utf-8", "replace")  # (a graph's own name may hold lone surrogates)
     data = source if fmt == "dot" else _run_dot(source, fmt, g.name)
     replace_file(path, [data])
@@ -387,4 +391,5 @@ def _run_dot(source: bytes, fmt: str, name: str) -> bytes:
     return proc.stdout
 
 
-__all__ = ["FORMATS", "RenderError", "RenderWarning", "digraph", "format_of", "render", "summarize", "to_dot"]
+__all__ = ["FORMATS", "RenderError", "RenderOptions", "RenderWarning", "digraph", "format_of", "render", "summarize",
+           "to_dot"]

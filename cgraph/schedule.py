@@ -32,7 +32,8 @@ import numpy as np
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, ShapeError
 from cgraph.graph import Graph, Meta, Node, format_shape
-from cgraph.ops.registry import get_op
+from cgraph.memory import Ledger, account
+from cgraph.ops.registry import LEAF_OPS, get_op
 from cgraph.simplify import DEFAULT, simplify
 
 
@@ -69,18 +70,21 @@ def schedule_order(graph: Graph, targets: Sequence[str]) -> list[str]:
     """The nodes `targets` need, in the order they should run (see the module docstring)."""
     dag = graph.dependencies()
     needed = graph.needed_by(targets, dag)
-    nodes = graph.nodes
-    key: dict[str, float] = {}
-    for n in nodes.values():  # creation order: inputs get their keys first
-        if get_eager(n.op) and n.inputs:
-            key[n.name] = max(key[i] for i in n.inputs) + 0.5
-        else:
-            key[n.name] = float(n.index)
+    key = order_keys((n.name, n.inputs, get_eager(n.op)) for n in graph.nodes.values())
     return list(nx.lexicographical_topological_sort(dag.subgraph(needed), key=key.__getitem__))
 
 
+def order_keys(nodes: Iterable[tuple[str, Sequence[str], bool]]) -> dict[str, float]:
+    """Sort keys for (name, inputs, eager) in creation order: the position, or for an eager op
+    just after its last input (so a big input need not live on for its size alone)."""
+    key: dict[str, float] = {}
+    for i, (name, inputs, eager) in enumerate(nodes):
+        key[name] = max(key[j] for j in inputs) + 0.5 if eager and inputs else float(i)
+    return key
+
+
 def get_eager(op: str) -> bool:
-    return op not in ("input", "param", "constant") and get_op(op).eager
+    return op not in LEAF_OPS and get_op(op).eager
 
 
 class Plan:
@@ -180,45 +184,6 @@ def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
     return [tuple(sorted(f)) for f in frees], inplace
 
 
-def account(steps: Iterable[Step], sizes: Mapping[str, int], scalars: set[str]) -> int:
-    """The peak of the books `run_plan` keeps, for steps whose outputs have these byte sizes
-    (`scalars`: the 0-d values, which numpy hands out as scalars that no view can share)."""
-    owner: dict[str, str] = {}
-    refs: dict[str, int] = {}
-    size: dict[str, int] = {}
-    live = peak = 0
-    for step in steps:
-        src0 = step.args[0] if step.args else None
-        if step.view and src0 not in scalars:
-            src = owner.get(src0)
-            if src is not None:
-                owner[step.name] = src
-                refs[src] += 1
-        elif step.inplace >= 0:  # the dying input's buffer passes to the result
-            owner[step.name] = owner.pop(step.args[step.inplace])
-        else:
-            owner[step.name] = step.name
-            refs[step.name] = 1
-            size[step.name] = sizes[step.name]
-            live += sizes[step.name]
-            peak = max(peak, live)
-        for f in step.free:
-            live -= _release(f, owner, refs, size)
-    return peak
-
-
-def _release(name: str, owner: dict[str, str], refs: dict[str, int], size: dict[str, int]) -> int:
-    """Forget `name`; the bytes freed if it held the last reference to its buffer."""
-    src = owner.pop(name, None)
-    if src is None:
-        return 0
-    refs[src] -= 1
-    if refs[src]:
-        return 0
-    del refs[src]
-    return size.pop(src)
-
-
 def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]:
     """Run `plan` with the values of `plan.leaves`, in order; returns the targets' values in
     order and measures the peak bytes. Runs the plan's compiled straight-line code
@@ -235,11 +200,10 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]
 def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[Any, ...]:
     """`run_plan` one step at a time, in a loop over the plan: the reference the generated code
     is tested against, and the path that names a failing node."""
-    owner: dict[str, str] = {}  # counted value -> the value that owns its buffer
-    refs: dict[str, int] = {}  # buffer owner -> how many live values use the buffer
-    size: dict[str, int] = {}  # buffer owner -> bytes
+    books = Ledger()
     live = peak = 0
-    for name, op, fn, args, view, free, inplace in plan.steps:
+    for step in plan.steps:
+        name, op, fn, args, view, free, inplace = step
         ins = [values[a] for a in args]
         try:
             out = fn(*ins) if inplace < 0 else fn(*ins, out=ins[inplace])
@@ -249,29 +213,13 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[An
             shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(args, ins, strict=True))
             raise ShapeError(f"{name} ({op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
         values[name] = out
-        if view and ins[0].ndim and np.may_share_memory(out, ins[0]):
-            src = owner.get(args[0])
-            if src is not None:
-                owner[name] = src
-                refs[src] += 1
-        elif inplace >= 0:
-            owner[name] = owner.pop(args[inplace])
-        else:
-            owner[name] = name
-            refs[name] = 1
-            size[name] = nbytes = out.nbytes
-            live += nbytes
-            if live > peak:
-                peak = live
+        shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
+        live += books.record(step, out.nbytes, shares)
+        if live > peak:
+            peak = live
         for f in free:
             del values[f]
-            src = owner.pop(f, None)
-            if src is not None:
-                if refs[src] == 1:
-                    del refs[src]
-                    live -= size.pop(src)
-                else:
-                    refs[src] -= 1
+            live -= books.release(f)
     stats.peak_bytes = peak
     stats.steps = len(plan.steps)
     return tuple(values[t] for t in plan.targets)

@@ -7,7 +7,6 @@ registry and the graph, so both can use it without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,15 +101,55 @@ def normalize_index(index: Any) -> tuple:
     return tuple(out)
 
 
-def static_with_sentinels(fn: Callable[[tuple[int, ...]], tuple[int, ...]], shape: Shape) -> Shape:
-    """Run a shape computation on concrete sizes twice, with two different stand-ins for each
-    None, and keep as static only the output sizes that do not depend on them."""
-    # stand-ins divisible by every size up to 16, so that reshapes like (None, 6) -> (4, -1) work
-    s1 = tuple(720_720 * 1009 if d is None else d for d in shape)
-    s2 = tuple(720_720 * 1013 if d is None else d for d in shape)
-    r1, r2 = fn(s1), fn(s2)
-    return tuple(a if a == b else None for a, b in zip(r1, r2, strict=True))
+def index_shape(shape: Shape, index: tuple) -> Shape:
+    """The shape of x[index] for numpy basic indexing of a static shape (`index` as
+    `normalize_index` gives it). On an axis of unknown size n, a slice has the size it has for
+    every large enough n, or None if that grows with n; an integer into such an axis is checked
+    at run time."""
+    used = sum(1 for it in index if it is not None and it is not Ellipsis)
+    if used > len(shape):
+        raise ShapeError(f"index {index!r}: too many indices for {len(shape)} dimensions")
+    if sum(1 for it in index if it is Ellipsis) > 1:
+        raise ShapeError(f"index {index!r}: more than one Ellipsis")
+    items: list[Any] = []
+    for it in index:
+        items.extend([slice(None)] * (len(shape) - used) if it is Ellipsis else [it])
+    if Ellipsis not in index:
+        items.extend([slice(None)] * (len(shape) - used))
+    out: list[int | None] = []
+    axis = 0
+    for it in items:
+        if it is None:
+            out.append(1)
+            continue
+        n = shape[axis]
+        axis += 1
+        if isinstance(it, slice):
+            out.append(_slice_size(n, it))
+        elif n is not None and not -n <= it < n:
+            raise ShapeError(f"index {it} is out of range for an axis of size {n}")
+    return tuple(out)
+
+
+def _slice_size(n: int | None, s: slice) -> int | None:
+    step = 1 if s.step is None else s.step
+    if step == 0:
+        raise ShapeError("slice step cannot be zero")
+    if n is not None:
+        return len(range(*s.indices(n)))
+    # Each end as (from_end, offset): a position `offset`, or `n + offset` from the end.
+    if step > 0:
+        start = (False, 0) if s.start is None else (s.start < 0, s.start)
+        stop = (True, 0) if s.stop is None else (s.stop < 0, s.stop)
+        lo, hi = start, stop
+    else:
+        start = (True, -1) if s.start is None else (s.start < 0, s.start)
+        stop = (False, -1) if s.stop is None else (s.stop < 0, s.stop)
+        lo, hi = stop, start
+    if lo[0] != hi[0]:  # one end moves with n: the slice grows with it, or is empty
+        return None if hi[0] else 0
+    return max(0, -(-(hi[1] - lo[1]) // abs(step)))
 
 
 __all__ = ["DTYPES", "Meta", "Shape", "as_dtype", "broadcast_shapes", "format_shape", "normalize_axes",
-           "normalize_index", "static_with_sentinels"]
+           "index_shape", "normalize_index"]

@@ -2,8 +2,8 @@
 
 Derivative rules are written once per op and know nothing of their neighbours, so a derivative
 graph repeats work (forward mode's `cos(a)` when `cos(a)` is already an output), multiplies by
-ones and adds zeros. Each pass rebuilds the graph node by node (so shapes are re-inferred and
-checked) and returns where each old node went:
+ones and adds zeros. Each pass rebuilds the graph node by node with `Graph.rebuild` (so shapes
+are re-inferred and checked) and returns where each old node went:
 
 - `fold`: an op whose inputs are all constants becomes a constant (small results only, so a
   broadcast zero is never materialised).
@@ -29,34 +29,9 @@ from cgraph.ops.registry import Arg, get_op
 
 FOLD_LIMIT = 1024  # the most elements a folded constant may have
 
-Rewrite = Callable[[Graph, Node, list[str]], "str | None"]
-
-
-def _rebuild(g: Graph, rewrite: Rewrite) -> tuple[Graph, dict[str, str]]:
-    """A copy of g where `rewrite(new_graph, node, new_inputs)` may return the name of an
-    existing node of the new graph to stand for `node` (None: copy the node)."""
-    d = Graph(g.name)
-    d.metadata, d.state = dict(g.metadata), dict(g.state)
-    where: dict[str, str] = {}
-    for node in g.nodes.values():
-        inputs = [where[s] for s in node.inputs]
-        to = rewrite(d, node, inputs)
-        if to is not None:
-            where[node.name] = to
-            continue
-        if node.is_leaf:
-            d._add_leaf(node.op, node.name, node.shape, node.dtype, g._values.get(node.name), node.attrs)
-        else:
-            d.add_node(node.op, inputs, node.attrs, name=node.name)
-        where[node.name] = node.name
-    for out, name in g._outputs.items():
-        d._outputs[out] = where[name]
-    return d, where
-
 
 def _const(d: Graph, name: str) -> np.ndarray | None:
-    node = d.nodes[name]
-    return d._values[name] if node.op == "constant" else None
+    return d.value(name) if d.nodes[name].op == "constant" else None
 
 
 def _same(d: Graph, name: str, node: Node) -> bool:
@@ -75,9 +50,9 @@ def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
         if any(v is None for v in values):
             return None
         result = np.array(get_op(node.op).bind(node)(*values), dtype=node.dtype)
-        return d._add_leaf("constant", d.fresh_name("folded"), result.shape, result.dtype, result).name
+        return d.add_leaf("constant", d.fresh_name("folded"), result.shape, result.dtype, result).name
 
-    return _rebuild(g, rewrite)
+    return g.rebuild(rewrite)
 
 
 def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
@@ -96,7 +71,7 @@ def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
         to = rule(node, [arg(d, s) for s in inputs])
         return to if to is not None and _same(d, to, node) else None
 
-    return _rebuild(g, rewrite)
+    return g.rebuild(rewrite)
 
 
 def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
@@ -106,7 +81,7 @@ def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
         if node.op in ("input", "param"):
             return None
         if node.op == "constant":
-            v = g._values[node.name]
+            v = g.value(node.name)
             if v.size > FOLD_LIMIT:
                 return None
             key: Any = ("constant", v.dtype.str, v.shape, v.tobytes())
@@ -117,7 +92,7 @@ def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
         seen[key] = node.name
         return None
 
-    return _rebuild(g, rewrite)
+    return g.rebuild(rewrite)
 
 
 PASSES: dict[str, Callable[[Graph], tuple[Graph, dict[str, str]]]] = {

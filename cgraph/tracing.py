@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from cgraph.autodiff import COTANGENT, NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, TANGENT, jvp_graph, vjp_graph
+from cgraph.autodiff import COTANGENT, NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, TANGENT, Seed, jvp_graph, vjp_graph
 from cgraph.errors import DerivativeError, FeedError
 from cgraph.executors import Evaluator
+from cgraph.executors.base import leaf_value
 from cgraph.graph import Graph
 
 MODES = (None, "forward", "reverse")
@@ -37,15 +38,6 @@ class Trace:
     mode: str | None = None
     of: list[str] = field(default_factory=list)
     wrt: list[str] = field(default_factory=list)
-
-
-def _leaf_value(g: Graph, feeds: Mapping[str, Any], name: str) -> np.ndarray:
-    node = g.nodes[name]
-    if node.op == "input":
-        if name not in feeds:
-            raise FeedError(f"missing feed for input {name!r} of graph {g.name!r}")
-        return np.asarray(feeds[name], dtype=node.dtype)
-    return g.value(name)
 
 
 def _run(d: Graph, feeds: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -87,7 +79,7 @@ def trace(g: Graph, feeds: Mapping[str, Any], mode: str | None = None, of: Seque
             raise DerivativeError("forward mode needs wrt or tangents: the leaves whose tangents are seeded")
         wrt_list = list(tangents)
     if tangents is None:
-        tangents = {w: np.ones_like(_leaf_value(g, feeds, w)) for w in wrt_list}
+        tangents = {w: np.ones_like(leaf_value(g, feeds, w)) for w in wrt_list}
     unknown = [k for k in tangents if k not in wrt_list]
     if unknown:
         raise FeedError(f"tangent for {unknown[0]!r}, which is not among wrt {wrt_list}")
@@ -119,7 +111,7 @@ def _reverse(g: Graph, feeds: Mapping[str, Any], of: Sequence[str] | str | None,
     values = trace(g, feeds).values
     target = g.outputs[of].name
     seed = np.ones_like(values[target]) if cotangent is None else cotangent
-    d = vjp_graph(g, [of], wrt, seed="input", intermediates=True)
+    d = vjp_graph(g, [of], wrt, seed=Seed.INPUT, intermediates=True)
     out = _run(d, feeds, {COTANGENT + of: seed})
     adjoints = _pick(out, NODE_ADJOINT)
     upstream = g.needed_by([target])

@@ -1,6 +1,6 @@
 """The lecture's Iris MLP, end to end: train, save, reload, check, render, plot.
 
-Exactly the lecture's model (shared/lecture/README.md section 2): petal length and width,
+Exactly the lecture's model (its worked example): petal length and width,
 standardised, plus a bias column (D = 3); M = 16 logistic hidden units; C = 3 classes; softmax
 cross-entropy averaged over the N = 150 rows; full-batch gradient descent with lr = 0.1 from
 weights drawn as `randn * .01`, stopping when ||dW|| < 1e-9 or after max_iters steps (the

@@ -1,4 +1,5 @@
-"""The lecture's Iris data and its hand-written numpy MLP (shared/lecture/README.md section 2).
+"""The lecture's Iris data and its hand-written numpy MLP: the worked example of the lecture
+"Gradient Computation & Automatic Differentiation".
 
 Used by examples/iris_mlp.py, the tests and tools/bench/iris_training.py as the reference that
 cgraph's graph-derived gradients and training loop must reproduce.

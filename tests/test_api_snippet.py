@@ -1,4 +1,4 @@
-"""shared/API.md's snippet, sections 1 (build), 2 (run) and the derivative graphs, verbatim
+"""The public API's reference snippet, sections 1 (build), 2 (run) and the derivative graphs, verbatim
 apart from the data it leaves to the reader (X, Y, feeds, dV, v)."""
 
 import numpy as np
@@ -14,7 +14,7 @@ def test_api_md_build_run_and_derivative_graphs():
     dV = rng_data.normal(size=(3, 16))
     v = rng_data.normal(size=(3, 16))
 
-    # ---- verbatim from shared/API.md -------------------------------------------------------
+    # ---- verbatim from the public API's reference snippet -------------------------------------------------------
     rng = np.random.default_rng(0)
 
     # 1. Build: an explicit, static graph object.
@@ -83,7 +83,7 @@ def test_api_md_save_inspect_and_onnx(tmp_path, monkeypatch):
     g.output("logits", logits)
     feeds = {"x": rng.normal(size=(9, 3)), "y": np.eye(3)[rng.integers(0, 3, 9)]}
 
-    # ---- verbatim from shared/API.md, sections 3 and 4 and ONNX ---------------------------
+    # ---- verbatim from the public API's reference snippet, sections 3 and 4 and ONNX ---------------------------
     cg.save(g, "model.pb")
     g2 = cg.load("model.pb")                     # equal graph; same outputs bit for bit
 

@@ -147,7 +147,7 @@ def test_lecture_sin_cos_graph_both_modes():
 
 
 def test_iris_mlp_gradients_equal_the_lecture_code():
-    """The lecture's hand-written `gradients` (shared/lecture/README.md, section 2)."""
+    """The lecture's hand-written `gradients` (the lecture's worked example)."""
     rng = np.random.default_rng(0)
     N, D, M, C = 150, 3, 16, 3
     X = np.c_[rng.normal(size=(N, 2)), np.ones(N)]

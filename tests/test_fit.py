@@ -159,7 +159,7 @@ def test_resume_equals_uninterrupted_training():
 
 
 def test_api_md_train_section():
-    """shared/API.md section 5, verbatim (X, Y: the lecture's Iris data)."""
+    """The public API's reference snippet, section 5, verbatim (X, Y: the lecture's Iris data)."""
     g = cg.nn.mlp([3, 16, 3], hidden="logistic", loss="softmax_cross_entropy", seed=0)
     history = cg.fit(g, {"x": X, "y": Y}, optimizer=cg.optim.GD(lr=0.1), epochs=1000,
                      batch_size=None, progress=True)

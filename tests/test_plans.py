@@ -42,7 +42,7 @@ def test_compiled_equals_interpreted_and_predicted(case):
     for d, extra in derived:
         all_feeds = {**feeds, **extra}
         before = {k: np.copy(v) for k, v in all_feeds.items()}
-        plan = Plan(d, list(d._outputs.values()))
+        plan = Plan(d, [d.output_node(o) for o in d.outputs])
         leaves = leaf_values(plan, all_feeds, d)
         s1, s2 = Stats(), Stats()
         compiled = run_plan(plan, leaves, s1)

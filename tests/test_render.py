@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import cgraph as cg
-from cgraph.autodiff import NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, jvp_graph, vjp_graph
+from cgraph.autodiff import NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, Seed, jvp_graph, vjp_graph
 from cgraph.render import RenderError, RenderWarning, _run_dot, summarize
 
 pydot = pytest.importorskip("pydot")  # in the dev extra
@@ -303,7 +303,7 @@ def test_intermediates_in_jvp_and_vjp_graphs_match_the_lecture():
     assert out[NODE_TANGENT + "add"] == pytest.approx(X)  # tangent of a5 wrt w1 is x
     assert out[NODE_TANGENT + "cos"] == pytest.approx(-X * np.sin(u))
     assert NODE_TANGENT + "w0" not in out and NODE_TANGENT + "x" not in out
-    d = vjp_graph(g, ["y2"], ["w0", "w1", "x"], seed="ones", intermediates=True)
+    d = vjp_graph(g, ["y2"], ["w0", "w1", "x"], seed=Seed.ONES, intermediates=True)
     out = cg.Evaluator(d).run(FEEDS)
     assert out[NODE_ADJOINT + "add"] == pytest.approx(-np.sin(u))  # a5bar = -sin(a5) for y2
     assert out[NODE_ADJOINT + "mul"] == pytest.approx(-np.sin(u))

@@ -35,6 +35,18 @@ def check_feed(node: Node, value: Any) -> np.ndarray:
     return arr
 
 
+def leaf_value(graph: Graph, feeds: Mapping[str, Any], name: str) -> np.ndarray:
+    """The value leaf `name` of `graph` has in a run with `feeds`: an input's feed as the run
+    takes it (checked and converted; FeedError if missing), a param's or constant's stored
+    value."""
+    node = graph.nodes[name]
+    if node.op != "input":
+        return graph.value(name)
+    if name not in feeds:
+        raise FeedError(f"missing feed for input {name!r} {format_shape(node.shape)} of graph {graph.name!r}")
+    return check_feed(node, feeds[name])
+
+
 class Executor:
     """Base of Evaluator, ForwardMode and ReverseMode: `graph` is the model; `stats` describes
     the last run."""
@@ -45,22 +57,17 @@ class Executor:
         self.graph = graph
         self.stats = Stats()
 
-    def _run(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
-             params: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
-        """Run `plan` (of the model or a graph derived from it) with the model's feeds, `extra`
-        leaves the derived graph adds (tangents, cotangents), and the model's current params
-        (or `params`, for gradcheck's perturbations). Returns the values of `plan.targets`."""
-        return self._run_leaves(plan, self._leaf_values(plan, feeds, extra, params))
-
-    def _leaf_values(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
-                     params: Mapping[str, Any] | None = None) -> list[Any]:
-        """The values of `plan.leaves`, in order, feeds checked (see `_run`)."""
+    def _leaves(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
+                params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The values of `plan.leaves`, in order: the model's feeds (every feed is checked, even
+        one this plan ignores), `extra` leaves a derived graph adds (tangents, cotangents), and
+        the model's current params, or `params` for those it names."""
         model, d = self.graph, plan.graph
         if not isinstance(feeds, Mapping):
             raise FeedError(f"feeds must be a dict of input name to array, got {type(feeds).__name__}")
-        nodes = model._nodes
+        nodes = model.nodes
         checked = {}
-        for name, value in feeds.items():  # every feed is checked, even one this plan ignores
+        for name, value in feeds.items():
             node = nodes.get(name)
             if node is None or node.op != "input":
                 what = f"a {node.op}, not an input" if node is not None else "not an input"
@@ -71,21 +78,30 @@ class Executor:
         for name, kind in zip(plan.leaves, plan.leaf_kinds, strict=True):
             if kind == "input":
                 if name in extra:
-                    leaves.append(check_feed(d._nodes[name], extra[name]))
+                    leaves.append(check_feed(d.nodes[name], extra[name]))
                 elif name in checked:
                     leaves.append(checked[name])
                 else:
-                    raise FeedError(f"missing feed for input {name!r} {format_shape(d._nodes[name].shape)} "
+                    raise FeedError(f"missing feed for input {name!r} {format_shape(d.nodes[name].shape)} "
                                     f"of graph {model.name!r}")
             elif kind == "param" and name in nodes:
-                leaves.append(model._values[name] if params is None or name not in params else params[name])
+                leaves.append(model.value(name) if params is None or name not in params
+                              else _param_value(nodes[name], params[name]))
             else:
-                leaves.append(d._values[name])
+                leaves.append(d.value(name))
         return leaves
 
-    def _run_leaves(self, plan: Plan, leaves: list[Any]) -> tuple[Any, ...]:
+    def _run(self, plan: Plan, leaves: list[Any]) -> tuple[Any, ...]:
         """Run `plan` with the values of its leaves, recording stats."""
         out = run_plan(plan, leaves, self.stats)
         shapes = [v.shape for v in leaves]
         self.stats.predictor = lambda: plan.predict_peak(dict(zip(plan.leaves, shapes, strict=True)))
         return out
+
+
+def _param_value(node: Node, value: Any) -> np.ndarray:
+    """A value given for param `node` in one run, checked as a feed of its shape and dtype."""
+    try:
+        return check_feed(node, value)
+    except FeedError as e:
+        raise FeedError(str(e).replace("feed", "param value", 1)) from None

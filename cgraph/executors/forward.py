@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cgraph.autodiff import TANGENT, jvp_graph, output_nodes
+from cgraph.autodiff import TANGENT, jvp_graph
 from cgraph.errors import FeedError
 from cgraph.executors.base import Executor
 from cgraph.graph import Graph
@@ -23,7 +23,8 @@ class ForwardMode(Executor):
         super().__init__(graph)
         self.of = [of] if isinstance(of, str) else list(of)
         self.wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-        output_nodes(graph, self.of)
+        for o in self.of:
+            graph.output_node(o)
         self._plans: dict[frozenset[str], Plan] = {}
         self.plan = self._plan(frozenset(self.wrt))
 
@@ -32,7 +33,7 @@ class ForwardMode(Executor):
         plan = self._plans.get(given)
         if plan is None:
             d = jvp_graph(self.graph, self.of, [w for w in self.wrt if w in given])
-            plan = Plan(d, list(d._outputs.values()))  # the outputs, then their tangents
+            plan = Plan(d, [d.output_node(o) for o in d.outputs])  # the outputs, then their tangents
             self._plans[given] = plan
         return plan
 
@@ -43,7 +44,7 @@ class ForwardMode(Executor):
         if unknown:
             raise FeedError(f"tangent for {unknown[0]!r}, which is not among wrt {self.wrt}")
         plan = self._plan(frozenset(tangents))
-        vals = self._run(plan, feeds, {TANGENT + k: v for k, v in tangents.items()})
+        vals = self._run(plan, self._leaves(plan, feeds, {TANGENT + k: v for k, v in tangents.items()}))
         arrays = [np.asarray(v) for v in vals]
         n = len(self.of)
         return dict(zip(self.of, arrays[:n], strict=True)), dict(zip(self.of, arrays[n:], strict=True))

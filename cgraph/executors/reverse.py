@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cgraph.autodiff import COTANGENT, check_wrt, output_nodes, vjp_graph
+from cgraph.autodiff import COTANGENT, Seed, check_wrt, vjp_graph
 from cgraph.checkpoint import Checkpointer, MemoryPlan
 from cgraph.errors import FeedError
 from cgraph.executors.base import Executor
@@ -33,28 +33,28 @@ class ReverseMode(Executor):
             raise TypeError("ReverseMode differentiates one output: of must be an output name")
         self.of = of
         self.wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-        output_nodes(graph, [of])
+        graph.output_node(of)
         check_wrt(graph, self.wrt)
-        self._plans: dict[str, Plan] = {}
+        self._plans: dict[Seed, Plan] = {}
         self.memory_budget = memory_budget
-        self._checkpointers: dict[str, Checkpointer] = {}
+        self._checkpointers: dict[Seed, Checkpointer] = {}
         self.memory_plan: MemoryPlan | None = None  # the budgeted plan of the last run
         if memory_budget is not None:
             Checkpointer.check_budget(memory_budget)
 
-    def _plan(self, seed: str) -> Plan:
+    def _plan(self, seed: Seed) -> Plan:
         plan = self._plans.get(seed)
         if plan is None:
             d = vjp_graph(self.graph, [self.of], self.wrt, seed=seed)
-            plan = Plan(d, list(d._outputs.values()))  # the output, then a gradient per wrt
+            plan = Plan(d, [d.output_node(o) for o in d.outputs])  # the output, then a gradient per wrt
             self._plans[seed] = plan
         return plan
 
-    def _budgeted(self, seed: str, feeds: Mapping[str, Any], extra: Mapping[str, Any] = ()
+    def _budgeted(self, seed: Seed, feeds: Mapping[str, Any], extra: Mapping[str, Any] = ()
                   ) -> tuple[Any, ...]:
         """Run the plan for `seed`, or under a budget the checkpointed plan for these shapes."""
         plan = self._plan(seed)
-        leaves = self._leaf_values(plan, feeds, extra)
+        leaves = self._leaves(plan, feeds, extra)
         if self.memory_budget is not None:
             values = dict(zip(plan.leaves, leaves, strict=True))
             cp = self._checkpointers.get(seed)
@@ -65,16 +65,16 @@ class ReverseMode(Executor):
                                             if plan.graph.nodes[n].op == "input"})
             plan = self.memory_plan.plan
             leaves = [values[n] for n in plan.leaves]
-        return self._run_leaves(plan, leaves)
+        return self._run(plan, leaves)
 
     @property
     def plan(self) -> Plan:
         """The gradient's plan (compiled when first asked for)."""
-        return self._plan("ones")
+        return self._plan(Seed.ONES)
 
     def grad(self, feeds: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(value of the scalar output, {wrt name: gradient})."""
-        vals = self._budgeted("ones", feeds)
+        vals = self._budgeted(Seed.ONES, feeds)
         value, *grads = (np.asarray(v) for v in vals)
         return value, dict(zip(self.wrt, grads, strict=True))
 
@@ -83,6 +83,6 @@ class ReverseMode(Executor):
         """({of: value}, {wrt name: cotangent}) for the output cotangent `cotangents[of]`."""
         if set(cotangents) != {self.of}:
             raise FeedError(f"vjp needs exactly one cotangent, for {self.of!r}; got {sorted(cotangents)}")
-        vals = self._budgeted("input", feeds, {COTANGENT + self.of: cotangents[self.of]})
+        vals = self._budgeted(Seed.INPUT, feeds, {COTANGENT + self.of: cotangents[self.of]})
         value, *cots = (np.asarray(v) for v in vals)
         return {self.of: value}, dict(zip(self.wrt, cots, strict=True))

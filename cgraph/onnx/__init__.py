@@ -6,7 +6,7 @@ cgraph Graph from an ONNX model so that it can be differentiated and fine-tuned.
 this module never imports `onnx`: each function does, when it is called.
 """
 
-from cgraph.onnx._common import OnnxError, OnnxMissingError
+from cgraph.errors import OnnxError, OnnxMissingError
 from cgraph.onnx._export import DEFAULT_OPSET, EXPORTABLE, export, to_model
 from cgraph.onnx._import import IMPORTABLE, from_model, load
 

@@ -1,5 +1,6 @@
-"""What the ONNX exporter and importer share: the error type, the lazy import of the optional
-`onnx` package, and the dtypes both sides understand."""
+"""What the ONNX exporter and importer share: the lazy import of the optional `onnx` package,
+the dtypes both sides understand, and the metadata keys cgraph writes (the errors are in
+cgraph.errors, re-exported here)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from cgraph.errors import CgraphError
+from cgraph.errors import OnnxMissingError
 
 EXTRA_HINT = "pip install 'cgraph-ad[onnx]'"
 CONSTANTS_KEY = "cgraph.constants"  # metadata_props: JSON list of initializers that were constants
 FROZEN_KEY = "cgraph.frozen"  # metadata_props: JSON list of params with trainable=False
 STOP_GRADIENT_DOC = "cgraph.stop_gradient"  # the doc_string that marks an Identity as stop_gradient
-
-
-class OnnxError(CgraphError, ValueError):
-    """A graph cannot be exported to ONNX, or an ONNX model cannot be imported (one line
-    naming the ops, nodes or values at fault)."""
-
-
-class OnnxMissingError(CgraphError, ImportError):
-    """The optional `onnx` package (or onnxruntime) is not installed."""
 
 
 def require(name: str = "onnx") -> ModuleType:

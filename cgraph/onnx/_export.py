@@ -19,16 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgraph.errors import OnnxError
 from cgraph.graph import Graph, Node
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
-    OnnxError,
     np_to_onnx_type,
     registrar,
     require,
 )
+from cgraph.version import __version__
 
 if TYPE_CHECKING:
     import onnx
@@ -108,13 +109,20 @@ _rule = registrar(RULES)
 
 # ---- elementwise --------------------------------------------------------------------------
 
+def _documented(rule: Rule, doc: str) -> Rule:
+    """`rule` with `doc` as its docstring: the ONNX form the op catalogue shows."""
+    rule.__doc__ = doc
+    return rule
+
+
 def _same_type(onnx_op: str) -> Rule:
     """An ONNX operator on inputs cast to the node's dtype (numpy's promotion made explicit)."""
-    return lambda e, n: e.node(onnx_op, [e.x(n, i, n.dtype) for i in range(len(n.inputs))])
+    return _documented(lambda e, n: e.node(onnx_op, [e.x(n, i, n.dtype) for i in range(len(n.inputs))]),
+                       f"{onnx_op}, the inputs cast to the output's dtype")
 
 
 def _unary(onnx_op: str) -> Rule:
-    return lambda e, n: e.node(onnx_op, [e.x(n, 0)])
+    return _documented(lambda e, n: e.node(onnx_op, [e.x(n, 0)]), onnx_op)
 
 
 for _op, _onnx_op in (("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "Div"), ("pow", "Pow"),
@@ -128,13 +136,14 @@ for _op, _onnx_op in (("neg", "Neg"), ("exp", "Exp"), ("log", "Log"), ("sqrt", "
 
 @_rule("square")
 def _square(e: _Emitter, n: Node) -> str:
+    """Mul(x, x)"""
     x = e.x(n, 0)
     return e.node("Mul", [x, x])
 
 
 @_rule("softplus")
 def _softplus(e: _Emitter, n: Node) -> str:
-    """relu(x) + log(1 + exp(-|x|)): never overflows, as cgraph's logaddexp(0, x)."""
+    """Relu(x) + Log(1 + Exp(-Abs(x))), which never overflows, as cgraph's logaddexp(0, x)"""
     x = e.x(n, 0)
     tail = e.node("Exp", [e.node("Neg", [e.node("Abs", [x])])])
     tail = e.node("Log", [e.node("Add", [e.const(1, n.dtype), tail])])
@@ -145,24 +154,28 @@ _COMPARE = {"less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
             "greater_equal": "GreaterOrEqual", "equal": "Equal"}
 
 
-def _compare(e: _Emitter, n: Node) -> str:
-    common = np.result_type(*(e.g.nodes[s].dtype for s in n.inputs))
-    if common == np.bool_ and n.op != "equal":  # ONNX orders numbers only
-        common = np.dtype(np.int64)
-    return e.node(_COMPARE[n.op], [e.x(n, 0, common), e.x(n, 1, common)])
+def _compare(onnx_op: str) -> Rule:
+    def rule(e: _Emitter, n: Node) -> str:
+        common = np.result_type(*(e.g.nodes[s].dtype for s in n.inputs))
+        if common == np.bool_ and n.op != "equal":  # ONNX orders numbers only
+            common = np.dtype(np.int64)
+        return e.node(onnx_op, [e.x(n, 0, common), e.x(n, 1, common)])
+    return _documented(rule, f"{onnx_op}, the inputs cast to their common type (bools to int64 for ordering)")
 
 
-for _op in _COMPARE:
-    RULES[_op] = _compare
+for _op, _onnx_op in _COMPARE.items():
+    RULES[_op] = _compare(_onnx_op)
 
 
 @_rule("where")
 def _where(e: _Emitter, n: Node) -> str:
+    """Where, a and b cast to the output's dtype"""
     return e.node("Where", [e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)])
 
 
 @_rule("cast")
 def _cast(e: _Emitter, n: Node) -> str:
+    """Cast"""
     return e.cast(e.x(n, 0), n.dtype)
 
 
@@ -178,6 +191,7 @@ def _stop_gradient(e: _Emitter, n: Node) -> str:
 
 @_rule("transpose")
 def _transpose(e: _Emitter, n: Node) -> str:
+    """Transpose (perm = axes)"""
     if not n.attrs["axes"]:  # a 0-d value: ONNX cannot type an empty perm attribute
         return e.node("Identity", [e.x(n, 0)])
     return e.node("Transpose", [e.x(n, 0)], perm=[int(a) for a in n.attrs["axes"]])
@@ -193,11 +207,13 @@ def _shape_input(e: _Emitter, n: Node) -> str:
 
 @_rule("shape_of")
 def _shape_of(e: _Emitter, n: Node) -> str:
+    """Shape"""
     return e.node("Shape", [e.x(n, 0)])
 
 
 @_rule("reshape")
 def _reshape(e: _Emitter, n: Node) -> str:
+    """Reshape (allowzero=1 for a static shape with a 0 size)"""
     shape = n.attrs["shape"]
     zero_size = len(n.inputs) == 1 and 0 in shape and -1 not in shape
     attrs = {"allowzero": 1} if zero_size and e.opset >= 14 else {}  # a 0 is a size, not "copy"
@@ -206,11 +222,13 @@ def _reshape(e: _Emitter, n: Node) -> str:
 
 @_rule("broadcast_to")
 def _broadcast_to(e: _Emitter, n: Node) -> str:
+    """Expand"""
     return e.node("Expand", [e.x(n, 0), _shape_input(e, n)])
 
 
 @_rule("sum_to")
 def _sum_to(e: _Emitter, n: Node) -> str:
+    """ReduceSum over the stretched axes (found in the graph with Shape, Equal, NonZero for a run-time shape)"""
     x_shape = e.g.nodes[n.inputs[0]].shape
     shape = n.attrs["shape"]
     lead = len(x_shape) - len(shape)
@@ -234,17 +252,20 @@ def _sum_to(e: _Emitter, n: Node) -> str:
 
 @_rule("expand_dims")
 def _expand_dims(e: _Emitter, n: Node) -> str:
+    """Unsqueeze"""
     return e.unsqueeze(e.x(n, 0), n.attrs["axes"])
 
 
 @_rule("squeeze")
 def _squeeze(e: _Emitter, n: Node) -> str:
+    """Squeeze (Identity for no axes)"""
     axes = n.attrs["axes"]  # ONNX reads no axes as "every axis of size 1"
     return e.squeeze(e.x(n, 0), axes) if axes else e.x(n, 0)
 
 
 @_rule("concat")
 def _concat(e: _Emitter, n: Node) -> str:
+    """Concat, the inputs cast to the output's dtype"""
     axis = int(n.attrs["axis"]) % len(n.shape)
     return e.node("Concat", [e.x(n, i, n.dtype) for i in range(len(n.inputs))], axis=axis)
 
@@ -293,13 +314,16 @@ def _index(e: _Emitter, x: str, ndim: int, index: tuple) -> str:
 
 @_rule("getitem")
 def _getitem(e: _Emitter, n: Node) -> str:
+    """Slice, then Squeeze of the integer-indexed axes and Unsqueeze of the new ones"""
     return _index(e, e.x(n, 0), len(e.g.nodes[n.inputs[0]].shape), n.attrs["index"])
 
 
 @_rule("scatter")
 def _scatter(e: _Emitter, n: Node) -> str:
-    """Zeros of `shape` with g written at `index`: index the flat positions 0..size-1 (laid
-    out in `shape`) the way getitem does, and ScatterND g's elements there."""
+    """ScatterND of g into ConstantOfShape zeros, at the positions getitem's Slice picks from a Range
+
+    Zeros of `shape` with g written at `index`: index the flat positions 0..size-1 (laid out in
+    `shape`) the way getitem does, and ScatterND g's elements there."""
     shape = _shape_input(e, n)
     size = e.node("ReduceProd", [shape], keepdims=0)
     positions = e.node("Range", [e.const(0), size, e.const(1)])
@@ -313,6 +337,7 @@ def _scatter(e: _Emitter, n: Node) -> str:
 
 @_rule("dim_size")
 def _dim_size(e: _Emitter, n: Node) -> str:
+    """ReduceProd of Gather(Shape(x), axes), cast to the output's dtype"""
     sizes = e.node("Gather", [e.node("Shape", [e.x(n, 0)]), e.const(list(n.attrs["axes"]))])
     return e.cast(e.node("ReduceProd", [sizes], keepdims=0), n.dtype)
 
@@ -324,7 +349,7 @@ def _reduction(onnx_op: str) -> Rule:
         x = e.x(n, 0, n.dtype)
         axes = n.attrs["axes"]
         return e.reduce(onnx_op, x, axes, n.attrs["keepdims"]) if axes else x
-    return rule
+    return _documented(rule, f"{onnx_op} (Identity over no axes)")
 
 
 RULES["sum"] = _reduction("ReduceSum")
@@ -350,7 +375,7 @@ def _softmax_like(onnx_op: str) -> Rule:
         if onnx_op == "Softmax":
             return e.node("Div", [e.node("Exp", [shifted]), total])
         return e.node("Sub", [shifted, e.node("Log", [total])])
-    return rule
+    return _documented(rule, f"{onnx_op} over one axis; over several, the max trick with ReduceMax, Exp, ReduceSum")
 
 
 RULES["softmax"] = _softmax_like("Softmax")
@@ -359,6 +384,7 @@ RULES["log_softmax"] = _softmax_like("LogSoftmax")
 
 @_rule("logsumexp")
 def _logsumexp(e: _Emitter, n: Node) -> str:
+    """Log(ReduceSum(Exp(x - m))) + m, m = ReduceMax(x) (the max trick)"""
     x = e.x(n, 0)
     axes = n.attrs["axes"]
     if not axes:
@@ -371,8 +397,9 @@ def _logsumexp(e: _Emitter, n: Node) -> str:
 
 @_rule("nll")
 def _nll(e: _Emitter, n: Node) -> str:
-    """-(mean over rows of sum over the rest of y * logp), with no Shape: the row count comes
-    from ReduceMean."""
+    """Neg(ReduceMean over rows of ReduceSum(y * logp)): the row count comes from ReduceMean
+
+    -(mean over rows of sum over the rest of y * logp), with no Shape."""
     logp, y = e.x(n, 0), e.x(n, 1, n.dtype)
     ndim = len(e.g.nodes[n.inputs[0]].shape)
     per_row = e.reduce("ReduceSum", e.node("Mul", [y, logp]), range(1, ndim), keepdims=False)
@@ -447,8 +474,6 @@ def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     opsets = [onnx.helper.make_opsetid("", opset)]
     model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="cgraph",
                                    ir_version=onnx.helper.find_min_ir_version_for(opsets))
-    from cgraph import __version__
-
     model.producer_version = __version__
     props = {**g.metadata, CONSTANTS_KEY: json.dumps(constants), FROZEN_KEY: json.dumps(frozen)}
     onnx.helper.set_model_props(model, props)

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import cgraph.ops as ops
-from cgraph.errors import CgraphError, one_line
+from cgraph.errors import CgraphError, OnnxError, one_line
 from cgraph.graph import DTYPES, Graph, Tensor
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
-    OnnxError,
     onnx_to_np_type,
     registrar,
     require,

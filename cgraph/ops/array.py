@@ -32,9 +32,9 @@ from cgraph.shapes import (
     Meta,
     Shape,
     broadcast_shapes,
+    index_shape,
     normalize_axes,
     normalize_index,
-    static_with_sentinels,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def _with_shape(op: str, x: Tensor, shape: Any, **attrs: Any) -> Tensor:
 
 
 SHAPE_INPUT = ("x", "sizes?")  # sizes: the target shape computed at run time (shape_of)
-SHAPE_ATTR = {"shape": Attr("dims", doc="the target shape (with a shape input: its static sizes, None where "
+SHAPE_ATTR = {"shape": Attr("dims", doc="the target shape (with a `sizes` input: its static sizes, None where "
                                         "known only at run time)")}
 
 
@@ -141,37 +141,38 @@ def _check_shape_input(s: Meta | None, shape: tuple) -> None:
 
 # ---- reshape ------------------------------------------------------------------------------
 
-def _reshape_sizes(src: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    total = math.prod(src)
-    if shape.count(-1) > 1 or any(d < -1 for d in shape):
-        raise ShapeError(f"bad target shape {shape}")
-    known = math.prod(d for d in shape if d != -1)
-    if -1 in shape:
-        if known == 0 or total % known:
-            raise ShapeError(f"cannot reshape {total} elements into {shape}")
-        return tuple(total // known if d == -1 else d for d in shape)
-    if known != total:
-        raise ShapeError(f"cannot reshape {total} elements into {shape}")
-    return shape
-
-
 def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """With a shape input (an int64 vector), `shape`. Else: `shape` has sizes >= 0 and at most
-    one -1 (none of them None); when x's sizes are all known, the element counts agree and -1
-    is the size that makes them agree; with unknown sizes in x, a -1 is None unless the known
-    sizes alone decide it."""
+    """With a `sizes` input, `shape`. Else every entry of `shape` is an integer >= -1, at most one
+    is -1, and none is None. Let K be the product of x's known sizes and k the product of
+    `shape`'s entries other than -1. When x's sizes are all known, K is its element count: with
+    a -1, k MUST NOT be 0 and MUST divide K, and the -1 becomes K / k; without, k MUST equal K.
+    When some size of x is None: with a -1, k MUST NOT be 0, and the -1 becomes 0 if K is 0,
+    else None; without, k MUST be a multiple of K (0 if K is 0).
+    The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
+    its size is known)."""
     _check_shape_input(s, shape)
     if s is not None:
         return tuple(shape)
-    if None in shape:
-        raise ShapeError(f"target shape {tuple(shape)} has a None size but no shape input")
-    if None not in x.shape:
-        return _reshape_sizes(x.shape, tuple(shape))  # type: ignore[arg-type]
-    if -1 not in shape:  # sizes are given; run time checks the element count
-        if shape.count(-1) > 1 or any(d < -1 for d in shape):
-            raise ShapeError(f"bad target shape {shape}")
-        return tuple(shape)
-    return static_with_sentinels(lambda d: _reshape_sizes(d, tuple(shape)), x.shape)
+    if None in shape or shape.count(-1) > 1 or any(d < -1 for d in shape):
+        raise ShapeError(f"bad target shape {tuple(shape)}")
+    K = math.prod(d for d in x.shape if d is not None)
+    k = math.prod(d for d in shape if d != -1)
+    known = None not in x.shape
+    if -1 in shape:
+        if k == 0 or (known and K % k):
+            raise ShapeError(f"cannot reshape {_elements(x)} into {tuple(shape)}")
+        rest = K // k if known else (0 if K == 0 else None)
+        return tuple(rest if d == -1 else d for d in shape)
+    if (known and k != K) or (not known and (k != 0 if K == 0 else k % K)):
+        raise ShapeError(f"cannot reshape {_elements(x)} into {tuple(shape)}")
+    return tuple(shape)
+
+
+def _elements(x: Meta) -> str:
+    if None in x.shape:
+        known = math.prod(d for d in x.shape if d is not None)
+        return f"a multiple of {known} elements"
+    return f"{math.prod(x.shape)} elements"  # type: ignore[arg-type]
 
 
 def _reshape_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) -> np.ndarray:
@@ -189,8 +190,10 @@ _reshape = define(
 # ---- broadcasting and its transpose ------------------------------------------------------
 
 def _broadcast_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """`shape`, which has at least x's number of dimensions. Without a shape input, x's shape
-    BROADCASTs to it (`shape` has no None, and BROADCAST of x's shape and `shape` is `shape`)."""
+    """`shape`, which has at least x's number of dimensions. Without a `sizes` input, `shape` has
+    no None and no negative size, and BROADCAST of x's shape and `shape` MUST be `shape`.
+    The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
+    its size is known)."""
     _check_shape_input(s, shape)
     if len(shape) < x.ndim:
         raise ShapeError(f"cannot broadcast to fewer dimensions ({len(shape)})")
@@ -209,7 +212,9 @@ def _broadcast_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tupl
 def _sum_to_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
     """`shape` has at most x's number of dimensions; aligned at the right, each of its sizes is
     1, None, or x's size (where known). The result is `shape`, where a None takes x's size
-    (a size that is not summed); with a shape input, `shape` itself."""
+    (a size that is not summed); with a `sizes` input, `shape` itself.
+    The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
+    its size is known)."""
     _check_shape_input(s, shape)
     lead = x.ndim - len(shape)
     if lead < 0:
@@ -328,30 +333,33 @@ _concat = define(
 
 # ---- basic indexing -----------------------------------------------------------------------
 
-def _index_shape(shape: tuple[int, ...], index: tuple) -> tuple[int, ...]:
-    dummy = np.lib.stride_tricks.as_strided(np.zeros(1), shape=shape, strides=(0,) * len(shape))
-    try:
-        return dummy[index].shape
-    except (IndexError, TypeError, ValueError) as e:
-        raise ShapeError(f"index {index!r}: {e}") from None
-
-
 def _getitem_shape(x: Meta, *, index: tuple) -> Shape:
-    """numpy basic indexing x[index] (integers drop their axis and MUST be in range for a known
-    size; slices clamp as Python's; None inserts an axis of size 1; Ellipsis stands for the
-    axes not otherwise indexed; there are at most ndim integers and slices). A size is None
-    where it depends on a None size of x."""
-    return static_with_sentinels(lambda s: _index_shape(s, index), x.shape)
+    """numpy's basic indexing x[index]: at most ndim integers and slices, at most one Ellipsis
+    (standing for as many full slices as the other entries leave); an integer drops its axis
+    and MUST be in [-n, n) for a known size n; a slice start:stop:step keeps its axis with
+    Python's slice length for a known size; None inserts an axis of size 1; axes after the
+    last entry are kept. For an axis of unknown size, a slice's size is the one it has for
+    every large enough size, or None if it grows with the size. (Each end is a fixed position
+    p, or n + p from the end for a size n: a bound >= 0 is fixed, a negative bound is from the
+    end; an omitted start is 0 for a positive step and n - 1 for a negative one, an omitted
+    stop n for a positive step and -1, fixed, for a negative one. With both ends fixed or both
+    from the end, the size is what Python gives for any n larger than every bound; when only
+    the end the slice walks towards is from the end, None; when only the end it starts from
+    is, 0.)"""
+    return index_shape(x.shape, index)
 
 
 def _scatter_shape(g: Meta, s: Meta | None = None, *, shape: tuple, index: tuple) -> Shape:
-    """`shape` (with None where the shape input decides); g is what `zeros(shape)[index]` would
-    be, where `shape` is static."""
+    """`shape`. Without a `sizes` input, `shape` has no None and no negative size, and g's shape
+    MUST be the shape getitem gives for an input of shape `shape` and `index` (where g's sizes
+    are known).
+    The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
+    its size is known)."""
     _check_shape_input(s, shape)
     if s is None:
         if None in shape or any(d < 0 for d in shape):
             raise ShapeError(f"bad target shape {tuple(shape)}")
-        want = _index_shape(tuple(shape), index)
+        want = index_shape(tuple(shape), index)
         if len(want) != g.ndim or any(d is not None and d != w for d, w in zip(g.shape, want, strict=True)):
             raise ShapeError(f"values of shape {g.shape} do not fit {tuple(shape)}[{index!r}]")
     return tuple(shape)

@@ -49,9 +49,7 @@ def _reduce_kernel(ufunc: np.ufunc) -> Any:
 
 
 def reduce_shape(x: Meta, *, axes: tuple[int, ...], keepdims: bool = False) -> Shape:
-    """REDUCE: every entry of `axes` is in [-ndim, ndim) and no axis appears twice (negative
-    entries count from the end); the reduced axes become size 1 with `keepdims`, else they are
-    removed; the other sizes are x's (None stays None)."""
+    """REDUCE of x's shape over `axes`."""
     axes = normalize_axes(axes, x.ndim)
     if keepdims:
         return tuple(1 if i in axes else d for i, d in enumerate(x.shape))

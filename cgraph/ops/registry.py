@@ -146,15 +146,15 @@ class Attr:
                                  f"{' in each entry' if t in ('ints', 'dims') else ''}, got {_short(value)}")
         return value
 
-    def describe(self) -> str:
+    def describe(self, name: str) -> str:
         """One line for the catalogue."""
         text = self.type
         if self.allowed is not None:
             text += ", one of " + ", ".join(f"`{a!r}`" for a in self.allowed)
         if self.minimum is not None:
             text += f", at least {self.minimum}" + (" each" if self.type in ("ints", "dims") else "")
-        text += "; required" if self.required else f"; default `{self.default!r}`"
-        return text + (f". {self.doc}" if self.doc else "")
+        text += ", required" if self.required else f", default `{self.default!r}`"
+        return f"`{name}` ({text})" + (f": {self.doc}" if self.doc else "")
 
 
 def _utf8(s: str) -> bool:
@@ -441,7 +441,7 @@ class OpDef:
         lines.append(f"- **inputs**: {self.inputs.describe()}")
         if self.attrs:
             lines.append("- **attributes**:")
-            lines += [f"  - `{k}`: {a.describe()}" for k, a in self.attrs.items()]
+            lines += [f"  - {a.describe(k)}" for k, a in self.attrs.items()]
         else:
             lines.append("- **attributes**: none")
         if self.dtype is not None:
@@ -595,8 +595,6 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
     if not isinstance(name, str) or "/" not in name or not all(name.split("/")):
         raise GraphError(f"user op name {_short(name)} must contain a '/' between non-empty parts "
                          "(e.g. 'my/square_plus'), so that it never clashes with a built-in op")
-    if name in OPS and not OPS[name].user:
-        raise GraphError(f"op {name!r} is built in")
     if not callable(kernel) or not callable(infer):
         raise TypeError(f"define_op({name!r}): kernel and infer must be callable")
     try:

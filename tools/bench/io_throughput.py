@@ -26,7 +26,7 @@ def model(nbytes: int) -> cg.Graph:
     x = g.input("x", (None, 8), "float32")
     n = nbytes // 4
     big = np.arange(n, dtype=np.float32)  # cheap to fill; its bytes are what is measured
-    W = g._add_leaf("param", "embed", (n,), big.dtype, big)  # no second copy (g.param copies)
+    W = g.add_leaf("param", "embed", (n,), big.dtype, big)  # no second copy (g.param copies)
     V = g.param("V", np.ones((8, 4), np.float32))
     g.output("y", cg.tanh(x @ V) * W[:4])
     g.metadata["purpose"] = "io throughput benchmark"
