@@ -75,7 +75,12 @@ def load(path: str | os.PathLike[str]) -> Graph:
 
 def loads(data: bytes | bytearray | memoryview) -> Graph:
     """The graph in `data` (the bytes of a model file)."""
-    return _read(_BytesSource(data), "").graph
+    try:
+        view = memoryview(data)
+    except TypeError:
+        hint = ": for a file, use cg.load(path)" if isinstance(data, (str, os.PathLike)) else ""
+        raise TypeError(f"cg.loads takes the bytes of a model file, not {type(data).__name__}{hint}") from None
+    return _read(_BytesSource(view), "").graph
 
 
 @dataclass(frozen=True)

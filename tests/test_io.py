@@ -496,6 +496,16 @@ def test_a_tensor_claiming_1e12_elements_allocates_nothing(tmp_path):
     assert lines[2] == "limit active"
 
 
+def test_loads_takes_bytes():
+    data = cg.dumps(small_model())
+    for wrong, hint in (("model.pb", ": for a file, use cg.load"), (Path("model.pb"), ": for a file"), (3, "")):
+        with pytest.raises(TypeError, match=f"^cg.loads takes the bytes of a model file, not "
+                                            f"{type(wrong).__name__}{hint}"):
+            cg.loads(wrong)
+    for ok in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        assert list(cg.loads(ok).nodes) == list(small_model().nodes)
+
+
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         cg.load(tmp_path / "none.pb")

@@ -1,0 +1,81 @@
+"""Fuzzing as part of the suite (tools/fuzz, which runs the same at any count): 2,000 mutated
+model files and 1,000 mutated ONNX files, seeded, each tried in a child forked from this process
+under an address-space limit and a timeout. A file that loads is run, differentiated in both
+modes, saved and reloaded, and drawn; feeds and params must not change. The only outcomes
+allowed are loading and cgraph's own one-line errors: no other exception, crash or hang."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks children; reads /proc")
+
+
+def load_fuzz():
+    loader = importlib.machinery.SourceFileLoader("cgraph_fuzz", str(ROOT / "tools" / "fuzz"))
+    spec = importlib.util.spec_from_loader("cgraph_fuzz", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cgraph_fuzz"] = module  # (dataclasses look their module up)
+    loader.exec_module(module)
+    return module
+
+
+fuzz = load_fuzz()
+
+
+def test_mutated_model_files():
+    report, _ = fuzz.run("model", 2000, seed=0, jobs=2)
+    assert report.ok, report.format()
+    assert report.files == 2000
+    # the mutations reach past the checksums and the validator, into the executors
+    assert report.counts["load: loaded"] >= 80, report.format()
+    assert min(report.counts[f"{s}: ok"] for s in ("run", "reverse", "forward", "save and reload")) >= 50
+
+
+def test_mutated_onnx_files():
+    pytest.importorskip("onnx")
+    report, _ = fuzz.run("onnx", 1000, seed=0, jobs=2)
+    assert report.ok, report.format()
+    assert report.files == 1000
+    assert report.counts["load: loaded"] >= 30, report.format()
+    assert min(report.counts[f"{s}: ok"] for s in ("run", "reverse", "save and reload")) >= 20
+
+
+def test_the_harness_reports_crashes_hangs_memory_and_stray_exceptions():
+    """What the children do wrong is seen: a segfault, a hang, an allocation past the limit,
+    an exception that is not cgraph's, a result that is not one line."""
+    def job(i: int) -> list:
+        if i == 0:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if i == 1:
+            time.sleep(60)
+        if i == 2:
+            return [fuzz._stage("alloc", lambda: np.ones(2**31))[0]]  # 16 GiB
+        if i == 3:
+            return [fuzz._stage("load", lambda: {}["missing"])[0]]
+        if i == 4:
+            return [fuzz._stage("load", lambda: (_ for _ in ()).throw(fuzz.cg.GraphFormatError("two\nlines")))[0]]
+        return [fuzz._stage("load", lambda: None)[0]]
+
+    report = fuzz.fuzz("test", job, 6, jobs=2, timeout=3, memory=256)
+    assert dict(report.counts) == {"crash: SIGSEGV": 1, "hang": 1, "alloc: raised MemoryError": 1,
+                                   "load: raised KeyError": 1, "load: GraphFormatError of several lines": 1,
+                                   "load: ok": 1}
+    assert set(report.findings) == set(report.counts) - {"load: ok"}
+    assert not report.ok and "crashes 1, hangs 1" in report.format()
+
+
+def test_the_same_seed_makes_the_same_files():
+    a, b = fuzz.Files("model", 7), fuzz.Files("model", 7)
+    assert [a(i) for i in range(20)] == [b(i) for i in range(20)]
+    assert [a(i) for i in range(20)] != [fuzz.Files("model", 8)(i) for i in range(20)]
