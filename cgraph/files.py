@@ -55,7 +55,10 @@ def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryvi
         raise FileNotFoundError(errno.ENOENT, "cannot save to '': the path is empty; give a file name")
     target = Path(given)
     if target.is_symlink():
-        target = target.resolve()  # a dangling link: the file it names is created
+        try:
+            target = target.resolve()  # a dangling link: the file it names is created
+        except (OSError, RuntimeError):  # (Python before 3.13 says RuntimeError)
+            raise OSError(errno.ELOOP, f"cannot save to {given!r}: its symbolic links form a loop") from None
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"cannot save to {given!r}: it is a folder; give a file name in it")
     folder = target.parent

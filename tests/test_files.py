@@ -156,6 +156,13 @@ def test_errors_name_the_given_path_and_say_what_to_do(tmp_path, monkeypatch):
         cg.save(g, tmp_path / "nowhere" / "m.pb")
     with pytest.raises(IsADirectoryError, match=r"cannot save to '.*': it is a folder"):
         cg.save(g, tmp_path)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError, match=r"cannot save to '.*a': its symbolic links form a loop") as e:
+        cg.save(g, tmp_path / "a")
+    assert e.value.errno == errno.ELOOP
+    (tmp_path / "a").unlink()
+    (tmp_path / "b").unlink()
     path = tmp_path / "m.pb"
     link = tmp_path / "link.pb"
     link.symlink_to(path)
