@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-import networkx as nx
 import numpy as np
 
 from cgraph.errors import DerivativeError
@@ -85,17 +84,16 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
     targets = [g.output_node(o) for o in of]
     tangent: dict[str, Tensor] = {}
 
-    def with_tangent(d: Graph, node: Node, inputs: list[str]) -> str:
-        """Copy `node`, then build its tangent right after it (one sweep)."""
-        value = g.value(node.name) if node.op in ("param", "constant") else None
-        out = d.copy_node(node, inputs, value=value if share_params or value is None else value.copy())
+    def add_tangent(d: Graph, node: Node, name: str) -> None:
+        """Build `node`'s tangent right after its copy (values and tangents in one sweep)."""
         if node.is_leaf:
             if node.name in wrt:
                 tangent[node.name] = d.input(TANGENT + node.name, node.shape, node.dtype)
-            return out.name
+            return
         ts = [tangent.get(s) for s in node.inputs]
         if node.dtype.kind != "f" or all(t is None for t in ts):
-            return out.name
+            return
+        out = d[name]
         xs = [d[s] for s in node.inputs]
         opdef = get_op(node.op)
         with d.scope("jvp"):
@@ -113,9 +111,8 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
                     total = c if total is None else add(total, c)
             if total is not None:
                 tangent[node.name] = _fit(total, out, down=False)
-        return out.name
 
-    d, _ = g.rebuild(with_tangent, nodes=g.needed_by([*targets, *wrt]))
+    d, _ = g.rebuild(nodes=g.needed_by([*targets, *wrt]), copy_values=not share_params, then=add_tangent)
     d.name = f"{g.name}/jvp"
     for o, t in zip(of, targets, strict=True):
         d.output(o, d[t])
@@ -150,14 +147,12 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
     for o, t in zip(of, targets, strict=True):
         d.output(o, d[t])
 
-    # Derivatives flow through float nodes from the wrt leaves to the targets.
-    dag = g.dependencies()
-    floats = dag.subgraph([n.name for n in forward if n.dtype.kind == "f"])
+    # Derivatives flow through float nodes from the wrt leaves to the targets: a sweep forward.
     reach = set(wrt)
-    for w in wrt:
-        if w in floats:
-            reach |= nx.descendants(floats, w)
-    active = reach & g.needed_by(targets, dag)
+    for node in forward:
+        if node.dtype.kind == "f" and not node.is_leaf and any(i in reach for i in node.inputs):
+            reach.add(node.name)
+    active = reach & {n.name for n in forward}
 
     cot: dict[str, Tensor] = {}
     for o, t in zip(of, targets, strict=True):

@@ -25,48 +25,53 @@ if TYPE_CHECKING:
 
 
 class Runner:
-    """A compiled plan: `runner(leaf_values) -> (target_values, peak_bytes)`."""
+    """A compiled plan: `runner(leaf_values, updates) -> (target_values, peak_bytes)`."""
 
     def __init__(self, fn: Callable[..., Any], source: str) -> None:
         self.fn = fn
         self.source = source
 
-    def __call__(self, leaves: Sequence[Any]) -> tuple[tuple[Any, ...], int]:
-        return self.fn(leaves)
+    def __call__(self, leaves: Sequence[Any], updates: Sequence[Any] = ()) -> tuple[tuple[Any, ...], int]:
+        return self.fn(leaves, updates)
 
 
 def compile_plan(plan: Plan) -> Runner:
-    """Generate and compile the straight-line function of `plan`."""
+    """Generate and compile the straight-line function of `plan`. Few statements per step (the
+    compile time of a large plan is in proportion to them): a step written over its dying input
+    takes over that input's variable and byte count; the values a step frees are dropped and
+    taken off the books in one statement each."""
     var: dict[str, str] = {n: f"a{j}" for j, n in enumerate(plan.leaves)}
-    for i, step in enumerate(plan.steps):
-        var[step.name] = f"v{i}"
     # Values whose buffer may be shared: view steps and the values they view.
     shared = {s.name for s in plan.steps if s.view} | {s.args[0] for s in plan.steps if s.view}
     shared -= set(plan.leaves)
     ns: dict[str, Any] = {"_share": np.may_share_memory, "_Ledger": Ledger}
-    body = ["def run(leaves):"]
+    body = ["def run(leaves, updates):"]
     if plan.leaves:
         body.append(f"    {', '.join(var[n] for n in plan.leaves)}, = leaves")
+    if plan.updates:
+        body.append(f"    {', '.join(f'u{k}' for k in range(len(plan.updates)))}, = updates")
     body.append("    live = peak = 0")
     if shared:
         body.append("    L = _Ledger()")
-    counted = set()
+    size: dict[str, str] = {}  # counted value (owning its buffer alone) -> the local with its bytes
     for i, step in enumerate(plan.steps):
         ns[f"f{i}"] = step.fn
-        v = var[step.name]
         args = ", ".join(var[a] for a in step.args)
+        if step.update >= 0:
+            body.append(f"    u{step.update}({args})  # {step.name}")
+            body += _frees(step, var, size, shared)
+            continue
         if step.inplace >= 0:
             src = step.args[step.inplace]
-            body.append(f"    {v} = f{i}({args}, out={var[src]})  # {step.name} ({step.op}, in place)")
-            # the result owns the dying input's buffer: no new bytes, none freed with the input
+            v = var[step.name] = var[src]  # the same buffer, under the same variable
+            body.append(f"    {v} = f{i}({args}, out={v})  # {step.name} ({step.op}, in place)")
             if step.name in shared:  # the input was counted inline: its bytes are live already
-                body.append(f"    L.new({step.name!r}, n{var[src][1:]})")
+                body.append(f"    L.new({step.name!r}, {size.pop(src)})")
             else:
-                body.append(f"    n{i} = n{var[src][1:]}")
-                counted.add(step.name)
-            counted.discard(src)
-            body += _frees(step.free, var, counted, shared)
+                size[step.name] = size.pop(src)
+            body += _frees(step, var, size, shared, keep=v)
             continue
+        v = var[step.name] = f"v{i}"
         body.append(f"    {v} = f{i}({args})  # {step.name} ({step.op})")
         if step.view:
             src = step.args[0]
@@ -79,10 +84,10 @@ def compile_plan(plan: Plan) -> Runner:
             body += [f"    live += L.new({step.name!r}, {v}.nbytes)",
                      "    if live > peak: peak = live"]
         else:
-            body += [f"    n{i} = {v}.nbytes; live += n{i}",
+            size[step.name] = f"n{i}"
+            body += [f"    live += (n{i} := {v}.nbytes)",
                      "    if live > peak: peak = live"]
-            counted.add(step.name)
-        body += _frees(step.free, var, counted, shared)
+        body += _frees(step, var, size, shared)
     targets = ", ".join(var[t] for t in plan.targets)
     body.append(f"    return ({targets}{',' if len(plan.targets) == 1 else ''}), peak")
     source = "\n".join(body) + "\n"
@@ -90,13 +95,13 @@ def compile_plan(plan: Plan) -> Runner:
     return Runner(ns["run"], source)
 
 
-def _frees(free: Sequence[str], var: dict[str, str], counted: set[str], shared: set[str]) -> list[str]:
-    """The lines that drop `free` and take their bytes off the books."""
-    lines = []
-    for f in free:
-        lines.append(f"    del {var[f]}")
-        if f in counted:
-            lines.append(f"    live -= n{var[f][1:]}")
-        elif f in shared:
-            lines.append(f"    live -= L.release({f!r})")
+def _frees(step: Any, var: dict[str, str], size: dict[str, str], shared: set[str], keep: str = "") -> list[str]:
+    """The statements that drop the values `step` frees (but variable `keep`, which an in-place
+    result took over) and take their bytes off the books."""
+    names = [var[f] for f in step.free if var[f] != keep]
+    counted = [size.pop(f) for f in step.free if f in size]
+    lines = [f"    del {', '.join(names)}"] if names else []
+    if counted:
+        lines.append(f"    live -= {' + '.join(counted)}")
+    lines += [f"    live -= L.release({f!r})" for f in step.free if f in shared]
     return lines

@@ -121,7 +121,9 @@ class Graph:
 
     @property
     def params(self) -> Mapping[str, np.ndarray]:
-        """The current param values, read-only (use `set_param` to change one)."""
+        """The current param values, as read-only arrays: `set_param` replaces one, and training
+        (`cg.fit`, `cg.optim`) updates them in place, so an array read here before a step shows
+        the new values after it: `.copy()` it to keep a snapshot."""
         return types.MappingProxyType(self._params)
 
     def set_param(self, name: str, value: Any) -> None:
@@ -195,21 +197,13 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self._nodes)} nodes, outputs={list(self._outputs)})"
 
-    def dependencies(self) -> nx.DiGraph:
-        """An edge from each node to each node that reads it; no attributes (for ordering and
-        reachability; `to_networkx` is the full picture)."""
-        dag = nx.DiGraph()
-        for n in self._nodes.values():
-            dag.add_node(n.name)
-            dag.add_edges_from((src, n.name) for src in n.inputs)
-        return dag
-
-    def needed_by(self, targets: Sequence[str], dag: nx.DiGraph | None = None) -> set[str]:
-        """The names of `targets` and of every node they depend on."""
-        dag = self.dependencies() if dag is None else dag
+    def needed_by(self, targets: Sequence[str]) -> set[str]:
+        """The names of `targets` and of every node they depend on: one sweep back over the
+        creation order, which is a topological order, so linear in the graph's size."""
         needed = set(targets)
-        for t in targets:
-            needed |= nx.ancestors(dag, t)
+        for node in reversed(self._nodes.values()):
+            if node.name in needed:
+                needed.update(node.inputs)
         return needed
 
     def to_networkx(self) -> nx.MultiDiGraph:
@@ -254,30 +248,44 @@ class Graph:
         return self.add_node(node.op, node.inputs if inputs is None else inputs, node.attrs, name=name)
 
     def rebuild(self, rewrite: Callable[[Graph, Node, list[str]], str | None] | None = None, *,
-                nodes: Sequence[str] | set[str] | None = None, copy_values: bool = False
-                ) -> tuple[Graph, dict[str, str]]:
+                nodes: Sequence[str] | set[str] | None = None, copy_values: bool = False,
+                then: Callable[[Graph, Node, str], None] | None = None) -> tuple[Graph, dict[str, str]]:
         """A new graph of this graph's nodes (all, or those in `nodes`), in creation order, and
         where each node went: the one way cgraph copies and rewrites graphs (simplification,
         derivatives, checkpointing).
 
         `rewrite(new_graph, node, inputs)` sees each node with its inputs' new names; it may
         add nodes to the new graph and return the name of the one that stands for `node`, or
-        None to have it copied. Leaf values are shared (they are read-only) unless
+        None to have it copied; `then(new_graph, node, name)` runs after each node is placed
+        (to build more right after it: forward mode's tangents). A copied op node whose inputs
+        kept their shapes and dtypes keeps its own (inferring them again would give the same),
+        so a rebuild costs little per node. Leaf values are shared (they are read-only) unless
         `copy_values`. A copy of the whole graph keeps its outputs, metadata and state; a copy
         of some nodes keeps the metadata only."""
         d = Graph(self.name)
         d.metadata = dict(self.metadata)
         keep = None if nodes is None else set(nodes)
         where: dict[str, str] = {}
-        for node in self._nodes.values():
+        mine, theirs = self._nodes, d._nodes
+        for node in mine.values():
             if keep is not None and node.name not in keep:
                 continue
             inputs = [where[s] for s in node.inputs]
             to = rewrite(d, node, inputs) if rewrite is not None else None
-            if to is None:
+            if to is not None:
+                pass
+            elif not node.is_leaf and node.name not in theirs and all(
+                    theirs[b].shape == mine[a].shape and theirs[b].dtype == mine[a].dtype
+                    for a, b in zip(node.inputs, inputs, strict=True)):
+                theirs[node.name] = Node(node.name, node.op, tuple(inputs), node.attrs, node.shape, node.dtype,
+                                         len(theirs))
+                to = node.name
+            else:
                 value = self._values.get(node.name)
                 to = d.copy_node(node, inputs, value=value.copy() if copy_values and value is not None else value).name
             where[node.name] = to
+            if then is not None:
+                then(d, node, to)
         if keep is None:
             d.state = dict(self.state)
             for out, name in self._outputs.items():

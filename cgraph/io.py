@@ -548,6 +548,9 @@ def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
             raise _Fail(get_op(node.op).unknown_attribute(node.name, a.name))
         if a.name in attrs:
             raise _Fail(f"{at}: attribute {a.name!r} is given twice")
+        if a.value.WhichOneof("value") == "index" and declared[a.name].type != "index":  # decodes as a tuple too
+            raise _Fail(f"{node.name} ({node.op}): attribute {a.name!r} must be {declared[a.name].type} "
+                        f"(AttrValue field ints), got field index")
         attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
     return attrs
 

@@ -80,7 +80,8 @@ def account(steps: Iterable[Any], sizes: Mapping[str, int], scalars: set[str]) -
     books = Ledger()
     live = peak = 0
     for step in steps:
-        live += books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
+        if step.update < 0:  # an update step makes no value
+            live += books.record(step, sizes[step.name], not step.args or step.args[0] not in scalars)
         peak = max(peak, live)
         for f in step.free:
             live -= books.release(f)

@@ -1,7 +1,7 @@
 """Schedules: the order in which a graph's nodes run, and after each step what can be freed.
 
-A `Plan` is compiled once per graph and set of targets. Its order is networkx's
-lexicographical topological sort keyed by creation order, so a graph built in one sweep (the
+A `Plan` is compiled once per graph and set of targets. Its order is the creation order (a
+topological order, as nodes can only read earlier ones), so a graph built in one sweep (the
 forward-mode graph builds each value and then its tangent) runs in that sweep, and the
 reverse-mode graph runs all forward steps, then the backward steps in the order the backward
 sweep made them. Ops marked `eager` (a shape, a count: tiny outputs) run right after their
@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import networkx as nx
 import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
@@ -38,7 +37,9 @@ from cgraph.simplify import DEFAULT, simplify
 
 
 class Step(NamedTuple):
-    """One kernel call: `name = fn(*args)`, then drop the values in `free`."""
+    """One kernel call: `name = fn(*args)`, then drop the values in `free`. An update step
+    (`update` >= 0) has no result: it hands its two args, a param and its gradient, to the
+    run's update callback number `update`, which may change the param in place."""
 
     name: str
     op: str
@@ -47,6 +48,7 @@ class Step(NamedTuple):
     view: bool
     free: tuple[str, ...]
     inplace: int = -1  # which input the result is written over (`out=`), or -1
+    update: int = -1
 
 
 @dataclass
@@ -68,10 +70,9 @@ class Stats:
 
 def schedule_order(graph: Graph, targets: Sequence[str]) -> list[str]:
     """The nodes `targets` need, in the order they should run (see the module docstring)."""
-    dag = graph.dependencies()
-    needed = graph.needed_by(targets, dag)
-    key = order_keys((n.name, n.inputs, get_eager(n.op)) for n in graph.nodes.values())
-    return list(nx.lexicographical_topological_sort(dag.subgraph(needed), key=key.__getitem__))
+    needed = graph.needed_by(targets)
+    key = order_keys((n.name, n.inputs, get_eager(n.op)) for n in graph.nodes.values() if n.name in needed)
+    return sorted(key, key=key.__getitem__)  # each key exceeds its inputs': a topological order
 
 
 def order_keys(nodes: Iterable[tuple[str, Sequence[str], bool]]) -> dict[str, float]:
@@ -88,25 +89,41 @@ def get_eager(op: str) -> bool:
 
 
 class Plan:
-    """An executable schedule of `graph` for the nodes `targets` (kept to the end)."""
+    """An executable schedule of `graph` for the nodes `targets` (kept to the end).
 
-    def __init__(self, graph: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT) -> None:
+    `updates` are (param, gradient node) pairs: each gradient is handed with its param to an
+    update callback of the run (an optimizer's step) as soon as the gradient is complete and
+    no later step reads the param or a view of it, so that the callback may change the param
+    in place; the gradient is freed right after (it is no target)."""
+
+    def __init__(self, graph: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT,
+                 updates: Sequence[tuple[str, str]] = ()) -> None:
         self.source = graph  # the graph as built; `graph` is what runs, after `passes`
-        graph, targets = simplify(graph, targets, passes) if passes else (graph, list(targets))
+        grads = [u[1] for u in updates]
+        if passes:
+            graph, moved = simplify(graph, [*targets, *grads], passes)
+            targets, grads = moved[:len(targets)], moved[len(targets):]
         self.graph = graph
         self.targets = tuple(targets)
-        order = schedule_order(graph, self.targets)
+        order = schedule_order(graph, [*self.targets, *grads])
         nodes = graph.nodes
         self.leaves = tuple(n for n in order if nodes[n].is_leaf)
         self.leaf_kinds = tuple(nodes[n].op for n in self.leaves)
         ops = [n for n in order if not nodes[n].is_leaf]
-        frees, inplace = liveness(ops, nodes, set(self.targets))
+        sinks = {f"update:{p}": (p, gr) for (p, _), gr in zip(updates, grads, strict=True)}
+        ops = _place_updates(ops, nodes, sinks, set(self.targets))
+        frees, inplace = liveness(ops, nodes, set(self.targets), sinks)
+        callback = {name: k for k, name in enumerate(sinks)}
         steps = []
         for i, name in enumerate(ops):
+            if name in sinks:
+                steps.append(Step(name, "update", _no_kernel, sinks[name], False, frees[i], -1, callback[name]))
+                continue
             node = nodes[name]
             opdef = get_op(node.op)
             steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i]))
         self.steps = tuple(steps)
+        self.updates = tuple(sinks.values())  # (param, gradient) of each update step, in callback order
 
     @functools.cached_property
     def runner(self) -> Runner:
@@ -155,23 +172,27 @@ def nbytes(meta: Meta) -> int:
     return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
 
 
-def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
-             ) -> tuple[list[tuple[str, ...]], list[int]]:
-    """For op nodes run in the order `ops`: after each, the values whose last reader it was
-    (never those in `keep`), and which input its result may be written over (-1: none): one
-    that dies there, is no leaf, no view and viewed by nobody, with the result's static shape
-    and dtype, for an op whose kernel takes `out=`."""
+def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str],
+             updates: Mapping[str, tuple[str, ...]] | None = None) -> tuple[list[tuple[str, ...]], list[int]]:
+    """For op nodes (and update steps, named in `updates` with what they read) run in the
+    order `ops`: after each, the values whose last reader it was (never those in `keep`), and
+    which input its result may be written over (-1: none): one that dies there, is no leaf, no
+    view and viewed by nobody, with the result's static shape and dtype, for an op whose kernel
+    takes `out=`."""
+    updates = updates or {}
     last_use: dict[str, int] = {}
     for i, name in enumerate(ops):
-        for src in nodes[name].inputs:
+        for src in updates[name] if name in updates else nodes[name].inputs:
             last_use[src] = i
     frees: list[list[str]] = [[] for _ in ops]
     for name, i in last_use.items():
         if name not in keep:
             frees[i].append(name)
-    viewed = {nodes[n].inputs[0] for n in ops if get_op(nodes[n].op).view}
+    viewed = {nodes[n].inputs[0] for n in ops if n not in updates and get_op(nodes[n].op).view}
     inplace = [-1] * len(ops)
     for i, name in enumerate(ops):
+        if name in updates:
+            continue
         node = nodes[name]
         if not (get_op(node.op).inplace and node.shape):
             continue
@@ -184,28 +205,80 @@ def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str]
     return [tuple(sorted(f)) for f in frees], inplace
 
 
-def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats) -> tuple[Any, ...]:
-    """Run `plan` with the values of `plan.leaves`, in order; returns the targets' values in
-    order and measures the peak bytes. Runs the plan's compiled straight-line code
-    (cgraph.codegen); if a kernel fails, runs the plan step by step to name the failing node."""
+def _counted(update: Callable[[Any, Any], None], ran: list[int], param: Any, grad: Any) -> None:
+    update(param, grad)
+    ran.append(1)
+
+
+def _no_kernel(*args: Any) -> None:
+    raise AssertionError("an update step calls the run's callback, not a kernel")
+
+
+def _place_updates(ops: list[str], nodes: Mapping[str, Node], sinks: Mapping[str, tuple[str, str]],
+                   targets: set[str]) -> list[str]:
+    """`ops` with each update step right after its gradient's step and the last step that reads
+    its param or a view of it (a view would see the param change)."""
+    if not sinks:
+        return ops
+    position = {name: i for i, name in enumerate(ops)}
+    after: dict[int, list[str]] = {}
+    for sink, (param, grad) in sinks.items():
+        shows = {param}  # the param and the values that may be views of it
+        last = position.get(grad, -1)
+        for i, name in enumerate(ops):
+            node = nodes[name]
+            if any(a in shows for a in node.inputs):
+                last = max(last, i)
+                if get_op(node.op).view and node.inputs[0] in shows:
+                    shows.add(name)
+        if shows & targets:
+            last = len(ops) - 1  # an output shows the param: update it after everything
+        after.setdefault(last, []).append(sink)
+    out = after.get(-1, [])
+    for i, name in enumerate(ops):
+        out.append(name)
+        out += after.get(i, [])
+    return out
+
+
+def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
+             updates: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, ...]:
+    """Run `plan` with the values of `plan.leaves`, in order, and `updates` (one callback per
+    update step, see Plan); returns the targets' values in order and measures the peak bytes.
+    Runs the plan's compiled straight-line code (cgraph.codegen); if a kernel fails before any
+    update ran, runs the plan step by step to name the failing node."""
+    ran: list[int] = []
+    if updates:
+        updates = [functools.partial(_counted, u, ran) for u in updates]
     try:
-        outs, peak = plan.runner(leaves)
-    except Exception:
-        return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats)
+        outs, peak = plan.runner(leaves, updates)
+    except Exception as e:
+        if ran:  # a param has changed already: the step cannot be run again to name the node
+            if isinstance(e, CgraphError):
+                raise
+            raise ShapeError(f"{plan.graph.name}: a step after an update failed: {type(e).__name__}: {e}") from e
+        return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats, updates)
     stats.peak_bytes = peak
     stats.steps = len(plan.steps)
     return outs
 
 
-def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats) -> tuple[Any, ...]:
+def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats,
+                   updates: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, ...]:
     """`run_plan` one step at a time, in a loop over the plan: the reference the generated code
     is tested against, and the path that names a failing node."""
     books = Ledger()
     live = peak = 0
     leaf_values = dict(values)  # (the values dict drops leaves once read: kept to name feeds in errors)
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace = step
+        name, op, fn, args, view, free, inplace, update = step
         ins = [values[a] for a in args]
+        if update >= 0:
+            updates[update](*ins)
+            for f in free:
+                del values[f]
+                live -= books.release(f)
+            continue
         try:
             out = fn(*ins) if inplace < 0 else fn(*ins, out=ins[inplace])
         except CgraphError:

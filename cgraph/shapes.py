@@ -48,6 +48,8 @@ def format_shape(shape: Shape) -> str:
 
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """numpy broadcasting of static shapes; a None size stands for one that is never 1."""
+    if len(shapes) == 2 and shapes[0] == shapes[1]:  # the common case, quickly
+        return tuple(shapes[0])
     ndim = max((len(s) for s in shapes), default=0)
     out: list[int | None] = []
     for axis in range(ndim):

@@ -2,8 +2,8 @@
 
 Derivative rules are written once per op and know nothing of their neighbours, so a derivative
 graph repeats work (forward mode's `cos(a)` when `cos(a)` is already an output), multiplies by
-ones and adds zeros. Each pass rebuilds the graph node by node with `Graph.rebuild` (so shapes
-are re-inferred and checked) and returns where each old node went:
+ones and adds zeros. The passes run together in one `Graph.rebuild`, node by node in creation
+order (each node meets its inputs already simplified), and say where each old node went:
 
 - `fold`: an op whose inputs are all constants becomes a constant (small results only, so a
   broadcast zero is never materialised).
@@ -19,7 +19,8 @@ Dead code needs no pass: a plan only schedules what its targets depend on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,83 +31,104 @@ from cgraph.ops.registry import Arg, get_op
 FOLD_LIMIT = 1024  # the most elements a folded constant may have
 
 
-def _const(d: Graph, name: str) -> np.ndarray | None:
-    return d.value(name) if d.nodes[name].op == "constant" else None
-
-
 def _same(d: Graph, name: str, node: Node) -> bool:
     """Can `name` stand for `node`: same static shape and dtype."""
     other = d.nodes[name]
     return other.shape == node.shape and other.dtype == node.dtype
 
 
-def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
-    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
-        if node.is_leaf or not inputs or None in node.shape:
+class _Rewrite:
+    """The chosen passes as one rewrite, applied node by node in one `Graph.rebuild`: a node is
+    folded, else replaced by what its op's identity rule names, else merged with an equal one."""
+
+    def __init__(self, g: Graph, passes: Sequence[str]) -> None:
+        unknown = [p for p in passes if p not in PASSES]
+        if unknown:
+            raise ValueError(f"unknown pass {unknown[0]!r}; passes: {', '.join(PASSES)}")
+        self.g = g
+        self.passes = set(passes)
+        self.seen: dict[Any, str] = {}
+
+    def __call__(self, d: Graph, node: Node, inputs: list[str]) -> str | None:
+        if node.is_leaf:
+            return self._merge(d, node.name, self.g) if "cse" in self.passes and node.op == "constant" else None
+        if "fold" in self.passes:
+            to = self._fold(d, node, inputs)
+            if to is not None:
+                return self._merge(d, to, d) if "cse" in self.passes else to
+        if "identities" in self.passes:
+            to = self._identity(d, node, inputs)
+            if to is not None:
+                return to
+        if "cse" in self.passes:
+            key = (node.op, tuple(inputs), repr(sorted(node.attrs.items())) if node.attrs else "")
+            if key in self.seen:
+                return self.seen[key]
+            self.seen[key] = node.name
+        return None
+
+    def _fold(self, d: Graph, node: Node, inputs: list[str]) -> str | None:
+        """An op whose inputs are all (small) constants becomes a constant."""
+        if not inputs or None in node.shape or math.prod(node.shape) > FOLD_LIMIT:
             return None
-        if int(np.prod(node.shape)) > FOLD_LIMIT:
+        nodes = d.nodes
+        if any(nodes[s].op != "constant" for s in inputs):
             return None
-        values = [_const(d, s) for s in inputs]
-        if any(v is None for v in values):
-            return None
+        values = [d.value(s) for s in inputs]
         result = np.array(get_op(node.op).bind(node)(*values), dtype=node.dtype)
         return d.add_leaf("constant", d.fresh_name("folded"), result.shape, result.dtype, result).name
 
-    return g.rebuild(rewrite)
-
-
-def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
-    def arg(d: Graph, name: str) -> Arg:
-        node = d.nodes[name]
-        value = _const(d, name)
-        small = value if value is not None and value.size <= FOLD_LIMIT else None
-        return Arg(name, node.op, node.attrs, node.inputs, small)
-
-    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
-        if node.is_leaf:
-            return None
+    def _identity(self, d: Graph, node: Node, inputs: list[str]) -> str | None:
         rule = get_op(node.op).identity
         if rule is None or not inputs:
             return None
-        to = rule(node, [arg(d, s) for s in inputs])
+        args = []
+        nodes = d.nodes
+        for name in inputs:
+            n = nodes[name]
+            value = d.value(name) if n.op == "constant" else None
+            args.append(Arg(name, n.op, n.attrs, n.inputs, value if value is not None and value.size <= FOLD_LIMIT
+                            else None))
+        to = rule(node, args)
         return to if to is not None and _same(d, to, node) else None
 
-    return g.rebuild(rewrite)
+    def _merge(self, d: Graph, name: str, where: Graph) -> str | None:
+        """An equal small constant seen before stands for constant `name` (of graph `where`)."""
+        v = where.value(name)
+        if v.size > FOLD_LIMIT:
+            return None
+        key = ("constant", v.dtype.str, v.shape, v.tobytes())
+        if key in self.seen:
+            return self.seen[key]
+        self.seen[key] = name
+        return None if where is self.g else name
+
+
+def _run(g: Graph, passes: Sequence[str]) -> tuple[Graph, dict[str, str]]:
+    return g.rebuild(_Rewrite(g, passes))
+
+
+def fold(g: Graph) -> tuple[Graph, dict[str, str]]:
+    """Only the folding pass (`simplify` runs the chosen passes together)."""
+    return _run(g, ("fold",))
+
+
+def identities(g: Graph) -> tuple[Graph, dict[str, str]]:
+    """Only the identities pass."""
+    return _run(g, ("identities",))
 
 
 def cse(g: Graph) -> tuple[Graph, dict[str, str]]:
-    seen: dict[Any, str] = {}
-
-    def rewrite(d: Graph, node: Node, inputs: list[str]) -> str | None:
-        if node.op in ("input", "param"):
-            return None
-        if node.op == "constant":
-            v = g.value(node.name)
-            if v.size > FOLD_LIMIT:
-                return None
-            key: Any = ("constant", v.dtype.str, v.shape, v.tobytes())
-        else:
-            key = (node.op, tuple(inputs), repr(sorted(node.attrs.items())))
-        if key in seen:
-            return seen[key]
-        seen[key] = node.name
-        return None
-
-    return g.rebuild(rewrite)
+    """Only common subexpression elimination."""
+    return _run(g, ("cse",))
 
 
-PASSES: dict[str, Callable[[Graph], tuple[Graph, dict[str, str]]]] = {
-    "fold": fold, "identities": identities, "cse": cse}
-DEFAULT = ("fold", "identities", "cse")
+PASSES = ("fold", "identities", "cse")
+DEFAULT = PASSES
 
 
 def simplify(g: Graph, targets: Sequence[str], passes: Sequence[str] = DEFAULT
              ) -> tuple[Graph, list[str]]:
-    """Run `passes` in order; returns the new graph and where each target went."""
-    where = {t: t for t in targets}
-    for name in passes:
-        if name not in PASSES:
-            raise ValueError(f"unknown pass {name!r}; passes: {', '.join(PASSES)}")
-        g, moved = PASSES[name](g)
-        where = {t: moved[w] for t, w in where.items()}
-    return g, [where[t] for t in targets]
+    """The graph with `passes` applied (together, in one rebuild), and where each target went."""
+    d, where = _run(g, passes)
+    return d, [where[t] for t in targets]

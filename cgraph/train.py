@@ -1,7 +1,8 @@
 """Training and inference on the public API: `cg.fit` and `cg.predict`.
 
-`fit` compiles one `ReverseMode(g, of="loss", wrt=g.trainable)` and runs it on the whole data
-or on shuffled minibatches, stepping an optimizer from `cg.optim`. Everything it changes lives
+`fit` compiles one training step (`cg.optim.TrainStep`: the loss, the gradients and the
+optimizer's in-place update of each param in one plan) and runs it on the whole data or on
+shuffled minibatches. Everything it changes lives
 in the graph, so a saved model resumes exactly: the params, the optimizer's state
 (`g.state["optim/..."]`), batch norm's running statistics (non-trainable params) and the number
 of epochs trained (`g.state["fit/epoch"]`), from which each epoch's shuffle is seeded.
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 import cgraph as cg
 from cgraph.nn import running_stats
-from cgraph.optim import Optimizer
+from cgraph.optim import Optimizer, TrainStep
 
 EPOCH = "fit/epoch"  # g.state: epochs trained so far, over every call of fit
 
@@ -31,7 +32,7 @@ class Epoch:
 
     epoch: int  # 0-based, within this call of fit
     loss: float  # mean loss over the epoch's batches (full batch: the loss before the step)
-    grads: dict[str, np.ndarray]  # the gradients of the epoch's last step
+    grads: dict[str, np.ndarray]  # the gradients of the epoch's last step (kept when eps or stop is given)
     metric: float | None = None
 
     @property
@@ -94,7 +95,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     else:
         raise ValueError(f"fit: metric must be 'accuracy', a function of the graph, or None; got {metric!r}")
 
-    rm = cg.ReverseMode(g, of=loss, wrt=g.trainable)
+    step = TrainStep(g, optimizer, loss=loss)
+    keep_grads = eps is not None or stop is not None
     stats_map, momentum = running_stats(g)
     stats_ev = cg.Evaluator(g, outputs=list(stats_map.values())) if stats_map else None
     history = History()
@@ -110,11 +112,11 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 batches = [{k: v[order[i:i + batch_size]] for k, v in arrays.items()}
                            for i in range(0, n, batch_size)]
             total = 0.0
-            for batch in batches:
-                value, grads = rm.grad(batch)
-                if stats_ev is not None:
+            grads: dict[str, np.ndarray] = {}
+            for k, batch in enumerate(batches):
+                if stats_ev is not None:  # from the params before this step's update
                     batch_stats = stats_ev.run(batch)
-                optimizer.step(g, grads)
+                value = step(batch, grads if keep_grads and k == len(batches) - 1 else None)
                 if stats_ev is not None:
                     for param, out in stats_map.items():
                         g.set_param(param, (1.0 - momentum) * g.params[param] + momentum * batch_stats[out])

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from cgraph.autodiff import COTANGENT, Seed, check_wrt, vjp_graph
 from cgraph.checkpoint import Checkpointer, MemoryPlan
-from cgraph.errors import FeedError
+from cgraph.errors import DerivativeError, FeedError
 from cgraph.executors.base import Executor
 from cgraph.graph import Graph
 from cgraph.schedule import Plan
@@ -36,6 +36,7 @@ class ReverseMode(Executor):
         graph.output_node(of)
         check_wrt(graph, self.wrt)
         self._plans: dict[Seed, Plan] = {}
+        self._update_plans: dict[tuple[str, ...], Plan] = {}
         self.memory_budget = memory_budget
         self._checkpointers: dict[Seed, Checkpointer] = {}
         self.memory_plan: MemoryPlan | None = None  # the budgeted plan of the last run
@@ -77,6 +78,34 @@ class ReverseMode(Executor):
         vals = self._budgeted(Seed.ONES, feeds)
         value, *grads = (np.asarray(v) for v in vals)
         return value, dict(zip(self.wrt, grads, strict=True))
+
+    def apply(self, feeds: Mapping[str, Any], updates: Mapping[str, Callable[[np.ndarray, np.ndarray], None]]
+              ) -> np.ndarray:
+        """Run both sweeps and hand each param named in `updates` (wrt params) to its callback
+        with its gradient, `updates[name](param, grad)`, as soon as the gradient is complete and
+        nothing later in the sweep reads the param: the callback may change the param's array
+        in place (an optimizer's step does, see `cg.optim.TrainStep`), and the gradient is freed
+        right after it, so gradients never pile up. Returns the scalar output's value.
+
+        The gradient handed over is the plan's own array, alive only during the call: copy it
+        to keep it. Under a memory budget the sweeps run as for `grad` and the callbacks after."""
+        for name in updates:
+            if name not in self.wrt or self.graph.nodes[name].op != "param":
+                raise DerivativeError(f"apply: {name!r} is not a param among wrt {self.wrt}")
+        if self.memory_budget is not None:
+            value, grads = self.grad(feeds)
+            for name, update in updates.items():
+                update(self.graph.value(name), grads[name])
+            return value
+        names = tuple(updates)
+        plan = self._update_plans.get(names)
+        if plan is None:
+            d = vjp_graph(self.graph, [self.of], self.wrt, seed=Seed.ONES)
+            grad = {w: d.output_node(o) for w, o in zip(self.wrt, list(d.outputs)[1:], strict=True)}
+            plan = Plan(d, [d.output_node(self.of)], updates=[(w, grad[w]) for w in names])
+            self._update_plans[names] = plan
+        (value,) = self._run(plan, self._leaves(plan, feeds), [updates[w] for w, _ in plan.updates])
+        return np.asarray(value)
 
     def vjp(self, feeds: Mapping[str, Any], cotangents: Mapping[str, Any]
             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -137,21 +137,26 @@ def _check_shape_input(s: Meta | None, shape: tuple) -> None:
         raise ShapeError("a run-time shape must be a 1-D int64 tensor")
     if s is not None and s.shape[0] is not None and s.shape[0] != len(shape):
         raise ShapeError(f"the shape input has {s.shape[0]} entries, the attribute shape {len(shape)}")
+    if s is not None and any(d is not None and d < 0 for d in shape):
+        raise ShapeError(f"bad target shape {tuple(shape)}: with a shape input, its static sizes are >= 0 or None")
 
 
 # ---- reshape ------------------------------------------------------------------------------
 
 def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """With a `sizes` input, `shape`. Else every entry of `shape` is an integer >= -1, at most one
+    """With a `sizes` input, `shape`, whose element count MUST equal x's when neither has a None.
+    Else every entry of `shape` is an integer >= -1, at most one
     is -1, and none is None. Let K be the product of x's known sizes and k the product of
     `shape`'s entries other than -1. When x's sizes are all known, K is its element count: with
     a -1, k MUST NOT be 0 and MUST divide K, and the -1 becomes K / k; without, k MUST equal K.
     When some size of x is None: with a -1, k MUST NOT be 0, and the -1 becomes 0 if K is 0,
     else None; without, k MUST be a multiple of K (0 if K is 0).
     The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
-    its size is known)."""
+    its size is known), and `shape` then has no negative size."""
     _check_shape_input(s, shape)
     if s is not None:
+        if None not in shape and None not in x.shape and math.prod(shape) != math.prod(x.shape):
+            raise ShapeError(f"cannot reshape {_elements(x)} into {tuple(shape)}")
         return tuple(shape)
     if None in shape or shape.count(-1) > 1 or any(d < -1 for d in shape):
         raise ShapeError(f"bad target shape {tuple(shape)}")
@@ -190,10 +195,11 @@ _reshape = define(
 # ---- broadcasting and its transpose ------------------------------------------------------
 
 def _broadcast_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """`shape`, which has at least x's number of dimensions. Without a `sizes` input, `shape` has
-    no None and no negative size, and BROADCAST of x's shape and `shape` MUST be `shape`.
+    """`shape`, which has at least x's number of dimensions, and x's shape and `shape` MUST
+    BROADCAST. Without a `sizes` input, `shape` has no None and no negative size, and BROADCAST
+    of x's shape and `shape` MUST be `shape`.
     The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
-    its size is known)."""
+    its size is known), and `shape` then has no negative size."""
     _check_shape_input(s, shape)
     if len(shape) < x.ndim:
         raise ShapeError(f"cannot broadcast to fewer dimensions ({len(shape)})")
@@ -210,15 +216,17 @@ def _broadcast_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tupl
 
 
 def _sum_to_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
-    """`shape` has at most x's number of dimensions; aligned at the right, each of its sizes is
-    1, None, or x's size (where known). The result is `shape`, where a None takes x's size
-    (a size that is not summed); with a `sizes` input, `shape` itself.
+    """`shape` has no negative size and at most x's number of dimensions; aligned at the right,
+    each of its sizes is 1, None, or x's size (where known). The result is `shape`, where a None
+    takes x's size (a size that is not summed); with a `sizes` input, `shape` itself.
     The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
     its size is known)."""
     _check_shape_input(s, shape)
     lead = x.ndim - len(shape)
     if lead < 0:
         raise ShapeError(f"cannot sum to more dimensions ({len(shape)})")
+    if any(t is not None and t < 0 for t in shape):
+        raise ShapeError(f"bad target shape {tuple(shape)}")
     for d, t in zip(x.shape[lead:], shape, strict=True):
         if t not in (1, None) and d not in (t, None):
             raise ShapeError(f"cannot sum to {tuple(shape)}")
@@ -342,26 +350,26 @@ def _getitem_shape(x: Meta, *, index: tuple) -> Shape:
     every large enough size, or None if it grows with the size. (Each end is a fixed position
     p, or n + p from the end for a size n: a bound >= 0 is fixed, a negative bound is from the
     end; an omitted start is 0 for a positive step and n - 1 for a negative one, an omitted
-    stop n for a positive step and -1, fixed, for a negative one. With both ends fixed or both
-    from the end, the size is what Python gives for any n larger than every bound; when only
-    the end the slice walks towards is from the end, None; when only the end it starts from
-    is, 0.)"""
+    stop n for a positive step and -1, fixed, for a negative one. The upper end is the stop for
+    a positive step and the start for a negative one. With both ends fixed or both from the
+    end, the size is what Python gives for any n larger than the absolute value of every bound;
+    when only the upper end is from the end, None (the slice grows with n: `2:`, `::-1`); when
+    only the lower end is, 0 (`-2:5`, `5:-2:-1`).)"""
     return index_shape(x.shape, index)
 
 
 def _scatter_shape(g: Meta, s: Meta | None = None, *, shape: tuple, index: tuple) -> Shape:
-    """`shape`. Without a `sizes` input, `shape` has no None and no negative size, and g's shape
-    MUST be the shape getitem gives for an input of shape `shape` and `index` (where g's sizes
-    are known).
+    """`shape`. Without a `sizes` input, `shape` has no None and no negative size. g's shape
+    MUST be the shape getitem gives for an input of shape `shape` and `index` (its rule applies
+    in full: `index` MUST be valid for `shape`), where both sizes are known.
     The `sizes` input, when given, MUST be a 1-D int64 tensor of len(`shape`) entries (where
-    its size is known)."""
+    its size is known), and `shape` then has no negative size."""
     _check_shape_input(s, shape)
-    if s is None:
-        if None in shape or any(d < 0 for d in shape):
-            raise ShapeError(f"bad target shape {tuple(shape)}")
-        want = index_shape(tuple(shape), index)
-        if len(want) != g.ndim or any(d is not None and d != w for d, w in zip(g.shape, want, strict=True)):
-            raise ShapeError(f"values of shape {g.shape} do not fit {tuple(shape)}[{index!r}]")
+    if s is None and (None in shape or any(d < 0 for d in shape)):
+        raise ShapeError(f"bad target shape {tuple(shape)}")
+    want = index_shape(tuple(shape), index)
+    if len(want) != g.ndim or any(None not in (d, w) and d != w for d, w in zip(g.shape, want, strict=True)):
+        raise ShapeError(f"values of shape {g.shape} do not fit {tuple(shape)}[{index!r}]")
     return tuple(shape)
 
 

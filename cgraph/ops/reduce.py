@@ -74,7 +74,7 @@ def count(x: Tensor, axes: tuple[int, ...]) -> float | Tensor:
 
 
 def _scalar_shape(x: Meta, **attrs: Any) -> Shape:
-    """() (a scalar); every entry of `axes` is in [-ndim, ndim)."""
+    """() (a scalar); every entry of `axes` is in [-ndim, ndim), with no repeats."""
     normalize_axes(attrs["axes"], x.ndim)
     return ()
 

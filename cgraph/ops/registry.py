@@ -661,6 +661,8 @@ def graph_of(op: str, args: Sequence[Any]) -> Any:
 
 def lift_all(graph: Any, args: Sequence[Any]) -> list[Any]:
     """Tensors for `args`, turning Python and numpy values into constants of `graph`."""
+    if all(isinstance(a, Operand) for a in args):
+        return list(args)
     dtypes = [a.dtype for a in args if isinstance(a, Operand)]  # type: ignore[attr-defined]
     like = np.result_type(*dtypes) if dtypes else None
     return [a if isinstance(a, Operand) else lift(graph, a, like) for a in args]

@@ -5,9 +5,11 @@ Workloads, one gradient descent step each (gradients, then the update): the lect
 (N=150, D=3, M=16, C=3; the numpy baseline is the lecture's `gradients`), a larger MLP
 (N=256, D=784, M=512, C=10), and a chain of 32 tanh layers of width 256 (batch 128; the baseline
 is hand-written backpropagation). Peers (the `bench` extra) run the same step: autograd and
-torch eagerly, jax jit-compiled, all in float64. Then forward mode's JVP against evaluation on
-the lecture's sin/cos graph over 10^6 points, the time to compile plans of 10^2, 10^3 and 10^4
-nodes, and the overhead per step on 10^4 scalar nodes. Times are the best of several repeats,
+torch eagerly, jax jit-compiled, all in float64; cgraph's step is one plan (cg.optim.TrainStep),
+shown beside its unfused form (all gradients, then the update). Then forward mode's JVP against
+evaluation on the lecture's sin/cos graph over 10^6 points, the time to derive, plan and compile
+the gradients of models of 10^3, 10^4 and 10^5 nodes, and the overhead per step on 10^4 scalar
+nodes. Times are the best of several repeats,
 the figure least disturbed by other work on the machine.
 """
 
@@ -82,14 +84,17 @@ class Workload:
         raise NotImplementedError
 
     def cgraph_step(self) -> tuple[Callable[[], None], cg.ReverseMode]:
+        """The step as one plan: gradients and the in-place update fused (cg.optim.TrainStep)."""
+        g, feeds = self.cgraph_graph()
+        step = cg.optim.TrainStep(g, cg.optim.GD(lr=self.lr))
+        return (lambda: step(feeds)), step.rm
+
+    def cgraph_unfused_step(self) -> Callable[[], None]:
+        """All the gradients first (ReverseMode.grad), then the update (GD.step)."""
         g, feeds = self.cgraph_graph()
         rm = cg.ReverseMode(g, of="loss", wrt=g.trainable)
-
-        def step() -> None:
-            _, grads = rm.grad(feeds)
-            for k, d in grads.items():
-                g.set_param(k, g.params[k] - self.lr * d)
-        return step, rm
+        opt = cg.optim.GD(lr=self.lr)
+        return lambda: opt.step(g, rm.grad(feeds)[1])
 
     def torch_step(self) -> Callable[[], None]:
         raise NotImplementedError
@@ -279,23 +284,27 @@ def _peer(make: Callable[[], Callable[[], None]]) -> Callable[[], None] | None:
 
 
 def steps_table() -> None:
-    print("one gradient descent step, as a ratio to hand-written numpy (best of 11, taken in turns)")
-    print(f"  {'workload':40s} {'numpy':>10s} {'cgraph':>8s} {'autograd':>9s} {'torch':>8s} {'jax jit':>8s}")
+    print("one gradient descent step, as a ratio to hand-written numpy (best of 11, taken in turns); "
+          "cgraph: the fused step (TrainStep), and grad then step")
+    print(f"  {'workload':40s} {'numpy':>10s} {'cgraph':>8s} {'unfused':>8s} {'autograd':>9s} {'torch':>8s} "
+          f"{'jax jit':>8s}")
     for w in (MLP("Iris MLP N=150 D=3 M=16 C=3", 150, 3, 16, 3),
               MLP("MLP N=256 D=784 M=512 C=10", 256, 784, 512, 10), Chain()):
         cg_step, _ = w.cgraph_step()
         peers = [_peer(make) for make in (w.autograd_step, w.torch_step, w.jax_step)]
-        base, ours, *theirs = best_times([w.numpy_step(), cg_step, *[p for p in peers if p]])
-        cells = [f"{ours / base:7.2f}x"]
+        base, ours, unfused, *theirs = best_times([w.numpy_step(), cg_step, w.cgraph_unfused_step(),
+                                                   *[p for p in peers if p]])
+        cells = [f"{ours / base:7.2f}x", f"{unfused / base:7.2f}x"]
         for p in peers:
             cells.append(f"{theirs.pop(0) / base:8.2f}x" if p else f"{'-':>8s} ")
         print(f"  {w.name:40s} {base * 1e6:8.0f}us {' '.join(cells)}")
     chain = Chain()
     cg_step, rm = chain.cgraph_step()
     cg_step()
-    print(f"  memory, {chain.name}: cgraph peak {rm.stats.peak_bytes / 2**20:.1f} MiB "
-          f"(its own books; tracemalloc {traced_peak(cg_step) / 2**20:.1f} MiB), "
-          f"hand-written numpy {traced_peak(chain.numpy_step()) / 2**20:.1f} MiB (tracemalloc)")
+    print(f"  memory of a whole step, {chain.name}: cgraph fused {traced_peak(cg_step) / 2**20:.1f} MiB "
+          f"(its own books {rm.stats.peak_bytes / 2**20:.1f} MiB), unfused "
+          f"{traced_peak(chain.cgraph_unfused_step()) / 2**20:.1f} MiB, hand-written numpy "
+          f"{traced_peak(chain.numpy_step()) / 2**20:.1f} MiB (tracemalloc)")
 
 
 def jvp_ratio(n: int = 10**6) -> tuple[float, float, float]:
@@ -321,14 +330,33 @@ def scalar_chain(n: int) -> cg.Graph:
     return g
 
 
+def _gradient_of_chain(n: int) -> cg.Graph:
+    """A model of n nodes (a chain of small tanh layers) whose gradient graph is planned."""
+    g = cg.Graph(f"chain{n}")
+    h = g.input("x", (None, 4))
+    w = g.param("w", np.eye(4))
+    while len(g) < n - 2:
+        h = cg.tanh(h * w[0]) + 0.5
+    g.output("loss", cg.mean(h))
+    return g
+
+
 def overhead_table() -> None:
-    print("plans: compile time (simplify, schedule, straight-line code) and run overhead")
-    for n in (10**2, 10**3, 10**4):
-        g = scalar_chain(n)
+    print("plans: time to derive, plan (simplify, schedule) and compile (straight-line code) a gradient")
+    for n in (10**3, 10**4, 10**5):
+        g = _gradient_of_chain(n)
         t0 = time.perf_counter()
-        ev = cg.Evaluator(g)
+        gg = cg.gradient_graph(g, "loss", ["w"])
+        t1 = time.perf_counter()
+        ev = cg.Evaluator(gg)
+        t2 = time.perf_counter()
         ev.plan.runner  # noqa: B018  (compiled on first use: include it)
-        print(f"  compile a plan of {n:>6d} nodes: {(time.perf_counter() - t0) * 1e3:8.1f} ms")
+        t3 = time.perf_counter()
+        print(f"  model of {len(g):>6d} nodes, gradient graph {len(gg):>6d} nodes, {len(ev.plan):>6d} steps: "
+              f"{t3 - t0:6.2f} s (derive {t1 - t0:.2f}, plan {t2 - t1:.2f}, compile {t3 - t2:.2f}); "
+              f"{(t3 - t0) / len(gg) * 1e6:.0f} us per gradient node")
+    g = scalar_chain(10**4)
+    ev = cg.Evaluator(g)
     x = np.array(0.5)
     t_run = best_time(lambda: ev.run({"x": x}), repeat=5)
 

@@ -1,0 +1,778 @@
+"""A validating reader of cgraph model files, written from proto/cgraph.proto and docs/ops.md alone.
+
+It checks that the two documents are a specification: nothing here comes from cgraph's code (only the
+protobuf classes generated from the proto are used). `validate(data)` returns for a valid file and
+raises `SpecError` for any other. Where the documents were wrong or left a choice, they were
+corrected (and cgraph with them where it disagreed); this reader follows the corrected documents.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+from google.protobuf.message import DecodeError
+
+from cgraph._proto import cgraph_pb2 as pb
+
+READER_VERSION = 1
+FOOTER_SIZE = 30
+MAGIC = b"CGPB"
+
+
+class SpecError(Exception):
+    """The file is not a valid cgraph model file."""
+
+
+class InferenceMismatch(SpecError):
+    """A node's stored dtype or shape is not what inference gives (which the error carries)."""
+
+    def __init__(self, msg: str, dtype: str, shape: tuple):
+        super().__init__(msg)
+        self.dtype, self.shape = dtype, shape
+
+
+def _fail(msg: str):
+    raise SpecError(msg)
+
+
+# ----------------------------------------------------------------------------------------------
+# dtypes
+
+F64, F32, I64, BOOL = "float64", "float32", "int64", "bool"
+DTYPES = {pb.DATA_TYPE_FLOAT64: F64, pb.DATA_TYPE_FLOAT32: F32, pb.DATA_TYPE_INT64: I64, pb.DATA_TYPE_BOOL: BOOL}
+ITEMSIZE = {F64: 8, F32: 4, I64: 8, BOOL: 1}
+FLOATS = (F64, F32)
+
+_ORDER = [BOOL, I64, F32, F64]
+_PROMOTE = {
+    (BOOL, BOOL): BOOL, (BOOL, I64): I64, (BOOL, F32): F32, (BOOL, F64): F64,
+    (I64, I64): I64, (I64, F32): F64, (I64, F64): F64,
+    (F32, F32): F32, (F32, F64): F64,
+    (F64, F64): F64,
+}
+
+
+def promote(*dts: str) -> str:
+    out = dts[0]
+    for d in dts[1:]:
+        out = _PROMOTE.get((out, d)) or _PROMOTE[(d, out)]
+    return out
+
+
+def _dtype(code: int, what: str) -> str:
+    if code not in DTYPES:
+        _fail(f"{what}: dtype {code} is not a valid DataType")
+    return DTYPES[code]
+
+
+# ----------------------------------------------------------------------------------------------
+# framing
+
+
+def _u32(b: bytes) -> int:
+    return int.from_bytes(b, "little")
+
+
+def validate(data: bytes) -> None:
+    """Return if `data` is a valid cgraph model file, else raise SpecError."""
+    data = bytes(data)
+    if len(data) < FOOTER_SIZE:
+        _fail("file shorter than the 30-byte footer")
+    foot = data[-FOOTER_SIZE:]
+    if foot[0] != 0x7A or foot[1] != 0x1C or foot[2] != 0x0D or foot[7] != 0x11 or foot[16] != 0x19 \
+            or foot[25] != 0x25:
+        _fail("footer: bad tag bytes")
+    if foot[3:7] != MAGIC:
+        _fail("footer: unknown magic")
+    m = _u32(foot[8:16])
+    p = _u32(foot[17:25])
+    crc = _u32(foot[26:30])
+    if m + p + FOOTER_SIZE != len(data):
+        _fail("footer: message and payload lengths do not add up to the file size")
+    msg = data[:m]
+    if zlib.crc32(msg) != crc:
+        _fail("message CRC-32 mismatch")
+    model = pb.Model()
+    try:
+        model.ParseFromString(msg)
+    except (DecodeError, ValueError, RuntimeError) as e:  # malformed protobuf, bad UTF-8
+        _fail(f"message does not decode as a Model: {e}")
+    if model.HasField("footer"):
+        _fail("message section contains a footer")
+    payload = data[m:m + p]
+    _check_versions(model)
+    _check_model(model, payload)
+
+
+def _check_versions(model) -> None:
+    if model.format_version < 1:
+        _fail("format_version must be at least 1")
+    if model.min_reader_version < 1 or model.min_reader_version > model.format_version:
+        _fail("min_reader_version must be in [1, format_version]")
+    if model.min_reader_version > READER_VERSION:
+        _fail(f"file needs reader version {model.min_reader_version}")
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors
+
+
+class _Payload:
+    """Checks that payload references tile the payload section in message order."""
+
+    def __init__(self, payload: bytes):
+        self.data = payload
+        self.pos = 0
+
+    def take(self, ref, what: str) -> bytes:
+        if ref.offset != self.pos:
+            _fail(f"{what}: payload reference at {ref.offset}, expected {self.pos} (tiling)")
+        if ref.offset + ref.length > len(self.data):
+            _fail(f"{what}: payload reference past the payload's end")
+        chunk = self.data[ref.offset:ref.offset + ref.length]
+        self.pos = ref.offset + ref.length
+        if zlib.crc32(chunk) != ref.crc32:
+            _fail(f"{what}: payload CRC-32 mismatch")
+        return chunk
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            _fail("payload bytes not covered by any tensor")
+
+
+def _check_tensor(t, what: str, pay: _Payload) -> tuple[str, tuple[int, ...]]:
+    if t.dtype == pb.DATA_TYPE_UNSPECIFIED:
+        _fail(f"{what}: tensor dtype unspecified")
+    dt = _dtype(t.dtype, what)
+    dims = tuple(t.dims)
+    count = 1
+    for d in dims:
+        count *= d  # Python ints: no overflow
+    nbytes = count * ITEMSIZE[dt]
+    kind = t.WhichOneof("data")
+    if kind is None:
+        _fail(f"{what}: tensor has no data")
+    if kind == "raw_data":
+        raw = t.raw_data
+        if len(raw) != nbytes:
+            _fail(f"{what}: raw_data has {len(raw)} bytes, dims and dtype need {nbytes}")
+    else:
+        if t.payload.length != nbytes:
+            _fail(f"{what}: payload length {t.payload.length}, dims and dtype need {nbytes}")
+        raw = pay.take(t.payload, what)
+    if dt == BOOL and raw.translate(None, b"\x00\x01"):
+        _fail(f"{what}: bool tensor with a byte other than 0 or 1")
+    return dt, dims
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes
+
+
+def _shape(s, what: str) -> tuple:
+    out = []
+    for d in s.dim:
+        k = d.WhichOneof("kind")
+        if k is None:
+            _fail(f"{what}: shape entry with neither value nor none")
+        if k == "none":
+            if not d.none:
+                _fail(f"{what}: shape entry none=false")
+            out.append(None)
+        else:
+            if d.value < 0:
+                _fail(f"{what}: negative size {d.value}")
+            out.append(d.value)
+    return tuple(out)
+
+
+def broadcast(*shapes, what: str) -> tuple:
+    n = max(len(s) for s in shapes)
+    padded = [(1,) * (n - len(s)) + tuple(s) for s in shapes]
+    out = []
+    for sizes in zip(*padded):
+        known = {s for s in sizes if s is not None and s != 1}
+        if len(known) > 1:
+            _fail(f"{what}: shapes {shapes} do not broadcast")
+        if known:
+            out.append(known.pop())
+        elif any(s is None for s in sizes):
+            out.append(None)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def _axis(a: int, n: int, what: str) -> int:
+    if not -n <= a < n:
+        _fail(f"{what}: axis {a} out of range for {n} dimensions")
+    return a + n if a < 0 else a
+
+
+def _axes(axes, n: int, what: str) -> list[int]:
+    out = [_axis(a, n, what) for a in axes]
+    if len(set(out)) != len(out):
+        _fail(f"{what}: repeated axis in {axes}")
+    return out
+
+
+def reduce_shape(shape, axes, keepdims, what):
+    red = set(_axes(axes, len(shape), what))
+    if keepdims:
+        return tuple(1 if i in red else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in red)
+
+
+def _slice_len_known(sl, n: int) -> int:
+    start, stop, step = slice(*sl).indices(n)  # Python's slice length, without len()'s size limit
+    if step > 0:
+        return max(0, (stop - start + step - 1) // step)
+    return max(0, (start - stop - step - 1) // -step)
+
+
+def _slice_len_unknown(sl):
+    start, stop, step = sl
+    step = 1 if step is None else step
+    if step > 0:
+        start_end = start is not None and start < 0
+        stop_end = stop is None or stop < 0
+    else:
+        start_end = start is None or start < 0
+        stop_end = stop is not None and stop < 0
+    if start_end == stop_end:
+        n = max(abs(start or 0), abs(stop or 0)) + 1
+        return _slice_len_known(sl, n)
+    upper_end = stop_end if step > 0 else start_end
+    return None if upper_end else 0  # only the upper end from the end: grows with n
+
+
+ELLIPSIS = "..."
+NEWAXIS = "newaxis"
+
+
+def getitem_shape(shape, index, what):
+    n_real = sum(1 for e in index if isinstance(e, (int, tuple)))
+    n_ell = sum(1 for e in index if e is ELLIPSIS)
+    if n_ell > 1:
+        _fail(f"{what}: more than one Ellipsis")
+    if n_real > len(shape):
+        _fail(f"{what}: too many indices ({n_real}) for {len(shape)} dimensions")
+    items = []
+    for e in index:
+        if e is ELLIPSIS:
+            items.extend([(None, None, None)] * (len(shape) - n_real))
+        else:
+            items.append(e)
+    out = []
+    ax = 0
+    for e in items:
+        if e is NEWAXIS:
+            out.append(1)
+            continue
+        n = shape[ax]
+        ax += 1
+        if isinstance(e, int):
+            if n is not None and not -n <= e < n:
+                _fail(f"{what}: index {e} out of range for size {n}")
+        else:
+            out.append(_slice_len_unknown(e) if n is None else _slice_len_known(e, n))
+    out.extend(shape[ax:])
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# attributes
+
+INT, FLOAT, BOOLT, STR, INTS, DIMS, INDEX = "int", "float", "bool", "str", "ints", "dims", "index"
+_REQ = object()
+
+
+def _attr_value(v, typ: str, what: str):
+    field = v.WhichOneof("value")
+    if field is None:
+        _fail(f"{what}: attribute value not set")
+    if typ == INT:
+        if field != "i":
+            _fail(f"{what}: expected an int (i), got {field}")
+        return v.i
+    if typ == FLOAT:
+        if field != "f":
+            _fail(f"{what}: expected a float (f), got {field}")
+        return v.f
+    if typ == BOOLT:
+        if field != "b":
+            _fail(f"{what}: expected a bool (b), got {field}")
+        return v.b
+    if typ == STR:
+        if field != "s":
+            _fail(f"{what}: expected a str (s), got {field}")
+        return v.s
+    if typ in (INTS, DIMS):
+        if field != "ints":
+            _fail(f"{what}: expected a tuple (ints), got {field}")
+        out = []
+        for it in v.ints.item:
+            k = it.WhichOneof("kind")
+            if k == "value":
+                out.append(it.value)
+            elif k == "none" and typ == DIMS:
+                if not it.none:
+                    _fail(f"{what}: none=false")
+                out.append(None)
+            else:
+                _fail(f"{what}: tuple item must be an integer{' or None' if typ == DIMS else ''}")
+        return tuple(out)
+    assert typ == INDEX
+    if field == "ints":
+        out = []
+        for it in v.ints.item:
+            k = it.WhichOneof("kind")
+            if k == "value":
+                out.append(it.value)
+            elif k == "none":
+                if not it.none:
+                    _fail(f"{what}: none=false")
+                out.append(NEWAXIS)
+            else:
+                _fail(f"{what}: index item unset")
+        return tuple(out)
+    if field != "index":
+        _fail(f"{what}: expected an index (index or ints), got {field}")
+    out = []
+    for it in v.index.item:
+        k = it.WhichOneof("kind")
+        if k == "at":
+            out.append(it.at)
+        elif k == "slice":
+            s = it.slice
+            sl = tuple(getattr(s, f) if s.HasField(f) else None for f in ("start", "stop", "step"))
+            if sl[2] == 0:
+                _fail(f"{what}: slice step 0")
+            out.append(sl)
+        elif k == "new_axis":
+            if not it.new_axis:
+                _fail(f"{what}: new_axis=false")
+            out.append(NEWAXIS)
+        elif k == "ellipsis":
+            if not it.ellipsis:
+                _fail(f"{what}: ellipsis=false")
+            out.append(ELLIPSIS)
+        else:
+            _fail(f"{what}: index item unset")
+    if sum(1 for e in out if e is ELLIPSIS) > 1:
+        _fail(f"{what}: more than one Ellipsis")
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# the op catalogue: (min inputs, max inputs or None), attributes {name: (type, default)}, rule
+
+def _same(ins, at, w):
+    return ins[0][1]
+
+
+def _bcast(ins, at, w):
+    return broadcast(*[s for _, s in ins], what=w)
+
+
+def _d_promote(ins):
+    return promote(*[d for d, _ in ins])
+
+
+def _d_first(ins):
+    return ins[0][0]
+
+
+def _not_bool(dt, w):
+    if dt == BOOL:
+        _fail(f"{w}: dtype must not be bool")
+    return dt
+
+
+def _float(dt, w):
+    if dt not in FLOATS:
+        _fail(f"{w}: dtype {dt} must be float64 or float32")
+    return dt
+
+
+def d_promote_any(ins, at, w):
+    return _d_promote(ins)
+
+
+def d_promote_nb(ins, at, w):
+    return _not_bool(_d_promote(ins), w)
+
+
+def d_promote_f(ins, at, w):
+    return _float(_d_promote(ins), w)
+
+
+def d_first(ins, at, w):
+    return _d_first(ins)
+
+
+def d_first_f(ins, at, w):
+    return _float(_d_first(ins), w)
+
+
+def d_first_nb(ins, at, w):
+    return _not_bool(_d_first(ins), w)
+
+
+def d_bool(ins, at, w):
+    return BOOL
+
+
+def d_cast(ins, at, w):
+    return at["dtype"]
+
+
+def d_mean(ins, at, w):
+    return ins[0][0] if ins[0][0] in FLOATS else F64
+
+
+def d_nll(ins, at, w):
+    _float(ins[0][0], w)
+    if ins[1][0] == BOOL:
+        _fail(f"{w}: y must not be bool")
+    return ins[0][0]
+
+
+def d_where(ins, at, w):
+    if ins[0][0] != BOOL:
+        _fail(f"{w}: condition must be bool")
+    return promote(ins[1][0], ins[2][0])
+
+
+def d_int64(ins, at, w):
+    return I64
+
+
+def _check_sizes(ins, at, w):
+    if len(ins) == 2:
+        dt, s = ins[1]
+        if dt != I64 or len(s) != 1:
+            _fail(f"{w}: sizes must be a 1-D int64 tensor")
+        if s[0] is not None and s[0] != len(at["shape"]):
+            _fail(f"{w}: sizes has {s[0]} entries, shape {len(at['shape'])}")
+        if any(v is not None and v < 0 for v in at["shape"]):
+            _fail(f"{w}: negative size in shape {at['shape']}")
+        return True
+    return False
+
+
+def _static_target(shape, w):
+    if any(s is None or s < 0 for s in shape):
+        _fail(f"{w}: shape {shape} has a None or negative size")
+
+
+def s_broadcast_to(ins, at, w):
+    shape = at["shape"]
+    x = ins[0][1]
+    if len(shape) < len(x):
+        _fail(f"{w}: shape {shape} has fewer dimensions than x {x}")
+    b = broadcast(x, shape, what=w)
+    if not _check_sizes(ins, at, w):
+        _static_target(shape, w)
+        if b != tuple(shape):
+            _fail(f"{w}: x {x} does not broadcast to {shape}")
+    return tuple(shape)
+
+
+def s_concat(ins, at, w):
+    shapes = [s for _, s in ins]
+    n = len(shapes[0])
+    if any(len(s) != n for s in shapes):
+        _fail(f"{w}: inputs of different ranks {shapes}")
+    ax = _axis(at["axis"], n, w)
+    out = []
+    for i in range(n):
+        col = [s[i] for s in shapes]
+        if i == ax:
+            out.append(None if any(c is None for c in col) else sum(col))
+        else:
+            known = {c for c in col if c is not None}
+            if len(known) > 1:
+                _fail(f"{w}: sizes along axis {i} disagree: {col}")
+            out.append(known.pop() if known else None)
+    return tuple(out)
+
+
+def s_dim_size(ins, at, w):
+    _axes(at["axes"], len(ins[0][1]), w)
+    return ()
+
+
+def s_expand_dims(ins, at, w):
+    x = ins[0][1]
+    k = len(at["axes"])
+    n = len(x) + k
+    pos = set(_axes(at["axes"], n, w))
+    it = iter(x)
+    return tuple(1 if i in pos else next(it) for i in range(n))
+
+
+def s_getitem(ins, at, w):
+    return getitem_shape(ins[0][1], at["index"], w)
+
+
+def s_axes_same(ins, at, w):
+    _axes(at["axes"], len(ins[0][1]), w)
+    return ins[0][1]
+
+
+def s_reduce(ins, at, w):
+    return reduce_shape(ins[0][1], at["axes"], at["keepdims"], w)
+
+
+def s_matmul(ins, at, w):
+    a, b = ins[0][1], ins[1][1]
+    if len(a) < 2 or len(b) < 2:
+        _fail(f"{w}: matmul needs at least 2 dimensions: {a}, {b}")
+    if a[-1] is not None and b[-2] is not None and a[-1] != b[-2]:
+        _fail(f"{w}: inner sizes disagree: {a}, {b}")
+    batch = broadcast(a[:-2], b[:-2], what=w)
+    return batch + (a[-2], b[-1])
+
+
+def s_nll(ins, at, w):
+    lp, y = ins[0][1], ins[1][1]
+    if len(lp) < 2 or len(y) != len(lp):
+        _fail(f"{w}: nll shapes {lp}, {y}")
+    for p, q in zip(lp, y):
+        if p is not None and q is not None and p != q:
+            _fail(f"{w}: nll shapes {lp}, {y} disagree")
+    return ()
+
+
+def s_reshape(ins, at, w):
+    shape = tuple(at["shape"])
+    x = ins[0][1]
+    if _check_sizes(ins, at, w):
+        if None not in shape and None not in x and math.prod(shape) != math.prod(x):
+            _fail(f"{w}: {x} cannot reshape to {shape}")
+        return shape
+    if any(s is None or s < -1 for s in shape) or shape.count(-1) > 1:
+        _fail(f"{w}: bad reshape target {shape}")
+    K = 1
+    for s in x:
+        if s is not None:
+            K *= s
+    k = 1
+    for s in shape:
+        if s != -1:
+            k *= s
+    unknown = any(s is None for s in x)
+    if -1 in shape:
+        if k == 0:
+            _fail(f"{w}: -1 with a zero-size target {shape}")
+        if not unknown:
+            if K % k:
+                _fail(f"{w}: {x} cannot reshape to {shape}")
+            fill = K // k
+        else:
+            fill = 0 if K == 0 else None
+        return tuple(fill if s == -1 else s for s in shape)
+    if not unknown:
+        if k != K:
+            _fail(f"{w}: {x} cannot reshape to {shape}")
+    else:
+        if K == 0:
+            if k != 0:
+                _fail(f"{w}: {x} cannot reshape to {shape}")
+        elif k % K:
+            _fail(f"{w}: {x} cannot reshape to {shape}")
+    return shape
+
+
+def s_scatter(ins, at, w):
+    shape = tuple(at["shape"])
+    if not _check_sizes(ins, at, w):
+        _static_target(shape, w)
+    want = getitem_shape(shape, at["index"], w)
+    g = ins[0][1]
+    if len(g) != len(want) or any(a is not None and b is not None and a != b for a, b in zip(g, want)):
+        _fail(f"{w}: g's shape {g} is not {want}, the shape of shape[index]")
+    return shape
+
+
+def s_shape_of(ins, at, w):
+    return (len(ins[0][1]),)
+
+
+def s_squeeze(ins, at, w):
+    x = ins[0][1]
+    ax = set(_axes(at["axes"], len(x), w))
+    for a in ax:
+        if x[a] is not None and x[a] != 1:
+            _fail(f"{w}: cannot squeeze axis {a} of size {x[a]}")
+    return tuple(s for i, s in enumerate(x) if i not in ax)
+
+
+def s_sum_to(ins, at, w):
+    shape = tuple(at["shape"])
+    x = ins[0][1]
+    if any(s is not None and s < 0 for s in shape):
+        _fail(f"{w}: negative size in shape {shape}")
+    if len(shape) > len(x):
+        _fail(f"{w}: shape {shape} has more dimensions than x {x}")
+    xs = x[len(x) - len(shape):]
+    for s, xv in zip(shape, xs):
+        if s is not None and s != 1 and xv is not None and s != xv:
+            _fail(f"{w}: cannot sum {x} to {shape}")
+    if _check_sizes(ins, at, w):
+        return shape
+    return tuple(xv if s is None else s for s, xv in zip(shape, xs))
+
+
+def s_transpose(ins, at, w):
+    x = ins[0][1]
+    axes = at["axes"]
+    if sorted(axes) != list(range(len(x))):
+        _fail(f"{w}: {axes} is not a permutation of 0..{len(x) - 1}")
+    return tuple(x[a] for a in axes)
+
+
+def s_bcast3(ins, at, w):
+    return broadcast(*[s for _, s in ins], what=w)
+
+
+AXES = {"axes": (INTS, _REQ)}
+RED = {"axes": (INTS, _REQ), "keepdims": (BOOLT, False)}
+SHAPE = {"shape": (DIMS, _REQ)}
+
+OPS: dict[str, tuple] = {}
+
+
+def _op(names, arity, attrs, dtype, shape):
+    for n in names.split():
+        OPS[n] = (arity, attrs, dtype, shape)
+
+
+_op("abs neg relu sign square", (1, 1), {}, d_promote_nb, _same)
+_op("cos exp log logistic sin softplus sqrt tanh", (1, 1), {}, d_promote_f, _same)
+_op("add matmul mul sub", (2, 2), {}, d_promote_nb, _bcast)
+OPS["matmul"] = ((2, 2), {}, d_promote_nb, s_matmul)
+_op("div pow", (2, 2), {}, d_promote_f, _bcast)
+_op("maximum minimum", (2, 2), {}, d_promote_any, _bcast)
+_op("equal greater greater_equal less less_equal", (2, 2), {}, d_bool, _bcast)
+_op("broadcast_to", (1, 2), SHAPE, d_first, s_broadcast_to)
+_op("cast", (1, 1), {"dtype": (STR, _REQ)}, d_cast, _same)
+_op("concat", (1, None), {"axis": (INT, _REQ)}, d_promote_any, s_concat)
+_op("dim_size", (1, 1), AXES, d_first, s_dim_size)
+_op("expand_dims", (1, 1), AXES, d_first, s_expand_dims)
+_op("getitem", (1, 1), {"index": (INDEX, _REQ)}, d_first, s_getitem)
+_op("log_softmax softmax", (1, 1), AXES, d_first_f, s_axes_same)
+_op("logsumexp", (1, 1), RED, d_first_f, s_reduce)
+_op("max", (1, 1), RED, d_first, s_reduce)
+_op("mean", (1, 1), RED, d_mean, s_reduce)
+_op("sum", (1, 1), RED, d_first_nb, s_reduce)
+_op("nll", (2, 2), {}, d_nll, s_nll)
+_op("reshape", (1, 2), SHAPE, d_first, s_reshape)
+_op("scatter", (1, 2), {"shape": (DIMS, _REQ), "index": (INDEX, _REQ)}, d_first, s_scatter)
+_op("shape_of", (1, 1), {}, d_int64, s_shape_of)
+_op("squeeze", (1, 1), AXES, d_first, s_squeeze)
+_op("stop_gradient", (1, 1), {}, d_first, _same)
+_op("sum_to", (1, 2), SHAPE, d_first_nb, s_sum_to)
+_op("transpose", (1, 1), AXES, d_first, s_transpose)
+_op("where", (3, 3), {}, d_where, s_bcast3)
+
+CAST_DTYPES = (F64, F32, I64, BOOL)
+LEAVES = ("input", "param", "constant")
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+def _check_model(model, payload: bytes) -> None:
+    if not model.HasField("graph"):
+        _fail("graph not set")
+    pay = _Payload(payload)
+    g = model.graph
+    known: dict[str, tuple[str, tuple]] = {}
+    for i, node in enumerate(g.node):
+        w = f"node {i} {node.name!r} ({node.op})"
+        if not node.name:
+            _fail(f"{w}: empty name")
+        if node.name in known:
+            _fail(f"{w}: duplicate name")
+        if node.dtype == pb.DATA_TYPE_UNSPECIFIED:
+            _fail(f"{w}: dtype unspecified")
+        dt = _dtype(node.dtype, w)
+        if not node.HasField("shape"):
+            _fail(f"{w}: shape not set")
+        shape = _shape(node.shape, w)
+        if node.op in LEAVES:
+            if node.input or node.attr:
+                _fail(f"{w}: a leaf has inputs or attributes")
+            if node.op == "input":
+                if node.HasField("value") or node.HasField("trainable"):
+                    _fail(f"{w}: an input has a value or trainable")
+            else:
+                if node.op == "constant" and node.HasField("trainable"):
+                    _fail(f"{w}: trainable on a constant")
+                if node.op == "param" and dt not in FLOATS:
+                    _fail(f"{w}: param dtype {dt}")
+                if not node.HasField("value"):
+                    _fail(f"{w}: no value")
+                if node.value.name:
+                    _fail(f"{w}: node value has a name")
+                vdt, vdims = _check_tensor(node.value, w, pay)
+                if vdt != dt or tuple(vdims) != shape:
+                    _fail(f"{w}: value {vdt}{vdims} disagrees with node {dt}{shape}")
+        else:
+            if node.HasField("value") or node.HasField("trainable"):
+                _fail(f"{w}: an op node has a value or trainable")
+            if node.op not in OPS:
+                if "/" in node.op:
+                    _fail(f"{w}: user op {node.op!r} must be defined before the file is loaded")
+                _fail(f"{w}: unknown op {node.op!r}")
+            (lo, hi), decl, drule, srule = OPS[node.op]
+            n = len(node.input)
+            if n < lo or (hi is not None and n > hi):
+                _fail(f"{w}: {n} inputs, takes {lo}..{hi}")
+            ins = []
+            for name in node.input:
+                if name not in known:
+                    _fail(f"{w}: input {name!r} is not an earlier node")
+                ins.append(known[name])
+            attrs = {}
+            for a in node.attr:
+                if not a.name:
+                    _fail(f"{w}: attribute with an empty name")
+                if a.name in attrs:
+                    _fail(f"{w}: attribute {a.name!r} twice")
+                if a.name not in decl:
+                    _fail(f"{w}: unknown attribute {a.name!r}")
+                if not a.HasField("value"):
+                    _fail(f"{w}: attribute {a.name!r} without a value")
+                attrs[a.name] = _attr_value(a.value, decl[a.name][0], f"{w} attribute {a.name!r}")
+            for name, (_, default) in decl.items():
+                if name not in attrs:
+                    if default is _REQ:
+                        _fail(f"{w}: required attribute {name!r} missing")
+                    attrs[name] = default
+            if node.op == "cast" and attrs["dtype"] not in CAST_DTYPES:
+                _fail(f"{w}: cast to {attrs['dtype']!r}")
+            want_dt = drule(ins, attrs, w)
+            want_shape = tuple(srule(ins, attrs, w))
+            if (want_dt, want_shape) != (dt, shape):
+                raise InferenceMismatch(f"{w}: stored {dt} {shape}, inference gives {want_dt} {want_shape}",
+                                        want_dt, want_shape)
+        known[node.name] = (dt, shape)
+    names = set()
+    for o in g.output:
+        if not o.name or o.name in names:
+            _fail(f"output {o.name!r}: empty or duplicate name")
+        names.add(o.name)
+        if o.node not in known:
+            _fail(f"output {o.name!r}: node {o.node!r} not in the graph")
+    snames = set()
+    for t in model.state:
+        if not t.name or t.name in snames:
+            _fail(f"state {t.name!r}: empty or duplicate name")
+        snames.add(t.name)
+        _check_tensor(t, f"state {t.name!r}", pay)
+    pay.finish()
