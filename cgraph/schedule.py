@@ -254,7 +254,7 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
         outs, peak = plan.runner(leaves, updates)
     except Exception as e:
         if ran:  # a param has changed already: the step cannot be run again to name the node
-            if isinstance(e, CgraphError):
+            if isinstance(e, (CgraphError, FloatingPointError)):  # (a numeric error under np.seterr)
                 raise
             raise ShapeError(f"{plan.graph.name}: a step after an update failed: {type(e).__name__}: {e}") from e
         return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats, updates)
