@@ -10,6 +10,7 @@ never part of one, and the new file takes the old one's place in every way a use
   unnamed (O_TMPFILE), so a process killed while writing leaves nothing behind; it gets a name
   only for the rename. Elsewhere it is `.NAME.XXXXXXXXXXXX.cgraph.tmp`, locked while in use, and
   every replacement in a folder first removes the files of that naming that no process holds.
+- A device or a pipe (/dev/stdout, a FIFO) is written to, never replaced.
 - Errors are OSErrors of the usual types (PermissionError, FileNotFoundError, ...), one line
   naming the path the caller gave and what to do.
 """
@@ -71,7 +72,7 @@ def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryvi
             with open(target, "wb") as f:
                 _write(f, pieces)
         except OSError as e:
-            raise _explain(e, given, target, folder) from None
+            raise _explain(e, given, target, folder, atomic=False) from None
         return target
     fd = tmp = None
     try:
@@ -202,7 +203,7 @@ def _unlink(path: str | os.PathLike[str]) -> None:
         pass
 
 
-def _explain(e: OSError, given: str, target: Path, folder: Path) -> OSError:
+def _explain(e: OSError, given: str, target: Path, folder: Path, atomic: bool = True) -> OSError:
     """The error `e` (of the same type) saying which path failed and what to do."""
     where = repr(given) if os.fspath(target) == given else f"{given!r} (a link to {os.fspath(target)!r})"
     if e.errno == errno.ENOENT and not folder.is_dir():
@@ -211,7 +212,8 @@ def _explain(e: OSError, given: str, target: Path, folder: Path) -> OSError:
         reason = e.strerror or str(e)
         hint = _HINTS.get(e.errno or 0)
         what = f"{reason[:1].lower()}{reason[1:]}" + (f"; {hint}" if hint else "")
-    return OSError(e.errno, f"cannot save to {where}: {what} (any previous file there is unchanged)")
+    return OSError(e.errno, f"cannot save to {where}: {what}" + (" (any previous file there is unchanged)" if atomic
+                                                                else ""))
 
 
 def _fsync_folder(folder: Path) -> None:
