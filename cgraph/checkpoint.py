@@ -28,11 +28,12 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from cgraph.errors import MemoryBudgetError
-from cgraph.graph import Graph, Node, format_shape
+from cgraph.graph import Drawable, Graph, Node, format_shape
 from cgraph.memory import account
 from cgraph.ops.registry import get_op
 from cgraph.schedule import Plan, Step, concrete_shapes, get_eager, liveness, nbytes, order_keys
@@ -41,9 +42,10 @@ RECOMPUTE = "recompute/"  # prefix of the copies of forward nodes run in the bac
 
 
 @dataclass
-class MemoryPlan:
+class MemoryPlan(Drawable):
     """A budgeted reverse-mode schedule for one set of leaf shapes: what it stores, what it
-    recomputes, when each is freed, its predicted peak and its recomputation cost."""
+    recomputes, when each is freed, its predicted peak and its recomputation cost. `print` it
+    for the list; in Jupyter it shows itself as its graph, the recomputed nodes in orange."""
 
     budget: int
     leaf_shapes: dict[str, tuple[int, ...]]
@@ -193,8 +195,8 @@ class _Program:
                 order.append(name)
         order.sort(key=key.__getitem__)
         frees, inplace = liveness(order, nodes, set(info.targets))
-        steps = [Step(name, "", None, nodes[name].inputs, info.view[orig], frees[i], inplace[i])
-                 for i, name in enumerate(order) for orig in [self.orig[name]]]
+        steps = [Step(name, "", None, nodes[name].inputs, info.view[orig], frees[i], inplace[i])  # type: ignore[arg-type]
+                 for i, name in enumerate(order) for orig in [self.orig[name]]]  # (no fn: counted, never run)
         return account(steps, {n: info.nbytes[self.orig[n]] for n in order},
                        {n for n in nodes if info.scalar[self.orig[n]]})
 
@@ -287,7 +289,9 @@ class Checkpointer:
 
     def _make(self, input_shapes: dict[str, tuple[int, ...]]) -> MemoryPlan:
         d, budget = self.base.graph, self.budget
-        shapes = {n: tuple(input_shapes.get(n, d.nodes[n].shape)) for n in self.base.leaves}
+        # params and constants have static shapes, the inputs' are the run's: all concrete
+        shapes = cast(dict[str, tuple[int, ...]],
+                      {n: tuple(input_shapes.get(n, d.nodes[n].shape)) for n in self.base.leaves})
         info = _Graphinfo(d, self.forward, self.base.targets, shapes)
         # cheapest first; among equal costs, the one storing more first (a fixed order)
         family = sorted((_Candidate(info, s) for s in _candidates(info)), key=lambda c: (c.cost, -c.bound))

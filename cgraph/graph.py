@@ -13,16 +13,17 @@ import contextlib
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import networkx as nx
 import numpy as np
 
-from cgraph.errors import CgraphError, GraphError, ShapeError
+from cgraph.errors import CgraphError, GraphError, RenderError, ShapeError
 from cgraph.ops.registry import LEAF_OPS, Operand, apply, get_op
 from cgraph.shapes import DTYPES, Meta, Shape, as_dtype, format_shape, normalize_index
 
-__all__ = ["DTYPES", "LEAF_OPS", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype", "format_shape"]
+__all__ = ["DTYPES", "LEAF_OPS", "Drawable", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype",
+           "format_shape"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,28 @@ class Node:
 
     @property
     def is_leaf(self) -> bool:
+        """An input, a param or a constant (no op computes it)."""
         return self.op in LEAF_OPS
 
 
-class Graph:
+class Drawable:
+    """What Jupyter shows as a drawing (SVG): a Graph, a Plan, a MemoryPlan, a Trace.
+
+    cgraph.render draws them; it is a layer above this module, so it fills in `_drawer` when it
+    is imported (as `import cgraph` does). Without Graphviz's `dot`, Jupyter shows the text."""
+
+    _drawer: ClassVar[Callable[[Any], str] | None] = None
+
+    def _repr_svg_(self) -> str | None:
+        if Drawable._drawer is None:
+            return None
+        try:
+            return Drawable._drawer(self)
+        except RenderError:  # no `dot` program: the text repr stands in
+            return None
+
+
+class Graph(Drawable):
     """A static computation graph, built from Python and run by the executors.
 
     >>> g = Graph("demo")
@@ -412,26 +431,32 @@ class Tensor(Operand):
 
     @property
     def node(self) -> Node:
+        """The node this tensor is a handle to."""
         return self.graph._nodes[self.name]
 
     @property
     def shape(self) -> Shape:
+        """The static shape: a tuple of sizes, None for a size known only at run time."""
         return self.node.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The element type (float64, float32, int64 or bool)."""
         return self.node.dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return len(self.node.shape)
 
     @property
     def op(self) -> str:
+        """The op of its node ("input", "param", "constant" for leaves)."""
         return self.node.op
 
     @property
     def T(self) -> Tensor:
+        """The transpose (all axes reversed), as numpy's `.T`."""
         return apply("transpose", self, axes=tuple(range(self.ndim))[::-1])
 
     def __repr__(self) -> str:

@@ -13,11 +13,12 @@ folder, flushed to disk, then renamed over the target (`cgraph.files`).
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -43,7 +44,7 @@ _MAX_NDIM = 64  # numpy's limit
 _MAX_MESSAGE = 2**31 - 1  # protobuf's limit on a message's size
 _CHUNK = 64 * 2**20  # read large payload tensors in pieces of this size
 
-_DTYPES: dict[np.dtype, int] = {
+_DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.float64): pb.DATA_TYPE_FLOAT64,
     np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
     np.dtype(np.int64): pb.DATA_TYPE_INT64,
@@ -108,6 +109,7 @@ def _encode(g: Graph, inline_limit: int) -> tuple[bytes, list[np.ndarray]]:
     """The message section and the arrays of the payload section, in order."""
     model = pb.Model(format_version=FORMAT_VERSION, min_reader_version=MIN_READER_VERSION,
                      producer_name="cgraph", producer_version=__version__)
+    v: Any  # metadata strings here, state arrays below
     for k, v in g.metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
@@ -165,7 +167,7 @@ def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     return chosen
 
 
-def _dtype_code(dtype: np.dtype, what: str) -> int:
+def _dtype_code(dtype: np.dtype, what: str) -> pb.DataType:
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
         raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
@@ -179,7 +181,7 @@ def _little_endian(value: Any, what: str) -> np.ndarray:
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _file_pieces(message: bytes, payload: list[np.ndarray]) -> Iterator[bytes | memoryview]:
@@ -263,7 +265,7 @@ class _BytesSource:
 
 
 class _FileSource:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: io.RawIOBase) -> None:  # unbuffered: readinto straight into the arrays
         self.f = f
         self.size = os.fstat(f.fileno()).st_size
 

@@ -35,6 +35,8 @@ INITS = ("normal", "glorot", "he")
 RUNNING_STATS = "nn.running_stats"  # metadata: JSON {running param: batch statistic output}
 BN_MOMENTUM = "nn.bn_momentum"  # metadata: the running statistics' momentum, as text
 
+__all__ = ["init_weight", "mlp", "running_stats"]
+
 
 def init_weight(rng: np.random.Generator, fan_in: int, fan_out: int, init: str, scale: float) -> np.ndarray:
     """A (fan_in, fan_out) weight: `randn * scale` ("normal", the lecture's small random
@@ -93,7 +95,7 @@ def mlp(sizes: Sequence[int], hidden: str = "logistic", loss: str = "softmax_cro
 
     def forward(training: bool) -> tuple[cg.Tensor, dict[str, cg.Tensor]]:
         """The logits, and (training) each batch-normalised layer's batch statistics."""
-        h, stats = x, {}
+        h, stats = x, dict[str, cg.Tensor]()
         for i, p in enumerate(layers):
             with g.scope(f"layer{i}"):
                 a = h @ p["W"]

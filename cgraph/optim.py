@@ -30,6 +30,8 @@ import cgraph as cg
 PREFIX = "optim/"
 METADATA = "optim"
 
+__all__ = ["Adam", "GD", "Momentum", "Optimizer", "TrainStep", "from_graph", "reset"]
+
 
 class Optimizer:
     """Base class: subclasses set `kind` and `slots` and write `_update`."""

@@ -34,7 +34,7 @@ import numpy as np
 from cgraph.checkpoint import RECOMPUTE, MemoryPlan
 from cgraph.errors import RenderError, RenderWarning
 from cgraph.files import replace_file
-from cgraph.graph import Graph, Node, format_shape
+from cgraph.graph import Drawable, Graph, Node, format_shape
 from cgraph.schedule import Plan
 from cgraph.tracing import Trace, trace
 
@@ -189,6 +189,17 @@ def _plan_states(plan: Plan, step: int | None) -> tuple[dict[str, str], str, str
     return states, current, legend
 
 
+def _memory_plan_states(mp: MemoryPlan) -> tuple[dict[str, str], None, str]:
+    """The whole of a budgeted schedule at a glance: the values it stores and those it
+    recomputes, and a legend with its peak."""
+    states = {name: "kept" for name in mp.stored}
+    states.update({s.name: "recomputed" for s in mp.plan.steps if s.name.startswith(RECOMPUTE)})
+    legend = (f"memory plan: green stored by the forward sweep, orange recomputed in the backward sweep; "
+              f"predicted peak {mp.predicted_peak:,} B (budget {mp.budget:,} B, "
+              f"{mp.unbudgeted_peak:,} B without), {mp.extra_calls} extra kernel calls")
+    return states, None, legend
+
+
 def _node_lines(g: Graph, node: Node, outputs: Mapping[str, list[str]], tr: Trace | None) -> list[str]:
     lines = [node.name]
     if node.op == "constant" and g.value(node.name).size == 1:
@@ -217,7 +228,10 @@ class RenderOptions:
       default ones) adds tangents, `mode="reverse"` (with `of`) adjoints; see `cg.trace`.
     - `plan`, `step`: colour the nodes kept, freed, recomputed or not yet computed after that
       step of the plan (default its last): `ReverseMode(g, ...).plan` drawn over `plan.graph`,
-      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`.
+      or under a memory budget `rm.memory_plan` drawn over `rm.memory_plan.plan.graph`
+      (without `step`, a memory plan shows what it stores and what it recomputes).
+    - `trace`: label each node with the numbers of a `cg.trace` of this graph already run
+      (instead of `feeds`, which runs one).
     """
 
     rankdir: str = "TB"
@@ -230,6 +244,7 @@ class RenderOptions:
     tangents: Mapping[str, Any] | None = None
     plan: Plan | MemoryPlan | None = None
     step: int | None = None
+    trace: Trace | None = None
 
     def __post_init__(self) -> None:
         if self.rankdir not in RANKDIRS:
@@ -240,6 +255,8 @@ class RenderOptions:
             raise RenderError(f"max_nodes must be a positive number, not {self.max_nodes!r}")
         if self.feeds is None and self.mode is not None:
             raise RenderError(f"mode={self.mode!r} needs feeds: the values the sweep starts from")
+        if self.feeds is not None and self.trace is not None:
+            raise RenderError("give feeds (to run a trace) or trace (one already run), not both")
 
     @classmethod
     def of_call(cls, options: RenderOptions | None, changes: Mapping[str, Any]) -> RenderOptions:
@@ -258,12 +275,18 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
     if why:
         warnings.warn(f"graph {g.name!r}: {why} (choose with collapse=/--collapse, max_nodes=/--max-nodes)",
                       RenderWarning, stacklevel=3)
-    tr = trace(g, o.feeds, mode=o.mode, of=o.of, wrt=o.wrt, tangents=o.tangents) if o.feeds is not None else None
-    states, current, legend = _plan_states(plan, o.step) if plan is not None else ({}, None, None)
+    tr = trace(g, o.feeds, mode=o.mode, of=o.of, wrt=o.wrt, tangents=o.tangents) if o.feeds is not None else o.trace
+    states: dict[str, str]
+    current: str | None
+    legend: str | None
+    if isinstance(o.plan, MemoryPlan) and o.step is None:
+        states, current, legend = _memory_plan_states(o.plan)
+    else:
+        states, current, legend = _plan_states(plan, o.step) if plan is not None else ({}, None, None)
 
     outputs: dict[str, list[str]] = defaultdict(list)
-    for o, t in g.outputs.items():
-        outputs[t.name].append(o)
+    for out, t in g.outputs.items():
+        outputs[t.name].append(out)
     title = [g.name]
     if tr is not None and tr.mode == "forward":
         title.append(f"forward mode: tangents along d/d{', '.join(tr.wrt)}")
@@ -349,6 +372,48 @@ def to_dot(g: Graph, options: RenderOptions | None = None, **changes: Any) -> st
     return digraph(g, options, **changes).source
 
 
+def svg(obj: Graph | Plan | MemoryPlan | Trace, options: RenderOptions | None = None, **changes: Any) -> str:
+    """The drawing as SVG text, of a graph, a plan (its graph coloured by what it keeps and
+    frees), a memory plan (the recomputed nodes too) or a trace (its graph labelled with the
+    trace's values and tangents or adjoints): what Jupyter shows for each of them. Needs
+    Graphviz's `dot` program."""
+    if isinstance(obj, Trace):
+        if obj.graph is None:
+            raise RenderError("this Trace does not know its graph: make it with cg.trace")
+        g, changes = obj.graph, {"trace": obj, **changes}
+    elif isinstance(obj, (Plan, MemoryPlan)):
+        g = obj.plan.graph if isinstance(obj, MemoryPlan) else obj.graph
+        changes = {"plan": obj, **changes}
+    else:
+        g = obj
+    dot = digraph(g, options, **changes)
+    return _pipe(_source(dot), "svg", g.name).decode()
+
+
+def _source(dot: graphviz.Digraph) -> bytes:
+    return dot.source.encode("utf-8", "replace")  # (a graph's own name may hold lone surrogates)
+
+
+def _pipe(source: bytes, fmt: str, name: str) -> bytes:
+    """What Graphviz's `dot -T<fmt>` makes of `source`, or RenderError. subprocess.run waits for
+    the process whatever happens (an error, a closed pipe, Ctrl-C): none is left behind."""
+    try:
+        proc = subprocess.run(["dot", f"-T{fmt}"], input=source, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
+                          f"{INSTALL_HINT}; or write .dot") from None
+    except OSError as e:
+        raise RenderError(f"cannot run Graphviz 'dot' for graph {name!r:.80}: {e}") from None
+    if proc.returncode:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        err = next((line for line in lines if line.startswith("Error")), lines[-1])
+        raise RenderError(f"Graphviz 'dot' failed on graph {name!r:.80}: {err[:300]}")
+    return proc.stdout
+
+
+Drawable._drawer = svg  # Jupyter's picture of graphs, plans and traces (see Drawable)
+
+
 def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:  # noqa: A002
     """The output format: `format` if given, else the path's suffix (svg, png, pdf, dot)."""
     fmt = (format or Path(path).suffix.lstrip(".")).lower()
@@ -368,28 +433,10 @@ def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,
     Graphviz's `dot` program; .dot does not. Returns the path written."""
     fmt = format_of(path, format)
     dot = digraph(g, options, **changes)
-    source = dot.source.encode("utf-8", "replace")  # (a graph's own name may hold lone surrogates)
-    data = source if fmt == "dot" else _run_dot(source, fmt, g.name)
+    data = _source(dot) if fmt == "dot" else _pipe(_source(dot), fmt, g.name)
     replace_file(path, [data])
     return Path(path)
 
 
-def _run_dot(source: bytes, fmt: str, name: str) -> bytes:
-    """What `dot -T<fmt>` makes of `source`. subprocess.run waits for the process whatever
-    happens (an error, a closed pipe, Ctrl-C), so none is left behind."""
-    try:
-        proc = subprocess.run(["dot", f"-T{fmt}"], input=source, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
-                          f"{INSTALL_HINT}; or write .dot") from None
-    except OSError as e:
-        raise RenderError(f"cannot run Graphviz 'dot' for graph {name!r:.80}: {e}") from None
-    if proc.returncode:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
-        err = next((line for line in lines if line.startswith("Error")), lines[-1])
-        raise RenderError(f"Graphviz 'dot' failed on graph {name!r:.80}: {err[:300]}")
-    return proc.stdout
-
-
 __all__ = ["FORMATS", "RenderError", "RenderOptions", "RenderWarning", "digraph", "format_of", "render", "summarize",
-           "to_dot"]
+           "svg", "to_dot"]

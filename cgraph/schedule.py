@@ -24,13 +24,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, FeedError, ShapeError
-from cgraph.graph import Graph, Meta, Node, format_shape
+from cgraph.graph import Drawable, Graph, Meta, Node, format_shape
 from cgraph.memory import Ledger, account
 from cgraph.ops.registry import LEAF_OPS, get_op
 from cgraph.simplify import DEFAULT, simplify
@@ -88,8 +88,9 @@ def get_eager(op: str) -> bool:
     return op not in LEAF_OPS and get_op(op).eager
 
 
-class Plan:
-    """An executable schedule of `graph` for the nodes `targets` (kept to the end).
+class Plan(Drawable):
+    """An executable schedule of `graph` for the nodes `targets` (kept to the end). In Jupyter
+    it shows itself as its graph, each node coloured by whether it is kept or freed at the end.
 
     `updates` are (param, gradient node) pairs: each gradient is handed with its param to an
     update callback of the run (an optimizer's step) as soon as the gradient is complete and
@@ -150,7 +151,7 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
     the leaves have these shapes (leaves not given keep their static shape), by shape
     inference: run-time shapes (`shape_of`) are followed."""
     meta: dict[str, Meta] = {}
-    shape_value: dict[str, tuple[int, ...]] = {}
+    shape_value: dict[str, tuple[int | None, ...]] = {}
     for node in graph.nodes.values():
         if only is not None and node.name not in only:
             continue
@@ -169,7 +170,7 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
 
 
 def nbytes(meta: Meta) -> int:
-    return int(np.prod(meta.shape, dtype=np.int64)) * meta.dtype.itemsize
+    return int(np.prod(cast(tuple[int, ...], meta.shape), dtype=np.int64)) * meta.dtype.itemsize
 
 
 def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str],

@@ -85,7 +85,7 @@ def normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 def normalize_index(index: Any) -> tuple:
     """`index` as a tuple of ints, slices (of ints), None and Ellipsis: basic slicing only."""
     items = index if isinstance(index, tuple) else (index,)
-    out = []
+    out: list[Any] = []  # ints, slices, None and Ellipsis
     for it in items:
         if isinstance(it, (bool, np.bool_)) or isinstance(it, (np.ndarray, list)) or hasattr(it, "graph"):
             raise ShapeError(f"only basic indexing (ints, slices, None, ...) is supported, got {it!r}")

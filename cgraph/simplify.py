@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class _Rewrite:
 
     def _fold(self, d: Graph, node: Node, inputs: list[str]) -> str | None:
         """An op whose inputs are all (small) constants becomes a constant."""
-        if not inputs or None in node.shape or math.prod(node.shape) > FOLD_LIMIT:
+        if not inputs or None in node.shape or math.prod(cast(tuple[int, ...], node.shape)) > FOLD_LIMIT:
             return None
         nodes = d.nodes
         if any(nodes[s].op != "constant" for s in inputs):

@@ -18,19 +18,20 @@ from cgraph.autodiff import COTANGENT, NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, T
 from cgraph.errors import DerivativeError, FeedError
 from cgraph.executors import Evaluator
 from cgraph.executors.base import leaf_value
-from cgraph.graph import Graph
+from cgraph.graph import Drawable, Graph
 
 MODES = (None, "forward", "reverse")
 
 
 @dataclass
-class Trace:
+class Trace(Drawable):
     """What one sweep computed, by node name.
 
     `values`: every node the graph's outputs need. `tangents` (mode "forward"): d node / d wrt
     along the given tangents, for every float node (zero where no wrt reaches it). `adjoints`
     (mode "reverse"): d of / d node for every float node on a path from wrt to `of`, and zero
-    for the nodes `of` does not depend on."""
+    for the nodes `of` does not depend on. `graph`: the graph traced; in Jupyter a Trace shows
+    itself as that graph's drawing labelled with these numbers."""
 
     values: dict[str, np.ndarray]
     tangents: dict[str, np.ndarray] = field(default_factory=dict)
@@ -38,6 +39,7 @@ class Trace:
     mode: str | None = None
     of: list[str] = field(default_factory=list)
     wrt: list[str] = field(default_factory=list)
+    graph: Graph | None = field(default=None, repr=False, compare=False)
 
 
 def _run(d: Graph, feeds: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -73,7 +75,7 @@ def trace(g: Graph, feeds: Mapping[str, Any], mode: str | None = None, of: Seque
     of_list = outputs if of is None else [of] if isinstance(of, str) else list(of)
     if mode is None:
         d = jvp_graph(g, of_list, [], intermediates=True)
-        return Trace(_pick(_run(d, feeds, {}), NODE_VALUE), of=of_list)
+        return Trace(_pick(_run(d, feeds, {}), NODE_VALUE), of=of_list, graph=g)
     if wrt_list is None:
         if tangents is None:
             raise DerivativeError("forward mode needs wrt or tangents: the leaves whose tangents are seeded")
@@ -90,7 +92,7 @@ def trace(g: Graph, feeds: Mapping[str, Any], mode: str | None = None, of: Seque
     for name, v in values.items():  # no tangent was built: nothing in wrt reaches the node
         if name not in tans and v.dtype.kind == "f":
             tans[name] = np.zeros_like(v)
-    return Trace(values, tangents=tans, mode="forward", of=of_list, wrt=wrt_list)
+    return Trace(values, tangents=tans, mode="forward", of=of_list, wrt=wrt_list, graph=g)
 
 
 def _reverse(g: Graph, feeds: Mapping[str, Any], of: Sequence[str] | str | None, wrt: list[str] | None,
@@ -118,7 +120,7 @@ def _reverse(g: Graph, feeds: Mapping[str, Any], of: Sequence[str] | str | None,
     for name, v in values.items():  # `of` does not depend on these: their adjoint is zero
         if name not in upstream and v.dtype.kind == "f":
             adjoints[name] = np.zeros_like(v)
-    return Trace(values, adjoints=adjoints, mode="reverse", of=[of], wrt=wrt)
+    return Trace(values, adjoints=adjoints, mode="reverse", of=[of], wrt=wrt, graph=g)
 
 
 __all__ = ["Trace", "trace"]

@@ -14,10 +14,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 import cgraph as cg
 from cgraph.nn import running_stats
@@ -43,20 +43,37 @@ class Epoch:
 
 @dataclass
 class History:
-    """What `fit` did: the loss (and metric) after each epoch, the steps taken, the time."""
+    """What `fit` did: the loss (and metric) after each epoch, on the training data and on the
+    validation data, the steps taken, the time.
+
+    `history.history` holds the same lists by name, as Keras users read them:
+    `history.history["loss"]`, `["val_loss"]`, and the metric's name (`["accuracy"]`,
+    `["val_accuracy"]`)."""
 
     loss: list[float] = field(default_factory=list)
     metric: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+    metric_name: str = "metric"  # "accuracy", or the metric function's name
     steps: int = 0
     epochs: int = 0
     stopped: bool = False  # the stop rule (eps or stop) ended training before `epochs`
     seconds: float = 0.0
 
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """{"loss": [...], "val_loss": [...], "<metric>": [...], "val_<metric>": [...]}: the
+        lists that were recorded (validation ones only with `validation=`)."""
+        lists = {"loss": self.loss, "val_loss": self.val_loss,
+                 self.metric_name: self.metric, f"val_{self.metric_name}": self.val_metric}
+        return {k: v for k, v in lists.items() if v or k == "loss"}
+
 
 def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         batch_size: int | None = None, progress: bool = True, seed: int = 0,
         eps: float | None = None, stop: Callable[[Epoch], bool] | None = None,
-        metric: str | Callable[[cg.Graph], float] | None = None, loss: str = "loss") -> History:
+        metric: str | Callable[[cg.Graph], float] | None = None, loss: str = "loss",
+        validation: Mapping[str, Any] | None = None) -> History:
     """Train `g`'s trainable params to lower its output `loss` on `data` ({input name: array},
     the same number of rows in each).
 
@@ -67,6 +84,10 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         stop(Epoch) is true (the lecture: `stop=lambda e: np.linalg.norm(e.grads["layer1/W"]) < 1e-9`).
     metric: "accuracy" (on data's "x" and "y", see `accuracy`) or a function of the graph,
         recorded after each epoch in `History.metric`.
+    validation: held-out data ({input name: array}, as `data`): after each epoch, the loss on
+        it (`History.val_loss`) and, with metric="accuracy", its accuracy (`val_metric`). A
+        model with batch norm is validated in inference mode (its "loss_eval" output).
+    The progress bar shows the epoch's loss (and the validation loss).
     Batch norm's running statistics (see `cg.nn`) are updated after every step, from the batch
     statistics the model outputs (one more forward pass per step: ReverseMode gives only the
     loss and the gradients).
@@ -79,29 +100,43 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     rows = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
     if not arrays or len(set(rows.values())) != 1 or None in rows.values():
         raise cg.FeedError(f"fit: data must hold arrays with the same number of rows, got {rows}")
-    n = next(iter(rows.values()))
+    n = cast(int, next(iter(rows.values())))  # not None: checked above
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1 or None, got {batch_size}")
     full = batch_size is None or batch_size >= n
+    val = None if validation is None else {k: np.asarray(v) for k, v in validation.items()}
+    metric_fn: Callable[[cg.Graph], float] | None
+    val_metric_fn: Callable[[cg.Graph], float] | None = None
     if metric == "accuracy":
-        if "x" not in arrays or "y" not in arrays:
-            raise cg.FeedError("fit: metric='accuracy' needs data 'x' and 'y'")
+        for what, d in (("data", arrays), ("validation", val)):
+            if d is not None and ("x" not in d or "y" not in d):
+                raise cg.FeedError(f"fit: metric='accuracy' needs {what} 'x' and 'y'")
         ev = cg.Evaluator(g, outputs=[_default_output(g)])  # compiled once, run every epoch
 
-        def metric_fn(m: cg.Graph) -> float:
-            return _accuracy_of(ev.run({"x": arrays["x"]})[ev.outputs[0]], arrays["y"])
+        def accuracy_on(d: Mapping[str, np.ndarray]) -> Callable[[cg.Graph], float]:
+            return lambda m: _accuracy_of(ev.run({"x": d["x"]})[ev.outputs[0]], d["y"])
+
+        metric_fn = accuracy_on(arrays)
+        val_metric_fn = accuracy_on(val) if val is not None else None
+        metric_name = "accuracy"
     elif metric is None or callable(metric):
-        metric_fn = metric  # type: ignore[assignment]
+        metric_fn = metric
+        name = getattr(metric, "__name__", "metric")
+        metric_name = name if name.isidentifier() else "metric"
     else:
         raise ValueError(f"fit: metric must be 'accuracy', a function of the graph, or None; got {metric!r}")
+    val_ev = None
+    if val is not None:
+        val_loss = f"{loss}_eval" if f"{loss}_eval" in g.outputs else loss  # batch norm: inference mode
+        val_ev = cg.Evaluator(g, outputs=[val_loss])
 
     step = TrainStep(g, optimizer, loss=loss)
     keep_grads = eps is not None or stop is not None
     stats_map, momentum = running_stats(g)
     stats_ev = cg.Evaluator(g, outputs=list(stats_map.values())) if stats_map else None
-    history = History()
+    history = History(metric_name=metric_name)
     start = time.perf_counter()
-    bar = tqdm(total=int(epochs), desc=g.name, unit="epoch", file=sys.stderr, disable=None if progress else True)
+    bar = tqdm(total=int(epochs), desc=g.name, unit="epoch", file=sys.stderr, disable=not _show_progress(progress))
     try:
         for e in range(int(epochs)):
             done = int(np.asarray(g.state.get(EPOCH, 0)).item())
@@ -109,8 +144,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 batches = [arrays]
             else:
                 order = np.random.default_rng([seed, done]).permutation(n)
-                batches = [{k: v[order[i:i + batch_size]] for k, v in arrays.items()}
-                           for i in range(0, n, batch_size)]
+                size = cast(int, batch_size)  # not None: minibatches
+                batches = [{k: v[order[i:i + size]] for k, v in arrays.items()} for i in range(0, n, size)]
             total = 0.0
             grads: dict[str, np.ndarray] = {}
             for k, batch in enumerate(batches):
@@ -128,10 +163,16 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
             if metric_fn is not None:
                 info.metric = float(metric_fn(g))
                 history.metric.append(info.metric)
+            shown = {"loss": f"{info.loss:.4g}"}
+            if val_ev is not None and val is not None:
+                history.val_loss.append(float(val_ev.run(val)[val_ev.outputs[0]]))
+                shown["val_loss"] = f"{history.val_loss[-1]:.4g}"
+                if val_metric_fn is not None:
+                    history.val_metric.append(float(val_metric_fn(g)))
             history.epochs += 1
             if not bar.disable:
+                bar.set_postfix(shown, refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
             if (eps is not None and info.grad_norm < eps) or (stop is not None and stop(info)):
                 history.stopped = True
                 break
@@ -139,6 +180,15 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
         bar.close()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def _show_progress(progress: bool) -> bool:
+    """A bar on a terminal, or in a Jupyter kernel (whose stderr is not a terminal but shows
+    one); never in a log file or a pipe."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    ipython = sys.modules.get("IPython")  # imported already, in a kernel: never imported here
+    shell = ipython.get_ipython() if ipython is not None else None
+    return progress and ((isatty is not None and isatty()) or hasattr(shell, "kernel"))
 
 
 def predict(g: cg.Graph, x: Any, output: str | None = None, batch_size: int | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ stopping rules, metrics, the progress bar, batch norm's running statistics, and 
 
 import io
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,51 @@ def test_reloaded_in_a_fresh_process_predicts_bit_for_bit(tmp_path, make):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=top,
                    env={**__import__("os").environ, "PYTHONPATH": top})
     assert np.array_equal(np.load(tmp_path / "pred.npy"), cg.predict(g, x))
+
+
+def test_validation_is_recorded_per_epoch_and_read_as_keras_users_do():
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(X))
+    train, held = order[:100], order[100:]
+    g = lecture_model()
+    h = cg.fit(g, {"x": X[train], "y": Y[train]}, cg.optim.Adam(lr=0.05), epochs=30, metric="accuracy",
+               validation={"x": X[held], "y": Y[held]}, progress=False)
+    assert len(h.val_loss) == len(h.val_metric) == len(h.loss) == 30
+    final = float(cg.Evaluator(g, outputs=["loss"]).run({"x": X[held], "y": Y[held]})["loss"])
+    assert h.val_loss[-1] == final and h.val_loss[-1] < h.val_loss[0]
+    assert h.val_metric[-1] == cg.train.accuracy(g, X[held], Y[held])
+    assert h.history == {"loss": h.loss, "val_loss": h.val_loss, "accuracy": h.metric, "val_accuracy": h.val_metric}
+    # without validation or metric, only the loss; a named metric function keeps its name
+    h2 = cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2, progress=False)
+    assert list(h2.history) == ["loss"] and h2.history["loss"] == h2.loss
+
+    def w_sum(m):
+        return float(m.params["layer1/W"].sum())
+
+    h3 = cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2, metric=w_sum, progress=False)
+    assert list(h3.history) == ["loss", "w_sum"]
+    with pytest.raises(cg.FeedError, match="validation 'x' and 'y'"):
+        cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=1, metric="accuracy", validation={"x": X},
+               progress=False)
+
+
+def test_validation_of_a_batch_norm_model_runs_in_inference_mode():
+    g = cg.nn.mlp([3, 8, 3], hidden="relu", batch_norm=True, seed=0)
+    h = cg.fit(g, DATA, cg.optim.Adam(0.01), epochs=3, batch_size=50, validation=DATA, progress=False)
+    assert h.val_loss[-1] == float(cg.Evaluator(g, outputs=["loss_eval"]).run(DATA)["loss_eval"])
+
+
+def test_progress_bar_shows_the_loss_and_shows_in_jupyter(monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    h = cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=3, validation=DATA)
+    last = term.getvalue().split("\r")[-1]
+    assert "3/3" in last and f"loss={h.loss[-1]:.4g}" in last and f"val_loss={h.val_loss[-1]:.4g}" in last
+    notebook = io.StringIO()  # a Jupyter kernel's stderr is no terminal, but shows the bar
+    monkeypatch.setattr(sys, "stderr", notebook)
+    cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2)
+    assert notebook.getvalue() == ""  # a log file
+    kernel = types.SimpleNamespace(get_ipython=lambda: types.SimpleNamespace(kernel=object()))
+    monkeypatch.setitem(sys.modules, "IPython", kernel)  # as IPython answers inside a Jupyter kernel
+    cg.fit(lecture_model(), DATA, cg.optim.GD(0.1), epochs=2)
+    assert "2/2" in notebook.getvalue()

@@ -18,7 +18,8 @@ import pytest
 
 import cgraph as cg
 from cgraph.autodiff import NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, Seed, jvp_graph, vjp_graph
-from cgraph.render import RenderError, RenderWarning, _run_dot, summarize
+from cgraph.render import RenderError, RenderWarning, _pipe, summarize
+from cgraph.render import svg as svg_of
 
 pydot = pytest.importorskip("pydot")  # in the dev extra
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +175,7 @@ def test_odd_and_long_names_draw_and_leave_no_process_behind(tmp_path, name):
 def test_dot_failing_midway_leaves_no_process_behind():
     before = _children()
     with pytest.raises(RenderError, match="Graphviz 'dot' failed on graph 'g': .*syntax error"):
-        _run_dot(b"digraph { a [label=\"" + b"x" * 2**24, "svg", "g")  # dot stops reading early
+        _pipe(b"digraph { a [label=\"" + b"x" * 2**24, "svg", "g")  # dot stops reading early
     assert _children() == before
 
 
@@ -419,3 +420,35 @@ def test_memory_plan_shows_recomputed_values():
     fill = {_unq(n.get("id")): n.get("fillcolor").strip('"') for n in _all_nodes(pd)}
     last = mp.plan.steps[k].name
     assert fill[last] == "#fed7aa"  # recomputed, alive
+
+
+def _svg_ids(svg: str) -> set[str]:
+    """The ids of the node groups in an SVG drawing (each node's name, as to_dot sets it)."""
+    root = ET.fromstring(svg)
+    return {e.get("id") for e in root.iter("{http://www.w3.org/2000/svg}g") if e.get("class") == "node"}
+
+
+def test_jupyter_shows_graphs_plans_memory_plans_and_traces_as_svg(tmp_path, monkeypatch):
+    g = lecture()
+    assert _svg_ids(g._repr_svg_()) == set(g.nodes)
+    assert g._repr_svg_() == svg_of(g) == cg.render(g, tmp_path / "g.svg").read_text()
+    t = cg.trace(g, FEEDS, mode="reverse", of="y2")
+    svg = t._repr_svg_()
+    assert svg == svg_of(g, feeds=FEEDS, mode="reverse", of="y2")  # the trace's numbers, not a new run
+    assert f"adjoint {-np.sin(W1 * X + W0):.4g}" in svg and "reverse mode: adjoints of y2" in svg
+    rm = cg.ReverseMode(g, of="y2", wrt=["w0", "w1", "x"])
+    assert rm.plan._repr_svg_() == svg_of(rm.plan.graph, plan=rm.plan)
+    chain = cg.Graph("chain")
+    h = chain.input("x", shape=(64,))
+    for _ in range(8):
+        h = cg.tanh(h * 1.5)
+    chain.output("loss", cg.sum(h))
+    rb = cg.ReverseMode(chain, of="loss", wrt=["x"], memory_budget=2056)
+    rb.grad({"x": np.ones(64)})
+    svg = rb.memory_plan._repr_svg_()
+    assert svg == svg_of(rb.memory_plan.plan.graph, plan=rb.memory_plan) and "#fed7aa" in svg
+    assert _svg_ids(svg) == set(rb.memory_plan.plan.graph.nodes)
+    with pytest.raises(RenderError, match="not both"):
+        cg.to_dot(g, feeds=FEEDS, trace=t)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot`: Jupyter falls back to the text repr
+    assert g._repr_svg_() is None and t._repr_svg_() is None

@@ -58,7 +58,7 @@ class Executor:
         self.stats = Stats()
         self._seen: dict[str, tuple[Any, ...]] = {}  # feed name -> (array, (shape, dtype), checked)
 
-    def _leaves(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),
+    def _leaves(self, plan: Plan, feeds: Mapping[str, Any], extra: Mapping[str, Any] = (),  # type: ignore[assignment]
                 params: Mapping[str, Any] | None = None) -> list[Any]:
         """The values of `plan.leaves`, in order: the model's feeds (every feed is checked, even
         one this plan ignores), `extra` leaves a derived graph adds (tangents, cotangents), and

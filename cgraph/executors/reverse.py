@@ -51,7 +51,7 @@ class ReverseMode(Executor):
             self._plans[seed] = plan
         return plan
 
-    def _budgeted(self, seed: Seed, feeds: Mapping[str, Any], extra: Mapping[str, Any] = ()
+    def _budgeted(self, seed: Seed, feeds: Mapping[str, Any], extra: Mapping[str, Any] = ()  # type: ignore[assignment]
                   ) -> tuple[Any, ...]:
         """Run the plan for `seed`, or under a budget the checkpointed plan for these shapes."""
         plan = self._plan(seed)

@@ -442,9 +442,9 @@ def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     e = _Emitter(g, opset)
     outputs = {k: t.name for k, t in g.outputs.items()}
     inits, inputs, constants, frozen = [], [], [], []
-    for node in g.inputs.values():
-        e.value[node.name] = node.name
-        inputs.append(_value_info(onnx, node.name, node.dtype, node.shape, symbols=True))
+    for t in g.inputs.values():
+        e.value[t.name] = t.name
+        inputs.append(_value_info(onnx, t.name, t.dtype, t.shape, symbols=True))
     for node in nodes:
         if node.op == "input":
             continue

@@ -9,7 +9,7 @@ int64 vector computed right after x so that x itself need not be kept for the ba
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -121,6 +121,7 @@ def _with_shape(op: str, x: Tensor, shape: Any, **attrs: Any) -> Tensor:
     """Build an op that takes a target shape: static as an attribute, or a shape_of node (then
     the attribute keeps the static shape, with None, for shape inference)."""
     if isinstance(shape, Operand):
+        shape = cast("Tensor", shape)  # the only Operand there is
         src = shape.graph[shape.node.inputs[0]] if shape.op == "shape_of" else None
         static = src.shape if src is not None else (None,) * (shape.shape[0] or 0)
         return apply(op, x, shape, shape=tuple(static), **attrs)
@@ -155,7 +156,8 @@ def _reshape_shape(x: Meta, s: Meta | None = None, *, shape: tuple) -> Shape:
     its size is known), and `shape` then has no negative size."""
     _check_shape_input(s, shape)
     if s is not None:
-        if None not in shape and None not in x.shape and math.prod(shape) != math.prod(x.shape):
+        if None not in shape and None not in x.shape and \
+                math.prod(cast(tuple[int, ...], shape)) != math.prod(cast(tuple[int, ...], x.shape)):
             raise ShapeError(f"cannot reshape {_elements(x)} into {tuple(shape)}")
         return tuple(shape)
     if None in shape or shape.count(-1) > 1 or any(d < -1 for d in shape):
@@ -323,7 +325,7 @@ def _concat_vjp(g: Tensor, out: Tensor, *xs: Tensor, index: int, axis: int) -> T
         raise DerivativeError(f"{out.name} (concat): the derivative needs static sizes along "
                               f"axis {ax}, got {sizes}")
     start = sum(sizes[:index])  # type: ignore[arg-type]
-    idx = (slice(None),) * ax + (slice(start, start + sizes[index]),)
+    idx = (slice(None),) * ax + (slice(start, start + cast(int, sizes[index])),)
     return getitem(g, idx)
 
 

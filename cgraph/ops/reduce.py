@@ -70,7 +70,7 @@ def count(x: Tensor, axes: tuple[int, ...]) -> float | Tensor:
     sizes = [x.shape[a] for a in axes]
     if None in sizes:
         return _dim_size(x, axes=axes)
-    return float(np.prod(sizes))
+    return float(np.prod(sizes))  # type: ignore[arg-type]  # no None: checked above
 
 
 def _scalar_shape(x: Meta, **attrs: Any) -> Shape:

@@ -45,7 +45,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import numpy as np
 
@@ -82,7 +82,7 @@ _NOUN = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a str", 
          "dims": "a tuple of ints and Nones", "index": "a basic index (a tuple of ints, slices, None and ...)"}
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -199,7 +199,7 @@ class Inputs:
             if n < 0:
                 raise ValueError(f"an op cannot take {n} inputs")
             return cls(("x",) if n == 1 else tuple(f"x{i}" for i in range(n)), n, n)
-        names = (spec,) if isinstance(spec, str) else tuple(spec)
+        names = (spec,) if isinstance(spec, str) else tuple(cast(Sequence[str], spec))
         minimum, maximum, seen_optional = 0, 0, False
         for i, raw in enumerate(names):
             base = raw.rstrip("?+*")
@@ -672,6 +672,7 @@ def lift(graph: Any, value: Any, like: np.dtype | None = None) -> Any:
     """A constant for `value`; a Python number takes the dtype `like` where it fits."""
     if isinstance(value, Operand):
         return value
+    dtype: np.dtype | None
     if isinstance(value, bool):
         dtype = np.dtype(bool)
     elif isinstance(value, int):
