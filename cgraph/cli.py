@@ -39,7 +39,7 @@ def _info(args: argparse.Namespace) -> int:
     from cgraph.graph import format_shape
     from cgraph.io import read_model
 
-    mf = read_model(args.model)
+    mf = read_model(args.model, mmap=True)  # shapes and sizes only: no need to read the tensors
     g = mf.graph
     nodes = list(g.nodes.values())
     layout = "plain protobuf" if not mf.payload_bytes else f"{mf.payload_bytes:,} bytes in the payload section"
@@ -72,7 +72,7 @@ def _info(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from cgraph.io import read_model
 
-    mf = read_model(args.model)
+    mf = read_model(args.model, mmap=True, verify=True)  # every CRC-32, and no tensor copied
     print(f"{args.model}: ok (format version {mf.format_version}, {len(mf.graph)} nodes, "
           f"{mf.file_bytes:,} bytes)")
     return 0

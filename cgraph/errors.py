@@ -40,6 +40,11 @@ class DerivativeError(CgraphError):
     """A derivative was asked of something that has none (a missing rule, a bool output...)."""
 
 
+class BatchingError(CgraphError, ValueError):
+    """`vmap` cannot batch a graph as asked: an unknown input, an op with no batching rule and
+    no batch size known when vmap runs, inputs of different batch sizes."""
+
+
 class MemoryBudgetError(CgraphError, ValueError):
     """No reverse-mode schedule fits the memory budget; `smallest` is the smallest budget that
     has one."""
@@ -61,6 +66,11 @@ class RenderWarning(UserWarning):
 class OnnxError(CgraphError, ValueError):
     """A graph cannot be exported to ONNX, or an ONNX model cannot be imported (one line
     naming the ops, nodes or values at fault)."""
+
+
+class SparseMissingError(CgraphError, ImportError):
+    """The optional `scipy` package (the `sparse` extra), needed for sparse Jacobians, is not
+    installed."""
 
 
 class OnnxMissingError(CgraphError, ImportError):

@@ -18,11 +18,12 @@ never part of one, and the new file takes the old one's place in every way a use
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +34,6 @@ except ImportError:  # Windows: an open file cannot be removed there, which prot
 
 __all__ = ["replace_file"]
 
-_CHUNK = 64 * 2**20  # bytes per write call
 _SUFFIX = ".cgraph.tmp"
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}" + re.escape(_SUFFIX))
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)  # what a filesystem or kernel without it says
@@ -47,10 +47,11 @@ _HINTS = {
 }
 
 
-def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryview]) -> Path:
-    """Write the concatenation of `pieces` to `path` atomically (see the module docstring);
-    returns the path of the file written (the target of a symbolic link). A failure at any
-    point leaves a previous file at `path` as it was."""
+def replace_file(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Replace the file at `path` with what `write(f)` writes to `f` (a new, empty, seekable
+    file open for writing), atomically (see the module docstring); returns the path of the
+    file written (the target of a symbolic link). A failure at any point, in `write` too,
+    leaves a previous file at `path` as it was."""
     given = os.fsdecode(path)
     if not given:
         raise FileNotFoundError(errno.ENOENT, "cannot save to '': the path is empty; give a file name")
@@ -68,9 +69,11 @@ def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryvi
     except OSError:
         old = None
     if old is not None and not stat.S_ISREG(old.st_mode):  # a device or a pipe: written to, never replaced
+        buffer = io.BytesIO()  # (a pipe cannot seek)
+        write(buffer)
         try:
             with open(target, "wb") as f:
-                _write(f, pieces)
+                f.write(buffer.getbuffer())
         except OSError as e:
             raise _explain(e, given, target, folder, atomic=False) from None
         return target
@@ -79,7 +82,7 @@ def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryvi
         _remove_stale(folder)
         fd, tmp = _open_temporary(folder, target.name)
         with open(fd, "wb", closefd=False) as f:
-            _write(f, pieces)
+            write(f)
         if old is not None:
             _take_over(fd, old)
         os.fsync(fd)
@@ -96,13 +99,6 @@ def replace_file(path: str | os.PathLike[str], pieces: Iterable[bytes | memoryvi
             _unlink(tmp)
     _fsync_folder(folder)
     return target
-
-
-def _write(f: BinaryIO, pieces: Iterable[bytes | memoryview]) -> None:
-    for piece in pieces:
-        view = memoryview(piece).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            f.write(view[start:start + _CHUNK])
 
 
 def _open_temporary(folder: Path, name: str) -> tuple[int, Path | None]:

@@ -434,7 +434,7 @@ def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,
     fmt = format_of(path, format)
     dot = digraph(g, options, **changes)
     data = _source(dot) if fmt == "dot" else _pipe(_source(dot), fmt, g.name)
-    replace_file(path, [data])
+    replace_file(path, lambda f: f.write(data))
     return Path(path)
 
 

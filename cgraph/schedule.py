@@ -149,23 +149,28 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
                     only: set[str] | None = None) -> dict[str, Meta]:
     """Every node's shape and dtype (or those in `only`, which must hold their inputs) when
     the leaves have these shapes (leaves not given keep their static shape), by shape
-    inference: run-time shapes (`shape_of`) are followed."""
+    inference: run-time shapes are followed (`shape_of`, and int64 vectors computed from
+    them and from constants: a batch size joined to an example's shape)."""
     meta: dict[str, Meta] = {}
-    shape_value: dict[str, tuple[int | None, ...]] = {}
+    shape_value: dict[str, np.ndarray] = {}
     for node in graph.nodes.values():
         if only is not None and node.name not in only:
             continue
         if node.is_leaf:
             meta[node.name] = Meta(tuple(leaf_shapes.get(node.name, node.shape)), node.dtype)
+            if node.op == "constant" and node.dtype == np.int64 and len(node.shape) <= 1:
+                shape_value[node.name] = graph.value(node.name)
             continue
         opdef = get_op(node.op)
         attrs = dict(node.attrs)
         if opdef.shape_arg and len(node.inputs) > 1:
-            attrs["shape"] = shape_value[node.inputs[1]]
+            attrs["shape"] = tuple(shape_value[node.inputs[1]].tolist())
         shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
         meta[node.name] = Meta(tuple(shape), np.dtype(dtype))
         if opdef.gives_shape:
-            shape_value[node.name] = meta[node.inputs[0]].shape
+            shape_value[node.name] = np.array(meta[node.inputs[0]].shape, np.int64)
+        elif node.dtype == np.int64 and len(node.shape) <= 1 and all(i in shape_value for i in node.inputs):
+            shape_value[node.name] = np.asarray(opdef.bind(node)(*[shape_value[i] for i in node.inputs]))
     return meta
 
 

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from cgraph._proto import cgraph_pb2 as pb
 
-READER_VERSION = 1
+READER_VERSION = 2  # version 2 adds Model.padding (ignored) and crc32 always present
 FOOTER_SIZE = 30
 MAGIC = b"CGPB"
 

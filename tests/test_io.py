@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from specs import build_graph, case_id, cases
 
 import cgraph as cg
-import cgraph.files as cfiles
 import cgraph.io as cio
 from cgraph._proto import cgraph_pb2 as pb
 from cgraph.ops.registry import OPS
@@ -220,8 +219,28 @@ def test_layout_matches_the_specification():
     refs = [n.value.payload for n in model.graph.node if n.HasField("value")] + [t.payload for t in model.state]
     assert [(r.offset, r.length) for r in refs] == [(0, 48), (48, 8), (56, 16)]
     assert all(zlib.crc32(data[m + r.offset:m + r.offset + r.length]) == r.crc32 for r in refs)
-    assert model.format_version == 1 and model.min_reader_version == 1
+    assert m % 64 == 0 and model.padding == bytes(len(model.padding))  # the payload starts aligned
+    assert all(r.HasField("crc32") for r in refs)
+    assert model.format_version == 2 and model.min_reader_version == 1
     assert (model.producer_name, model.producer_version) == ("cgraph", cg.__version__)
+
+
+@pytest.mark.parametrize("layout", ["inline", "payload"])
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_1_files_still_load(layout, mmap):
+    """Files written by the version-1 writer (cgraph before format version 2, kept in
+    tests/data): no padding, so their payload tensors are unaligned and, under mmap, read."""
+    mf = cio.read_model(ROOT / "tests" / "data" / f"v1-{layout}.pb", mmap=mmap)
+    g = mf.graph
+    assert (mf.format_version, mf.min_reader_version) == (1, 1) and (mf.payload_bytes > 0) == (layout == "payload")
+    assert g.metadata == {"note": "written by the version-1 writer"}
+    assert np.array_equal(g.params["W"], np.arange(6.0).reshape(2, 3)) and g.params["b"].dtype == np.float32
+    assert g.params["b"].tolist() == [0.5, -1.0, 2.0]
+    assert g.state["s"].tolist() == [1, 2] and g.state["mask"].tolist() == [True, False, True]
+    out = cg.Evaluator(g).run({"x": np.array([[1.0, -2.0], [0.5, 0.25]])})
+    assert np.array_equal(out["y"], np.maximum(np.array([[1.0, -2.0], [0.5, 0.25]]) @ g.params["W"], 0) + 1.0)
+    assert out["z"].shape == (2, 3)
+    assert cg.loads(cg.dumps(g)).params["W"].tobytes() == g.params["W"].tobytes()
 
 
 def test_large_tensors_go_to_the_payload_largest_first():
@@ -356,9 +375,11 @@ def test_duplicate_node_name():
 
 def test_future_format_version():
     m = decoded()
-    m.format_version, m.min_reader_version = 3, 2
+    m.format_version, m.min_reader_version = 4, 3
     msg = load_error(reframe(m))
-    assert "needs a reader of format version 2" in msg and "reads format version 1" in msg
+    assert "needs a reader of format version 3" in msg and "reads format version 2" in msg
+    m.min_reader_version = 2  # nothing needs it yet, but this reader implements version 2
+    assert cg.loads(reframe(m)).name == "small"
 
 
 def test_newer_but_compatible_file_loads():
@@ -572,13 +593,12 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
     calls = []
 
-    def failing_write(f, pieces):
-        data = next(iter(pieces))
+    def failing_write(f, data):
         calls.append(len(data))
         f.write(bytes(data)[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cfiles, "_write", failing_write)
+    monkeypatch.setattr(cio, "_write", failing_write)
     g, _ = batch_graph()
     with pytest.raises(OSError, match="m.pb': no space"):
         cg.save(g, path)

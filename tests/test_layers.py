@@ -6,11 +6,11 @@ from pathlib import Path
 
 CGRAPH = Path(__file__).resolve().parent.parent / "cgraph"
 LAYERS = [
-    {"errors", "shapes", "memory", "version", "files"},
+    {"errors", "shapes", "memory", "version", "patterns", "files"},
     {"ops.registry"},
     {"graph"},
     {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn"},
-    {"autodiff", "simplify"},
+    {"autodiff", "simplify", "batching"},
     {"schedule", "codegen", "checkpoint"},
     {"executors", "executors.base", "executors.evaluator", "executors.forward", "executors.reverse"},
     {"jacobian", "tracing"},

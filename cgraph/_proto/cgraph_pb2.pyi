@@ -11,6 +11,7 @@ class FormatVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FORMAT_VERSION_UNSPECIFIED: _ClassVar[FormatVersion]
     FORMAT_VERSION_1: _ClassVar[FormatVersion]
+    FORMAT_VERSION_2: _ClassVar[FormatVersion]
 
 class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -21,6 +22,7 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_BOOL: _ClassVar[DataType]
 FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
+FORMAT_VERSION_2: FormatVersion
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT64: DataType
 DATA_TYPE_FLOAT32: DataType
@@ -28,7 +30,7 @@ DATA_TYPE_INT64: DataType
 DATA_TYPE_BOOL: DataType
 
 class Model(_message.Message):
-    __slots__ = ("format_version", "min_reader_version", "producer_name", "producer_version", "metadata", "graph", "state", "footer")
+    __slots__ = ("format_version", "min_reader_version", "producer_name", "producer_version", "metadata", "graph", "state", "padding", "footer")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +45,7 @@ class Model(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
     FOOTER_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     min_reader_version: int
@@ -51,8 +54,9 @@ class Model(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     graph: Graph
     state: _containers.RepeatedCompositeFieldContainer[Tensor]
+    padding: bytes
     footer: Footer
-    def __init__(self, format_version: _Optional[int] = ..., min_reader_version: _Optional[int] = ..., producer_name: _Optional[str] = ..., producer_version: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., state: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., footer: _Optional[_Union[Footer, _Mapping]] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., min_reader_version: _Optional[int] = ..., producer_name: _Optional[str] = ..., producer_version: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., state: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., padding: _Optional[bytes] = ..., footer: _Optional[_Union[Footer, _Mapping]] = ...) -> None: ...
 
 class Footer(_message.Message):
     __slots__ = ("magic", "message_length", "payload_length", "message_crc32")

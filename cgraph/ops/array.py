@@ -4,6 +4,11 @@ concat, basic indexing, and the shape-only helpers the derivative rules need.
 Where a derivative rule needs a shape that is only known at run time (a batch size), it uses
 `shape_like(x)`: the static shape when every size is known, else a `shape_of(x)` node, a tiny
 int64 vector computed right after x so that x itself need not be kept for the backward sweep.
+
+The helpers that batching rules share (`batch_elementwise`, `batch_axes`, `batched_shape`,
+`broadcast_batch`) live here too, beside the ops they build with: a batched value has its
+batch axis first, and a shape with the batch size known only at run time is an int64 vector
+built from `shape_of`.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from cgraph.errors import DerivativeError, ShapeError
+from cgraph.errors import BatchingError, DerivativeError, ShapeError
 from cgraph.ops.registry import (
     INT64,
     NONDIFF,
@@ -24,10 +29,13 @@ from cgraph.ops.registry import (
     Arg,
     Attr,
     Operand,
+    Unbatched,
     apply,
     define,
     passthrough,
+    rule,
 )
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import (
     Meta,
     Shape,
@@ -39,6 +47,83 @@ from cgraph.shapes import (
 
 if TYPE_CHECKING:
     from cgraph.graph import Tensor
+
+# ---- batching helpers (cg.vmap): a batched value has its batch axis first -----------------
+
+def lift_rank(x: Tensor, rank: int) -> Tensor:
+    """Batched x with axes of size 1 inserted after the batch axis, so that each example has
+    `rank` axes (numpy broadcasting then pairs it with unbatched values as the example was)."""
+    extra = rank - (x.ndim - 1)
+    return _expand_dims(x, axes=tuple(range(1, 1 + extra))) if extra > 0 else x
+
+
+def batch_elementwise(op: str) -> Any:
+    """The batching rule of an elementwise op."""
+    def rule(batched: tuple[bool, ...], *xs: Tensor, **attrs: Any) -> Tensor:
+        rank = max(x.ndim - b for x, b in zip(xs, batched, strict=True))
+        return apply(op, *[lift_rank(x, rank) if b else x for x, b in zip(xs, batched, strict=True)], **attrs)
+    rule.__doc__ = ("ELEMENTWISE: the op itself, each batched input given axes of size 1 after its batch axis "
+                    "up to the output's rank")
+    return rule
+
+
+def batch_axes(op: str) -> Any:
+    """The batching rule of an op of one input with an `axes` attribute (reductions, softmax)."""
+    def rule(batched: tuple[bool, ...], x: Tensor, **attrs: Any) -> Tensor:
+        return apply(op, x, **{**attrs, "axes": shift_axes(attrs["axes"], x.ndim - 1)})
+    rule.__doc__ = "the op itself, its `axes` moved past the batch axis"
+    return rule
+
+
+def shift_axes(axes: Any, ndim: int) -> tuple[int, ...]:
+    """Axes of an example of `ndim` axes, as axes of the batch."""
+    return tuple(a + 1 for a in normalize_axes(axes, ndim))
+
+
+def batched_shape(ref: Tensor, per_example: Any, static: Shape) -> tuple[Tensor | None, Shape]:
+    """(batch size of ref,) + per_example, as an op with a `sizes` input takes it: (None, the
+    static shape) when every size is known, else (an int64 vector computed at run time, the
+    static sizes). `per_example` is a shape or an int64 vector (whose static sizes are
+    `static`)."""
+    size = ref.shape[0]
+    full = (size, *static)
+    if not isinstance(per_example, Operand) and None not in full:
+        return None, full
+    g = ref.graph
+    head = g.constant(None, np.array([size], np.int64)) if size is not None else \
+        getitem(_shape_of(ref), (slice(0, 1),))
+    tail = per_example if isinstance(per_example, Operand) else g.constant(None, np.array(per_example, np.int64))
+    return _concat(head, tail, axis=0), full
+
+
+def shaped(op: str, x: Tensor, sizes: Tensor | None, static: Shape, **attrs: Any) -> Tensor:
+    """An op with a target shape: static, or the run-time `sizes` (the attribute keeping the
+    static sizes)."""
+    if sizes is None:
+        return apply(op, x, shape=tuple(static), **attrs)
+    return apply(op, x, sizes, shape=tuple(static), **attrs)
+
+
+def broadcast_batch(u: Tensor, ref: Tensor) -> Tensor:
+    """u, the same for every example, repeated along a leading batch axis of ref's batch size
+    (a read-only view)."""
+    per = _shape_of(u) if None in u.shape else tuple(u.shape)
+    sizes, static = batched_shape(ref, per, u.shape)
+    return shaped("broadcast_to", _expand_dims(u, axes=(0,)), sizes, static)
+
+
+def _sizes_unbatched(batched: tuple[bool, ...], op: str) -> None:
+    if len(batched) > 1 and batched[1]:
+        raise BatchingError(f"{op}: a target shape that differs from example to example cannot be batched")
+
+
+def moves(kernel: Any) -> Any:
+    """The pattern rule of an op that moves elements: its kernel applied to element indices."""
+    def rule(out: Dims, x: Pattern, **attrs: Any) -> Pattern:
+        return x.moved(lambda i: kernel(i, **attrs))
+    rule.__doc__ = "MOVES: each output element is the input element the kernel puts there (exact)"
+    return rule
+
 
 # ---- matmul -------------------------------------------------------------------------------
 
@@ -62,8 +147,34 @@ def matrix_transpose(x: Tensor) -> Tensor:
     return transpose(x, axes)
 
 
+def _matmul_batch(batched: tuple[bool, ...], a: Tensor, b: Tensor) -> Tensor:
+    """matmul of the stacks, batch axis first; a batch times one matrix is one product with the
+    batch folded into the rows (when the example's sizes are static), and a product over an
+    inner size of 1 is a broadcast multiplication (along the longer of the result's last two axes)"""
+    ba, bb = batched
+    if ba and not bb and b.ndim == 2 and None not in a.shape[1:] and b.shape[-1] is not None \
+            and math.prod(a.shape[1:]) > 0:  # type: ignore[arg-type]
+        flat = matmul(reshape(a, (-1, a.shape[-1])), b)
+        return reshape(flat, (-1, *a.shape[1:-1], b.shape[-1]))
+    rank = max(a.ndim - ba, b.ndim - bb)
+    a = lift_rank(a, rank) if ba else a
+    b = lift_rank(b, rank) if bb else b
+    if a.shape[-1] == 1 and b.shape[-2] == 1:
+        m, n = a.shape[-2], b.shape[-1]
+        if m is not None and n is not None and m > n:  # numpy multiplies fastest along a long last axis
+            return matrix_transpose(apply("mul", matrix_transpose(b), matrix_transpose(a)))
+        return apply("mul", a, b)
+    return matmul(a, b)
+
+
+def _matmul_pattern(out: Dims, a: Pattern, b: Pattern) -> Pattern:
+    """each output element depends on its row of a and its column of b"""
+    return union(a.reduce((-1,), keepdims=True).broadcast(out), b.reduce((-2,), keepdims=True).broadcast(out))
+
+
 matmul = define(
     "matmul", np.matmul, inputs=("a", "b"), shape=_matmul_shape, dtype=NUMERIC,
+    batch=_matmul_batch, pattern=_matmul_pattern,
     jvp=(lambda t, out, a, b: matmul(t, b), lambda t, out, a, b: matmul(a, t)),
     vjp=(lambda g, out, a, b: matmul(g, matrix_transpose(b)), lambda g, out, a, b: matmul(matrix_transpose(a), g)),
     doc="a @ b for matrices, or stacks of them (numpy.matmul; the batch axes broadcast)",
@@ -89,12 +200,18 @@ def _transpose_identity(node: Any, args: list[Arg]) -> str | None:
     return None
 
 
+def _transpose_batch(batched: tuple[bool, ...], x: Tensor, *, axes: tuple[int, ...]) -> Tensor:
+    """the batch axis stays first, the others are permuted as in an example"""
+    return _transpose(x, axes=(0, *(a + 1 for a in axes)))
+
+
 _transpose = define(
     "transpose", lambda x, *, axes: x.transpose(axes), inputs=("x",), shape=_transpose_shape, dtype=SAME,
     attrs={"axes": Attr("ints", doc="a permutation of the axes")}, view=True,
     jvp=(lambda t, out, x, *, axes: transpose(t, axes),),
     vjp=(lambda g, out, x, *, axes: transpose(g, tuple(np.argsort(axes).tolist())),),
     identity=_transpose_identity, doc="the axes permuted (numpy.transpose); a view",
+    batch=_transpose_batch, pattern=moves(lambda x, *, axes: x.transpose(axes)),
     grad_doc="JVP: the tangent permuted alike; VJP: the cotangent by the inverse permutation")
 
 
@@ -105,8 +222,16 @@ def _shape_of_shape(x: Meta) -> Shape:
     return (x.ndim,)
 
 
+def _shape_of_batch(batched: tuple[bool, ...], x: Tensor) -> Unbatched:
+    """the shape of one example (the same for all): a constant, or the run-time shape without
+    its first entry"""
+    if None not in x.shape[1:]:
+        return Unbatched(x.graph.constant(None, np.array(x.shape[1:], np.int64)))
+    return Unbatched(getitem(_shape_of(x), (slice(1, None),)))
+
+
 _shape_of = define("shape_of", lambda x: np.array(x.shape, dtype=np.int64), inputs=("x",), shape=_shape_of_shape,
-                   dtype=INT64, jvp=(NONDIFF,), vjp=(NONDIFF,), eager=True, gives_shape=True,
+                   dtype=INT64, jvp=(NONDIFF,), vjp=(NONDIFF,), eager=True, gives_shape=True, batch=_shape_of_batch,
                    doc="the run-time shape of x, for rules that need a size only known then")
 
 
@@ -186,8 +311,23 @@ def _reshape_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple)
     return np.reshape(x, shape if s is None else tuple(s.tolist()))
 
 
+def _reshape_batch(batched: tuple[bool, ...], x: Tensor, *s: Tensor, shape: tuple) -> Tensor:
+    """the batched input reshaped to (batch size,) + an example's target shape"""
+    _sizes_unbatched(batched, "reshape")
+    if s:
+        return shaped("reshape", x, *batched_shape(x, s[0], shape))
+    per = _reshape_shape(Meta(x.shape[1:], x.dtype), shape=shape)
+    if None not in per and math.prod(per) > 0:  # type: ignore[arg-type]
+        return _reshape(x, shape=(-1, *per))
+    # an example's size known only at run time: the target shape of the first example
+    sizes = _shape_of(reshape(getitem(x, (0,)), shape)) if None in per else per
+    return shaped("reshape", x, *batched_shape(x, sizes, per))
+
+
 _reshape = define(
     "reshape", _reshape_kernel, inputs=SHAPE_INPUT, shape=_reshape_shape, dtype=SAME, attrs=SHAPE_ATTR, view=True,
+    batch=_reshape_batch, pattern=rule("MOVES: each output element is the input element at its position in C order "
+                                       "(exact)", lambda out, x, *s, shape: x.moved(lambda i: i.reshape(out))),
     shape_arg=True, jvp=(lambda t, out, x, *s, shape: _reshape(t, *s, shape=shape), NONDIFF),
     vjp=(lambda g, out, x, *s, shape: reshape(g, shape_like(x)), NONDIFF), identity=passthrough(static=True),
     doc="x with a new shape (numpy.reshape, C order): a view where numpy can make one, else a copy",
@@ -248,15 +388,46 @@ def _sum_to_kernel(x: np.ndarray, s: np.ndarray | None = None, *, shape: tuple) 
     return r.reshape(r.shape[lead:]) if lead else r
 
 
+def _broadcast_batch(batched: tuple[bool, ...], x: Tensor, *s: Tensor, shape: tuple) -> Tensor:
+    """the batched input, given axes of size 1 after its batch axis up to the target's rank,
+    broadcast to (batch size,) + the target shape"""
+    _sizes_unbatched(batched, "broadcast_to")
+    x = lift_rank(x, len(shape))
+    return shaped("broadcast_to", x, *batched_shape(x, s[0] if s else shape, shape))
+
+
+def _sum_to_batch(batched: tuple[bool, ...], x: Tensor, *s: Tensor, shape: tuple) -> Tensor:
+    """the batched input summed to (batch size,) + (1,) * (the example's leading axes that the
+    sum removes) + the target shape; those axes are then squeezed"""
+    _sizes_unbatched(batched, "sum_to")
+    lead = (x.ndim - 1) - len(shape)
+    ones = (1,) * lead
+    if s:
+        per = _concat(x.graph.constant(None, np.ones(lead, np.int64)), s[0], axis=0) if lead else s[0]
+        out = shaped("sum_to", x, *batched_shape(x, per, ones + tuple(shape)))
+    else:
+        out = _sum_to(x, shape=(x.shape[0], *ones, *shape))
+    return squeeze(out, tuple(range(1, 1 + lead))) if lead else out
+
+
+def _sum_to_pattern(out: Dims, x: Pattern, *s: Pattern, shape: tuple) -> Pattern:
+    """each output element depends on the input elements summed into it"""
+    return x.group(np.broadcast_to(np.arange(math.prod(out)).reshape(out), x.shape), out)
+
+
 _broadcast_to = define(
     "broadcast_to", _broadcast_kernel, inputs=SHAPE_INPUT, shape=_broadcast_shape, dtype=SAME, attrs=SHAPE_ATTR,
-    view=True, shape_arg=True, jvp=(lambda t, out, x, *s, shape: _broadcast_to(t, *s, shape=shape), NONDIFF),
+    view=True, shape_arg=True, batch=_broadcast_batch,
+    pattern=rule("MOVES: each output element is the input element broadcasting repeats there (exact)",
+                 lambda out, x, *s, shape: x.broadcast(out)),
+    jvp=(lambda t, out, x, *s, shape: _broadcast_to(t, *s, shape=shape), NONDIFF),
     vjp=(lambda g, out, x, *s, shape: sum_to_like(g, x), NONDIFF),
     doc="x repeated along axes of size 1 (and new leading axes) to `shape` (numpy.broadcast_to); a read-only view",
     grad_doc="JVP: the tangent broadcast alike; VJP: the cotangent summed back to x's shape (sum_to)")
 _sum_to = define(
     "sum_to", _sum_to_kernel, inputs=SHAPE_INPUT, shape=_sum_to_shape, dtype=SAME_NUMERIC, attrs=SHAPE_ATTR,
-    shape_arg=True, jvp=(lambda t, out, x, *s, shape: _sum_to(t, *s, shape=shape), NONDIFF),
+    shape_arg=True, batch=_sum_to_batch, pattern=_sum_to_pattern,
+    jvp=(lambda t, out, x, *s, shape: _sum_to(t, *s, shape=shape), NONDIFF),
     vjp=(lambda g, out, x, *s, shape: broadcast_to(g, shape_like(x)), NONDIFF),
     doc="x summed over the axes that broadcasting to `shape` added or stretched (the VJP of broadcast_to); "
         "with a shape input, also over a size that is 1 only at run time",
@@ -281,15 +452,23 @@ def _squeeze_shape(x: Meta, *, axes: tuple[int, ...]) -> Shape:
 
 
 AXES = {"axes": Attr("ints", doc="the axes")}
+def _expand_dims_batch(batched: tuple[bool, ...], x: Tensor, *, axes: tuple[int, ...]) -> Tensor:
+    """the op itself, its `axes` (positions in an example's result) moved past the batch axis"""
+    return _expand_dims(x, axes=shift_axes(axes, x.ndim - 1 + len(axes)))
+
+
 _expand_dims = define(
     "expand_dims", lambda x, *, axes: np.expand_dims(x, axes), inputs=("x",), shape=_expand_dims_shape,
-    dtype=SAME, attrs=AXES, view=True,
+    dtype=SAME, attrs=AXES, view=True, batch=_expand_dims_batch,
+    pattern=moves(lambda x, *, axes: np.expand_dims(x, axes)),
     jvp=(lambda t, out, x, *, axes: expand_dims(t, axes),), vjp=(lambda g, out, x, *, axes: squeeze(g, axes),),
     doc="x with axes of size 1 inserted at the positions `axes` of the result (numpy.expand_dims); a view",
     grad_doc="JVP: the tangent expanded alike; VJP: the cotangent squeezed back")
 _squeeze = define(
     "squeeze", lambda x, *, axes: np.squeeze(x, axes), inputs=("x",), shape=_squeeze_shape, dtype=SAME, attrs=AXES,
-    view=True, jvp=(lambda t, out, x, *, axes: squeeze(t, axes),),
+    view=True, batch=rule("the op itself, its `axes` moved past the batch axis",
+                          lambda batched, x, *, axes: _squeeze(x, axes=shift_axes(axes, x.ndim - 1))),
+    pattern=moves(lambda x, *, axes: np.squeeze(x, axes)), jvp=(lambda t, out, x, *, axes: squeeze(t, axes),),
     vjp=(lambda g, out, x, *, axes: expand_dims(g, axes),),
     doc="x without its axes `axes`, each of size 1 (numpy.squeeze); a view",
     grad_doc="JVP: the tangent squeezed alike; VJP: the cotangent expanded back")
@@ -334,8 +513,24 @@ def _concat_jvp(tangents: list, out: Tensor, *xs: Tensor, axis: int) -> Tensor:
                   axis=axis)
 
 
+def _concat_batch(batched: tuple[bool, ...], *xs: Tensor, axis: int) -> Tensor:
+    """the inputs joined along the axis after the batch axis; an input that is the same for
+    every example is repeated along the batch first (a view)"""
+    ref = next(x for x, b in zip(xs, batched, strict=True) if b)
+    (ax,) = normalize_axes(axis, ref.ndim - 1)
+    return _concat(*[x if b else broadcast_batch(x, ref) for x, b in zip(xs, batched, strict=True)], axis=ax + 1)
+
+
+def _concat_pattern(out: Dims, *xs: Pattern, axis: int) -> Pattern:
+    """each output element is the one input element it was copied from (exact)"""
+    ax = axis % len(out)
+    where = np.split(np.arange(math.prod(out)).reshape(out), np.cumsum([x.shape[ax] for x in xs])[:-1], axis=ax)
+    return union(*(x.group(w, out) for x, w in zip(xs, where, strict=True)))
+
+
 _concat = define(
     "concat", lambda *xs, axis: np.concatenate(xs, axis=axis), inputs=("xs+",), shape=_concat_shape, dtype=PROMOTE,
+    batch=_concat_batch, pattern=_concat_pattern,
     attrs={"axis": Attr("int", doc="the axis joined along")}, jvp=_concat_jvp, vjp=(_concat_vjp,),
     doc="the inputs joined along `axis` (numpy.concatenate)",
     grad_doc="JVP: the tangents joined alike; VJP: the cotangent's slice of each input's extent along `axis`")
@@ -382,16 +577,29 @@ def _scatter_kernel(g: np.ndarray, s: np.ndarray | None = None, *, shape: tuple,
 
 
 INDEX = Attr("index", doc="a basic index")
+def _scatter_batch(batched: tuple[bool, ...], g: Tensor, *s: Tensor, shape: tuple, index: tuple) -> Tensor:
+    """zeros of (batch size,) + the target shape, each example's values written at the index"""
+    _sizes_unbatched(batched, "scatter")
+    return shaped("scatter", g, *batched_shape(g, s[0] if s else shape, shape), index=(slice(None), *index))
+
+
+def _scatter_pattern(out: Dims, g: Pattern, *s: Pattern, shape: tuple, index: tuple) -> Pattern:
+    """each output element is the element of g written there, or nothing (exact)"""
+    return g.group(np.arange(math.prod(out)).reshape(out)[index], out)
+
+
 _getitem = define(
     "getitem", lambda x, *, index: x[index], inputs=("x",), shape=_getitem_shape, dtype=SAME,
-    attrs={"index": INDEX}, view=True,
+    attrs={"index": INDEX}, view=True, pattern=moves(lambda x, *, index: x[index]),
+    batch=rule("the op itself, a full slice for the batch axis put before the index",
+               lambda batched, x, *, index: _getitem(x, index=(slice(None), *index))),
     jvp=(lambda t, out, x, *, index: getitem(t, index),),
     vjp=(lambda g, out, x, *, index: _with_shape("scatter", g, shape_like(x), index=index),),
     doc="x[index] for numpy basic indexing; a view",
     grad_doc="JVP: the tangent indexed alike; VJP: zeros of x's shape with the cotangent at `index` (scatter)")
 _scatter = define(
     "scatter", _scatter_kernel, inputs=("g", "sizes?"), shape=_scatter_shape, dtype=SAME,
-    attrs={**SHAPE_ATTR, "index": INDEX}, shape_arg=True,
+    attrs={**SHAPE_ATTR, "index": INDEX}, shape_arg=True, batch=_scatter_batch, pattern=_scatter_pattern,
     jvp=(lambda t, out, g, *s, shape, index: _scatter(t, *s, shape=shape, index=index), NONDIFF),
     vjp=(lambda c, out, g, *s, shape, index: getitem(c, index), NONDIFF),
     doc="zeros of `shape` with g written at `index` (the VJP of getitem)",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cgraph.ops.array import batch_elementwise
 from cgraph.ops.registry import (
     CAST,
     COMPARE,
@@ -31,6 +32,13 @@ from cgraph.ops.registry import (
     same_shape,
     unit,
 )
+from cgraph.patterns import elementwise
+
+
+def _rules(op: str) -> dict[str, Any]:
+    """The batching and pattern rules every elementwise op shares."""
+    return {"batch": batch_elementwise(op), "pattern": elementwise}
+
 
 if TYPE_CHECKING:
     from cgraph.graph import Tensor
@@ -39,16 +47,16 @@ if TYPE_CHECKING:
 
 BINARY = ("a", "b")
 
-add = define("add", np.add, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+add = define("add", np.add, **_rules("add"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: t, lambda t, out, a, b: t), identity=unit(0, 0, 1),
              doc="a + b", grad_doc="d/da = 1, d/db = 1")
-sub = define("sub", np.subtract, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+sub = define("sub", np.subtract, **_rules("sub"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: t, lambda t, out, a, b: neg(t)), identity=unit(0, 1),
              doc="a - b", grad_doc="d/da = 1, d/db = -1")
-mul = define("mul", np.multiply, inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
+mul = define("mul", np.multiply, **_rules("mul"), inputs=BINARY, shape=elementwise_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, a, b: mul(t, b), lambda t, out, a, b: mul(a, t)), identity=unit(1, 0, 1),
              doc="a * b", grad_doc="d/da = b, d/db = a")
-div = define("div", np.divide, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
+div = define("div", np.divide, **_rules("div"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,
              deriv=(lambda t, out, a, b: div(t, b), lambda t, out, a, b: neg(div(mul(t, out), b))),
              identity=unit(1, 1), doc="a / b (true division; the inputs' result type must be a float)",
              grad_doc="d/da = 1 / b, d/db = -out / b")
@@ -58,7 +66,7 @@ def _pow_da(a: Tensor, b: Tensor) -> Tensor:
     return mul(b, pow(a, sub(b, 1)))
 
 
-pow = define("pow", np.power, inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,  # noqa: A001
+pow = define("pow", np.power, **_rules("pow"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT, inplace=True,  # noqa: A001
              deriv=(lambda t, out, a, b: mul(t, _pow_da(a, b)), lambda t, out, a, b: mul(t, mul(out, log(a)))),
              doc="a ** b; the derivative wrt b is out * log(a), so it needs a > 0 where it is used",
              grad_doc="d/da = b * a ** (b - 1), d/db = out * log(a)")
@@ -68,7 +76,7 @@ def _unary(name: str, kernel: Any, deriv: Any, grad_doc: str, dtype: Any = FLOAT
            **flags: Any) -> Any:
     """An elementwise op of one input whose derivative is `deriv(x, out)` (or ZERO)."""
     rule = ZERO if deriv is ZERO else (lambda t, out, x: mul(t, deriv(x, out)))
-    return define(name, kernel, inputs=("x",), shape=same_shape, dtype=dtype, deriv=(rule,), doc=doc,
+    return define(name, kernel, inputs=("x",), shape=same_shape, dtype=dtype, deriv=(rule,), doc=doc, **_rules(name),
                   grad_doc=grad_doc, inplace=isinstance(kernel, np.ufunc), **flags)
 
 
@@ -86,7 +94,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x).astype(x.dtype, copy=False)
 
 
-neg = define("neg", np.negative, inputs=("x",), shape=same_shape, dtype=NUMERIC, inplace=True,
+neg = define("neg", np.negative, **_rules("neg"), inputs=("x",), shape=same_shape, dtype=NUMERIC, inplace=True,
              deriv=(lambda t, out, x: neg(t),), identity=involution("neg"), doc="-x", grad_doc="d/dx = -1")
 exp = _unary("exp", np.exp, lambda x, out: out, "d/dx = out", doc="e ** x")
 log = _unary("log", np.log, lambda x, out: reciprocal(x), "d/dx = 1 / x", doc="the natural logarithm")
@@ -125,7 +133,7 @@ def _extremum(name: str, kernel: Any, wins: Any, doc: str) -> Any:
     def weight_b(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
         return _share(wins(b, a), equal(a, b), out.dtype)
 
-    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=PROMOTE, inplace=True,
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=PROMOTE, inplace=True, **_rules(name),
                   deriv=(lambda t, out, a, b: mul(t, weight_a(out, a, b)),
                          lambda t, out, a, b: mul(t, weight_b(out, a, b))),
                   doc=doc, grad_doc="1 to the side that wins, 0 to the other; 1/2 to each on a tie")
@@ -140,7 +148,7 @@ minimum = _extremum("minimum", np.minimum, lambda a, b: less(a, b),
 # ---- comparisons (bool results, no derivative) and where ------------------------------------
 
 def _compare(name: str, kernel: Any, doc: str) -> Any:
-    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=COMPARE,
+    return define(name, kernel, inputs=BINARY, shape=elementwise_shape, dtype=COMPARE, **_rules(name),
                   deriv=(NONDIFF, NONDIFF), doc=doc)
 
 
@@ -150,7 +158,7 @@ greater = _compare("greater", np.greater, "a > b")
 greater_equal = _compare("greater_equal", np.greater_equal, "a >= b")
 equal = _compare("equal", np.equal, "a == b")
 
-where = define("where", np.where, inputs=("cond", "a", "b"), shape=elementwise_shape, dtype=WHERE,
+where = define("where", np.where, **_rules("where"), inputs=("cond", "a", "b"), shape=elementwise_shape, dtype=WHERE,
                deriv=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
                doc="a where cond (a bool tensor) holds, else b",
                grad_doc="d/da = 1 where cond, else 0; d/db = 1 where not cond, else 0; none for cond")
@@ -158,7 +166,8 @@ where = define("where", np.where, inputs=("cond", "a", "b"), shape=elementwise_s
 
 # ---- cast and stop_gradient ----------------------------------------------------------------
 
-_cast = define("cast", lambda x, *, dtype: x.astype(dtype), inputs=("x",), shape=same_shape, dtype=CAST,
+_cast = define("cast", lambda x, *, dtype: x.astype(dtype), **_rules("cast"), inputs=("x",), shape=same_shape,
+               dtype=CAST,
                attrs={"dtype": Attr("str", allowed=tuple(map(str, DTYPES)), doc="the dtype to convert to")},
                jvp=(lambda t, out, x, *, dtype: cast(t, dtype),), vjp=(lambda g, out, x, *, dtype: cast(g, x.dtype),),
                identity=passthrough(static=True),
@@ -172,6 +181,7 @@ def cast(x: Any, dtype: Any) -> Tensor:
 
 
 stop_gradient = define(
-    "stop_gradient", lambda x: x, inputs=("x",), shape=same_shape, dtype=SAME, view=True, deriv=(ZERO,),
+    "stop_gradient", lambda x: x, **_rules("stop_gradient"), inputs=("x",), shape=same_shape, dtype=SAME, view=True,
+    deriv=(ZERO,),
     identity=passthrough(static=False), grad_doc="zero, in both modes",
     doc="the value of x, with derivative zero in both modes (for targets, moving averages, straight-through tricks)")

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cgraph.errors import ShapeError
-from cgraph.ops.elementwise import add, div, exp, mul, neg, softplus, sqrt, square, sub
-from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_shape, sum, unreduce
+from cgraph.ops.array import batch_axes
+from cgraph.ops.elementwise import add, cast, div, exp, mul, neg, softplus, sqrt, square, sub
+from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_pattern, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
 from cgraph.ops.registry import SAME_FLOAT, Attr, DtypeRule, define, graph_of, lift, lift_all
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -52,20 +54,29 @@ def _over_axes(x: Meta, *, axes: tuple[int, ...]) -> Shape:
 
 
 AXES = {"axes": Attr("ints", doc="the axes normalised over")}
+
+
+def _group_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...]) -> Pattern:
+    """each output element depends on every input element of its group along `axes`"""
+    return x.reduce(axes, keepdims=True).broadcast(out)
+
 _softmax_op = define(
     "softmax", _softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    batch=batch_axes("softmax"), pattern=_group_pattern,
     jvp=(lambda t, out, x, *, axes: mul(out, sub(t, sum(mul(t, out), axes, keepdims=True))),),
     vjp=(lambda g, out, x, *, axes: mul(out, sub(g, sum(mul(g, out), axes, keepdims=True))),),
     doc="exp(x) / sum(exp(x)) over `axes`, computed with the max trick",
     grad_doc="out * (t - sum(t * out)) over `axes`, for a tangent or a cotangent t")
 _log_softmax_op = define(
     "log_softmax", _log_softmax, inputs=("x",), shape=_over_axes, dtype=SAME_FLOAT, attrs=AXES,
+    batch=batch_axes("log_softmax"), pattern=_group_pattern,
     jvp=(lambda t, out, x, *, axes: sub(t, sum(mul(exp(out), t), axes, keepdims=True)),),
     vjp=(lambda g, out, x, *, axes: sub(g, mul(exp(out), sum(g, axes, keepdims=True))),),
     doc="x - logsumexp(x) over `axes`, computed stably",
     grad_doc="JVP: t - sum(exp(out) t); VJP: g - exp(out) sum(g), sums over `axes`")
 _logsumexp_op = define(
     "logsumexp", _logsumexp, inputs=("x",), shape=reduce_shape, dtype=SAME_FLOAT, attrs=REDUCE_ATTRS,
+    batch=batch_axes("logsumexp"), pattern=reduce_pattern,
     jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, softmax(x, axes)), axes, keepdims),),
     vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), softmax(x, axes)),),
     doc="log(sum(exp(x))) over `axes`, with the max trick",
@@ -107,8 +118,23 @@ def _scaled(other: Tensor, g: Tensor, logp: Tensor) -> Tensor:
     return mul(other, neg(div(g, count(logp, (0,)))))
 
 
+def _nll_batch(batched: tuple[bool, ...], logp: Tensor, y: Tensor) -> Tensor:
+    """-sum(y * logp) over each example's axes, divided by its rows: built from mul, sum and div"""
+    rows = logp.shape[1] if batched[0] else logp.shape[0]
+    ref = logp if batched[0] else y
+    total = sum(mul(y, logp), tuple(range(1, ref.ndim)))
+    n = float(rows) if rows is not None else count(logp, (1,) if batched[0] else (0,))
+    out = neg(div(total, n))
+    return out if out.dtype == logp.dtype else cast(out, logp.dtype)
+
+
+def _nll_pattern(out: Dims, logp: Pattern, y: Pattern) -> Pattern:
+    """the scalar depends on every element of both inputs"""
+    return union(logp.reduce(range(len(logp.shape))), y.reduce(range(len(y.shape))))
+
+
 _nll_op = define(
-    "nll", _nll, inputs=("logp", "y"), shape=_rows_shape,
+    "nll", _nll, inputs=("logp", "y"), shape=_rows_shape, batch=_nll_batch, pattern=_nll_pattern,
     dtype=DtypeRule("logp's dtype, which MUST be float64 or float32; y MUST NOT be bool", _nll_dtype),
     jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
     vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.ops.array import broadcast_to, expand_dims, shape_like
+from cgraph.ops.array import batch_axes, broadcast_to, expand_dims, shape_like, shift_axes
 from cgraph.ops.elementwise import cast, div, equal, mul
-from cgraph.ops.registry import MEAN, SAME, SAME_NUMERIC, ZERO, Attr, define
+from cgraph.ops.registry import MEAN, SAME, SAME_NUMERIC, ZERO, Attr, Unbatched, define, rule
+from cgraph.patterns import Dims, Pattern
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ def reduce_shape(x: Meta, *, axes: tuple[int, ...], keepdims: bool = False) -> S
 REDUCE_ATTRS = {"axes": Attr("ints", doc="the axes reduced"), "keepdims": Attr("bool", False)}
 
 
+def reduce_pattern(out: Dims, x: Pattern, *, axes: tuple[int, ...], keepdims: bool) -> Pattern:
+    """each output element depends on the input elements reduced into it"""
+    return x.reduce(axes, keepdims)
+
+
 def unreduce(g: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
     """g, the result of reducing x over `axes`, with the reduced axes put back as size 1."""
     return g if keepdims or not axes else expand_dims(g, axes)
@@ -83,10 +89,13 @@ _dim_size = define(
     "dim_size", lambda x, *, axes: x.dtype.type(math.prod([x.shape[a] for a in axes])), inputs=("x",),
     shape=_scalar_shape, dtype=SAME, attrs={"axes": Attr("ints", doc="the axes whose sizes multiply")},
     jvp=(ZERO,), vjp=(ZERO,), eager=True, grad_doc="zero",
+    batch=rule("the count of one example (the same for all), its `axes` moved past the batch axis",
+               lambda batched, x, *, axes: Unbatched(_dim_size(x, axes=shift_axes(axes, x.ndim - 1)))),
     doc="the number of elements along `axes` at run time, as a scalar of x's dtype")
 
 _sum_kernel = _reduce_kernel(np.add)
 _sum = define("sum", _sum_kernel, inputs=("x",), shape=reduce_shape, dtype=SAME_NUMERIC, attrs=REDUCE_ATTRS,
+              batch=batch_axes("sum"), pattern=reduce_pattern,
               jvp=(lambda t, out, x, *, axes, keepdims: sum(t, axes, keepdims),),
               vjp=(lambda g, out, x, *, axes, keepdims:
                    broadcast_to(unreduce(g, x, axes, keepdims), shape_like(x)),),
@@ -101,6 +110,7 @@ def _mean_kernel(x: np.ndarray, *, axes: tuple[int, ...], keepdims: bool) -> np.
 
 
 _mean = define("mean", _mean_kernel, inputs=("x",), shape=reduce_shape, dtype=MEAN, attrs=REDUCE_ATTRS,
+               batch=batch_axes("mean"), pattern=reduce_pattern,
                jvp=(lambda t, out, x, *, axes, keepdims: mean(t, axes, keepdims),),
                vjp=(lambda g, out, x, *, axes, keepdims:
                     broadcast_to(unreduce(div(g, count(x, axes)), x, axes, keepdims), shape_like(x)),),
@@ -115,6 +125,7 @@ def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) ->
 
 
 _max = define("max", _reduce_kernel(np.maximum), inputs=("x",), shape=reduce_shape, dtype=SAME, attrs=REDUCE_ATTRS,
+              batch=batch_axes("max"), pattern=reduce_pattern,
               jvp=(lambda t, out, x, *, axes, keepdims:
                    sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
               vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),

@@ -36,6 +36,24 @@ exists: `sign`); a rule that is missing is an error when a derivative needs it.
 
 `identity(node, args)` may say that a node equals one of its inputs (or an input's input),
 for the plan's simplification: `x * 1`, `neg(neg(x))`, a cast to the same dtype.
+
+Two more rules sit beside the derivatives, for `cg.vmap` and `cg.jacobian_sparsity`:
+
+- `batch(batched, *xs, **attrs)`: the op applied to every example of a batch. `batched[i]`
+  says whether input `i` has a leading batch axis (axis 0; at least one has); the others are
+  the same for every example. It returns the result for every example, with a leading batch
+  axis, or `Unbatched(t)` for a result that is the same for every example (a shape). It is
+  written with cgraph ops (so a batched graph saves, draws and differentiates) and its
+  docstring is the catalogue's line. Helpers: `batch_elementwise(op)`, `batch_axes(op)`
+  (cgraph/ops/array.py). An op without one (a user op defined without `batch=`) is applied
+  to each example and the results stacked, which needs a batch size known when vmap runs.
+- `pattern(out_shape, *xs, **attrs)`: the sparsity pattern of the output (a
+  `cgraph.patterns.Pattern`: which wrt elements each element depends on) from the inputs'
+  patterns, for concrete shapes (`out_shape` is the output's; a run-time shape input's value
+  is in it). Inputs whose derivative rule is NONDIFF or ZERO arrive with empty patterns. The
+  pattern must hold every entry the Jacobian can have (a superset); `patterns.dense` is the
+  conservative rule (every output element depends on everything), marked DENSE in the
+  catalogue, and is taken for an op without a rule. Its docstring is the catalogue's line.
 """
 
 from __future__ import annotations
@@ -359,6 +377,8 @@ class OpDef:
     inplace: bool = False  # the kernel takes `out=` (a numpy ufunc): a plan may write the
     #                        result over an input that dies at that step
     identity: Identity | None = None
+    batch: Callable[..., Any] | None = None  # the batching rule (vmap); None: example by example
+    pattern: Callable[..., Any] | None = None  # the sparsity-pattern rule; None: dense
     doc: str = ""
     grad_doc: str = ""  # the derivative in a line, for the catalogue
     user: bool = False  # defined with define_op
@@ -423,6 +443,19 @@ class OpDef:
             raise DerivativeError(f"{node} ({self.name}): no VJP rule for input {i}")
         return rules[i]
 
+    def carries(self, i: int) -> bool:
+        """Whether input `i` can carry a derivative to the output (its rule is not NONDIFF or
+        ZERO)."""
+        rules = self.jvp if not callable(self.jvp) else ()
+        return not (i < len(rules) and (rules[i] is NONDIFF or rules[i] is ZERO))
+
+    def pattern_doc(self) -> str:
+        if self.jvp and not any(self.carries(i) for i in range(len(self.inputs.names))):
+            return "empty (the output carries no derivative)"
+        if self.pattern is None:
+            return "DENSE (conservative; no rule declared): every output element may depend on every input element"
+        return _docline(self.pattern)
+
     def jvp_rule(self, i: int, node: str) -> Any:
         if i >= len(self.jvp) or self.jvp[i] is None:
             raise DerivativeError(f"{node} ({self.name}): no JVP rule for input {i}")
@@ -451,9 +484,27 @@ class OpDef:
         if self.infer_fn is not None:
             lines.append("- **shape and dtype**: as the op's `infer` function gives them (a user op)")
         lines.append(f"- **derivative**: {self.grad_doc or _default_grad_doc(self)}")
+        lines.append(f"- **batching**: {_docline(self.batch) if self.batch is not None else NO_BATCH_RULE}")
+        lines.append(f"- **sparsity**: {self.pattern_doc()}")
         if onnx is not None:
             lines.append(f"- **ONNX**: {onnx}")
         return lines
+
+
+def rule(doc: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with `doc` as its docstring: the catalogue's line for a rule written as a lambda."""
+    fn.__doc__ = doc
+    return fn
+
+
+NO_BATCH_RULE = ("none declared: vmap applies the op to each example and stacks the results, which needs a "
+                 "batch size known when vmap runs")
+
+
+class Unbatched(NamedTuple):
+    """What a batching rule returns for a result that is the same for every example (a shape)."""
+
+    value: Any
 
 
 def _docline(fn: Callable[..., Any]) -> str:
@@ -571,6 +622,7 @@ _TYPE_NAMES = {int: "int", float: "float", bool: "bool", str: "str", tuple: "int
 def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[Shape, Any]], *,
               inputs: int | Sequence[str] = 1, attrs: Mapping[str, Any] | None = None,
               jvp: Sequence[Any] | None = None, vjp: Sequence[Any] | None = None,
+              batch: Callable[..., Any] | None = None, pattern: Callable[..., Any] | None = None,
               doc: str = "") -> Callable[..., Any]:
     """Define your own op and return the function that builds its nodes.
 
@@ -588,6 +640,10 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
       `jvp[i](t, out, *xs, **attrs)`, `vjp[i](g, out, *xs, **attrs)`; None (or leave the list
       short) where there is none (a derivative through it is then an error naming the op),
       `NONDIFF` for an input that carries no derivative.
+    - `batch`, `pattern`: optional rules for `cg.vmap` and `cg.jacobian_sparsity` (the
+      conventions are at the top of cgraph/ops/registry.py). Without `batch`, vmap applies
+      the op to each example (a batch size known when vmap runs); without `pattern`, every
+      output element is taken to depend on every input element.
 
     A file that uses the op loads only in a process that has defined it. Defining a name again
     replaces the earlier definition (as re-running a notebook cell would).
@@ -621,8 +677,11 @@ def define_op(name: str, kernel: Callable[..., Any], infer: Callable[..., tuple[
         if len(given) > (n or 0):
             raise GraphError(f"define_op({name!r}): {len(given)} {what} rules for {spec.describe()}")
         rules.append(given)
+    for what, given_rule in (("batch", batch), ("pattern", pattern)):
+        if given_rule is not None and not callable(given_rule):
+            raise TypeError(f"define_op({name!r}): {what} must be callable")
     op = OpDef(name, kernel, spec, decls, None, None, infer_fn=infer, jvp=rules[0], vjp=rules[1],
-               doc=" ".join(doc.split()), user=True)
+               batch=batch, pattern=pattern, doc=" ".join(doc.split()), user=True)
     return _register(op)
 
 
@@ -701,5 +760,5 @@ def elementwise_shape(*metas: Meta) -> Shape:
 
 __all__ = ["ATTR_TYPES", "COMPARE", "DTYPES", "FLOAT", "INT64", "LEAF_OPS", "MEAN", "NONDIFF", "NUMERIC", "OPS",
            "PROMOTE", "REQUIRED", "SAME", "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr", "DtypeRule",
-           "Inputs", "OpDef", "Operand", "apply", "define", "define_op", "get_op", "involution", "lift", "op_info",
-           "passthrough", "unit"]
+           "Inputs", "OpDef", "Operand", "Unbatched", "apply", "define", "define_op", "get_op", "involution", "lift",
+           "op_info", "passthrough", "rule", "unit"]
