@@ -13,6 +13,7 @@ from cgraph import nn, onnx, optim, patterns
 from cgraph.autodiff import gradient_graph
 from cgraph.batching import vmap
 from cgraph.checkpoint import MemoryPlan
+from cgraph.control import cond, scan, while_loop
 from cgraph.errors import (
     BatchingError,
     CgraphError,
@@ -38,7 +39,8 @@ from cgraph.version import __version__ as __version__
 __all__ = [
     "CgraphError", "DerivativeError", "Evaluator", "FeedError", "ForwardMode", "Graph",
     "GraphError", "GraphFormatError", "MemoryBudgetError", "MemoryPlan", "Node", "ReverseMode", "ShapeError",
-    "Tensor", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict",
+    "Tensor", "cond", "gradcheck", "gradient_graph", "jacobian", "nn", "optim", "fit", "predict", "scan",
+    "while_loop",
     *[n for n in _ops_all if n not in ("NONDIFF", "ZERO", "Attr", "OpDef")],
 ]
 __all__ += ["BatchingError", "Hessian", "Jacobian", "SparseMissingError", "hessian", "jacobian_sparsity",

@@ -9,12 +9,21 @@ derivative graph can be run, saved, drawn and differentiated again.
 
 Only float values carry derivatives; rules never see broadcasting: a cotangent is summed back
 to its input's shape here, and a tangent broadcast to its output's shape.
+
+A control-flow node (an op with `multi`) has a tuple of results, read by `result` nodes
+(`project`). Its rules build a new node in its place: `jvp(tangents, None, *xs, **attrs)`
+gives (the new tuple, its results standing for the node's, their tangents), where the new node
+computes values and tangents together; `save(active, *xs, **attrs)` gives (the new tuple, its
+results, residuals) for reverse mode's forward sweep, `active[i]` saying whether input i needs
+a cotangent, and `vjp(cotangents, residuals, *xs, **attrs)` the cotangent of each input (None
+for none) from those of the results (None for zero).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +70,13 @@ def check_wrt(g: Graph, wrt: Sequence[str]) -> None:
             raise DerivativeError(f"wrt {w!r}: a {node.dtype} {node.op} has no derivative")
 
 
+def differentiable(node: Node) -> bool:
+    """Whether a node carries derivatives: a float value, or a tuple with a float result."""
+    if node.parts is not None:
+        return any(p.dtype.kind == "f" for p in node.parts)
+    return node.dtype.kind == "f"
+
+
 def _fit(x: Tensor, like: Tensor, down: bool) -> Tensor:
     """x made to have like's dtype and shape: summed down (cotangents) or broadcast up
     (tangents) where broadcasting made them differ."""
@@ -82,7 +98,24 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
     this keeps every value alive, so it is for looking at a sweep, not for running one cheaply."""
     check_wrt(g, wrt)
     targets = [g.output_node(o) for o in of]
-    tangent: dict[str, Tensor] = {}
+    tangent: dict[str, Any] = {}  # a tuple's tangent: a tuple of its results' (None: zero)
+    parts: dict[str, tuple[Tensor, ...]] = {}  # a control-flow node's results, where a new node stands for it
+
+    def stand_in(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        """A control-flow node with a tangent: the node of its JVP rule, which computes values
+        and tangents together, stands for it; a result of it, that node's result."""
+        if node.is_leaf:
+            return None
+        opdef = get_op(node.op)
+        if opdef.project and node.inputs[0] in parts:
+            return parts[node.inputs[0]][node.attrs["index"]].name
+        ts = [tangent.get(s) for s in node.inputs]
+        if opdef.multi and differentiable(node) and any(t is not None for t in ts):
+            with d.scope("jvp"):
+                new, parts[node.name], tangent[node.name] = opdef.jvp(ts, None, *[d[s] for s in inputs],
+                                                                     **node.attrs)
+            return new.name
+        return None
 
     def add_tangent(d: Graph, node: Node, name: str) -> None:
         """Build `node`'s tangent right after its copy (values and tangents in one sweep)."""
@@ -90,12 +123,17 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
             if node.name in wrt:
                 tangent[node.name] = d.input(TANGENT + node.name, node.shape, node.dtype)
             return
+        opdef = get_op(node.op)
         ts = [tangent.get(s) for s in node.inputs]
-        if node.dtype.kind != "f" or all(t is None for t in ts):
+        if opdef.project:  # its tuple's tangent is a tuple
+            t = ts[0][node.attrs["index"]] if ts[0] is not None else None
+            if t is not None:
+                tangent[node.name] = t
+            return
+        if opdef.multi or not differentiable(node) or all(t is None for t in ts):
             return
         out = d[name]
-        xs = [d[s] for s in node.inputs]
-        opdef = get_op(node.op)
+        xs = [d[s] for s in d.nodes[name].inputs]
         with d.scope("jvp"):
             if callable(opdef.jvp):
                 total = opdef.jvp(ts, out, *xs, **node.attrs)
@@ -112,17 +150,20 @@ def jvp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], share_params: boo
             if total is not None:
                 tangent[node.name] = _fit(total, out, down=False)
 
-    d, _ = g.rebuild(nodes=g.needed_by([*targets, *wrt]), copy_values=not share_params, then=add_tangent)
+    d, where = g.rebuild(stand_in, nodes=g.needed_by([*targets, *wrt]), copy_values=not share_params,
+                         then=add_tangent)
     d.name = f"{g.name}/jvp"
     for o, t in zip(of, targets, strict=True):
-        d.output(o, d[t])
+        d.output(o, d[where[t]])
     with d.scope("jvp"):
         for o, t in zip(of, targets, strict=True):
             tan = tangent.get(t)
-            d.output(TANGENT + o, tan if tan is not None else zeros_like(d[t]))
+            d.output(TANGENT + o, tan if tan is not None else zeros_like(d[where[t]]))
     if intermediates:
         for node in _needed(g, targets):
-            d.output(NODE_VALUE + node.name, d[node.name])
+            if node.parts is not None:
+                continue
+            d.output(NODE_VALUE + node.name, d[where[node.name]])
             if node.name in tangent:
                 d.output(NODE_TANGENT + node.name, tangent[node.name])
     return d
@@ -142,19 +183,38 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
     check_wrt(g, wrt)
     targets = [g.output_node(o) for o in of]
     forward = _needed(g, [*targets, *wrt])
-    d, _ = g.rebuild(nodes={n.name for n in forward}, copy_values=not share_params)
-    d.name = f"{g.name}/vjp"
-    for o, t in zip(of, targets, strict=True):
-        d.output(o, d[t])
 
     # Derivatives flow through float nodes from the wrt leaves to the targets: a sweep forward.
     reach = set(wrt)
     for node in forward:
-        if node.dtype.kind == "f" and not node.is_leaf and any(i in reach for i in node.inputs):
+        if differentiable(node) and not node.is_leaf and any(i in reach for i in node.inputs):
             reach.add(node.name)
     active = reach & {n.name for n in forward}
 
-    cot: dict[str, Tensor] = {}
+    parts: dict[str, tuple[Tensor, ...]] = {}  # an active control-flow node's results (its saving form's)
+    residuals: dict[str, Any] = {}
+
+    def save(d: Graph, node: Node, inputs: list[str]) -> str | None:
+        """An active control-flow node in the form that keeps what its VJP reads; a result of
+        one, that form's result."""
+        if node.is_leaf:
+            return None
+        opdef = get_op(node.op)
+        if opdef.project and node.inputs[0] in parts:
+            return parts[node.inputs[0]][node.attrs["index"]].name
+        if opdef.multi and node.name in active:
+            needs = [s in active for s in node.inputs]
+            assert opdef.save is not None, node.op
+            new, parts[node.name], residuals[node.name] = opdef.save(needs, *[d[s] for s in inputs], **node.attrs)
+            return new.name
+        return None
+
+    d, where = g.rebuild(save, nodes={n.name for n in forward}, copy_values=not share_params)
+    d.name = f"{g.name}/vjp"
+    for o, t in zip(of, targets, strict=True):
+        d.output(o, d[where[t]])
+
+    cot: dict[str, Any] = {}  # a tuple's cotangent: a list of its results' (None: zero)
     for o, t in zip(of, targets, strict=True):
         node = g.nodes[t]
         if seed is Seed.ONES:
@@ -171,16 +231,29 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
             if node.is_leaf or node.name not in cot:
                 continue
             g_out = cot[node.name]
-            out = d[node.name]
-            xs = [d[s] for s in node.inputs]
+            xs = [d[where[s]] for s in node.inputs]
             opdef = get_op(node.op)
+            if opdef.project:
+                src, i = node.inputs[0], node.attrs["index"]
+                got = cot.setdefault(src, [None] * len(g.nodes[src].parts))  # type: ignore[arg-type]
+                got[i] = g_out if got[i] is None else add(got[i], g_out)
+                continue
+            if opdef.multi:
+                cs = opdef.vjp(g_out, residuals[node.name], *xs, **node.attrs)
+            else:
+                out = d[where[node.name]]
+                cs = [None] * len(xs)
+                for i, src in enumerate(node.inputs):
+                    if src not in active:
+                        continue
+                    rule = opdef.vjp_rule(i, node.name)
+                    if rule is NONDIFF or rule is ZERO:
+                        continue
+                    cs[i] = rule(g_out, out, *xs, **node.attrs)
             for i, src in enumerate(node.inputs):
-                if src not in active:
+                if src not in active or cs[i] is None:
                     continue
-                rule = opdef.vjp_rule(i, node.name)
-                if rule is NONDIFF or rule is ZERO:
-                    continue
-                c = _fit(rule(g_out, out, *xs, **node.attrs), xs[i], down=True)
+                c = _fit(cs[i], xs[i], down=True)
                 cot[src] = c if src not in cot else add(cot[src], c)
         grads = {w: cot[w] if w in cot else zeros_like(d[w]) for w in wrt}
     while any(grad_prefix + w in of for w in wrt):  # differentiating a gradient graph again
@@ -189,7 +262,9 @@ def vjp_graph(g: Graph, of: Sequence[str], wrt: Sequence[str], seed: Seed = Seed
         d.output(grad_prefix + w, grads[w])
     if intermediates:
         for node in forward:
-            d.output(NODE_VALUE + node.name, d[node.name])
+            if node.parts is not None:
+                continue
+            d.output(NODE_VALUE + node.name, d[where[node.name]])
             if node.name in cot:
                 d.output(NODE_ADJOINT + node.name, cot[node.name])
     return d

@@ -114,7 +114,10 @@ def _each_example(node: Node, flags: tuple[bool, ...], xs: list[Tensor], size: i
 
 
 def _check(node: Node, out: Tensor) -> None:
-    """A batching rule's result has the node's dtype and a batch axis before its shape."""
+    """A batching rule's result has the node's dtype and a batch axis before its shape (a
+    control-flow node's results are checked as `result` nodes take them)."""
+    if node.parts is not None:
+        return
     ok = out.dtype == node.dtype and out.ndim == len(node.shape) + 1 and all(
         a is None or b is None or a == b for a, b in zip(out.shape[1:], node.shape, strict=True))
     if not ok:

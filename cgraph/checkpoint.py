@@ -32,6 +32,7 @@ from typing import cast
 
 import numpy as np
 
+from cgraph.control import ScanBudget, budgeted_scans, with_snapshots
 from cgraph.errors import MemoryBudgetError
 from cgraph.graph import Drawable, Graph, Node, format_shape
 from cgraph.memory import account
@@ -57,6 +58,7 @@ class MemoryPlan(Drawable):
     forward_calls: int  # kernel calls of the forward sweep, for scale
     plan: Plan
     freed_after: dict[str, str] = field(default_factory=dict)  # value -> step after which freed
+    scans: list[ScanBudget] = field(default_factory=list)  # scans reversed by binomial checkpointing
 
     @property
     def extra_sweeps(self) -> float:
@@ -77,6 +79,9 @@ class MemoryPlan(Drawable):
         ]
         for name in self.stored:
             lines.append(f"    {name}  freed after {self.freed_after.get(name, '(kept to the end)')}")
+        if self.scans:
+            lines.append(f"  scans reversed by binomial checkpointing ({len(self.scans)}):")
+            lines += [str(sc) for sc in self.scans]
         lines.append(f"  recomputed ({len(self.recomputed)}):")
         for name in self.recomputed:
             copy = RECOMPUTE + name
@@ -292,6 +297,8 @@ class Checkpointer:
         # params and constants have static shapes, the inputs' are the run's: all concrete
         shapes = cast(dict[str, tuple[int, ...]],
                       {n: tuple(input_shapes.get(n, d.nodes[n].shape)) for n in self.base.leaves})
+        if budgeted_scans(d):
+            return self._make_scans(input_shapes, shapes)
         info = _Graphinfo(d, self.forward, self.base.targets, shapes)
         # cheapest first; among equal costs, the one storing more first (a fixed order)
         family = sorted((_Candidate(info, s) for s in _candidates(info)), key=lambda c: (c.cost, -c.bound))
@@ -312,6 +319,47 @@ class Checkpointer:
         stored = tuple(n for n in info.read if n in chosen.stored)
         return MemoryPlan(budget, input_shapes, stored, chosen.program.recomputed, chosen.peak,
                           self.base.predict_peak(shapes), chosen.cost, fwd_calls, chosen.plan, freed)
+
+
+    def _make_scans(self, input_shapes: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]) -> MemoryPlan:
+        """A graph with scans: the unbudgeted plan if it fits, else every scan's reverse sweep by
+        binomial checkpointing with the most snapshots that fit (one count for all scans)."""
+        d, budget = self.base.graph, self.budget
+        full = self.base.predict_peak(shapes)
+        calls = len(self.base.steps)
+        if full <= budget:
+            return MemoryPlan(budget, input_shapes, (), (), full, full, 0, calls, self.base)
+        meta = concrete_shapes(d, shapes)
+        steps: dict[str, int] = {}
+        for name in budgeted_scans(d):
+            node = d.nodes[name]
+            c, m = node.attrs["carries"], node.attrs["slices"]
+            steps[name] = cast(int, meta[node.inputs[c]].shape[0] if m else node.attrs["length"])
+        plans: dict[int, tuple[int, Plan]] = {}
+
+        def at(s: int) -> tuple[int, Plan]:
+            if s not in plans:
+                g = with_snapshots(d, s, steps)
+                plan = Plan(g, [g.output_node(o) for o in d.outputs], passes=())
+                plans[s] = (plan.predict_peak(shapes), plan)
+            return plans[s]
+
+        lo, hi = 1, max(1, max(steps.values()) - 1)
+        if at(lo)[0] > budget:
+            smallest = at(lo)[0]
+            raise MemoryBudgetError(
+                f"graph {d.name!r}: no reverse-mode schedule fits a memory budget of {budget} bytes with input "
+                f"shapes {', '.join(f'{k} {format_shape(v)}' for k, v in input_shapes.items())} (one snapshot "
+                f"per scan needs {smallest}); the smallest budget that fits is {smallest} bytes", budget, smallest)
+        while lo < hi:  # the most snapshots that fit (the peak grows with them)
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if at(mid)[0] <= budget else (lo, mid - 1)
+        peak, plan = at(lo)
+        scans = [ScanBudget(name, n, max(1, min(lo, n - 1)),
+                            sum(nbytes(meta[i]) for i in d.nodes[name].inputs[:d.nodes[name].attrs["carries"]]))
+                 for name, n in steps.items()]
+        freed = {f: step.name for step in plan.steps for f in step.free}
+        return MemoryPlan(budget, input_shapes, (), (), peak, full, 0, calls, plan, freed, scans)
 
 
 def _smallest(family: list[_Candidate], shapes: Mapping[str, tuple[int, ...]]) -> int:

@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 
 
 class Runner:
-    """A compiled plan: `runner(leaf_values, updates) -> (target_values, peak_bytes)`."""
+    """A compiled plan: `runner(leaf_values, updates) -> (target_values, peak_bytes, bytes alive
+    at the end)`."""
 
     def __init__(self, fn: Callable[..., Any], source: str) -> None:
         self.fn = fn
         self.source = source
 
-    def __call__(self, leaves: Sequence[Any], updates: Sequence[Any] = ()) -> tuple[tuple[Any, ...], int]:
+    def __call__(self, leaves: Sequence[Any], updates: Sequence[Any] = ()) -> tuple[tuple[Any, ...], int, int]:
         return self.fn(leaves, updates)
 
 
@@ -41,8 +42,10 @@ def compile_plan(plan: Plan) -> Runner:
     takes over that input's variable and byte count; the values a step frees are dropped and
     taken off the books in one statement each."""
     var: dict[str, str] = {n: f"a{j}" for j, n in enumerate(plan.leaves)}
-    # Values whose buffer may be shared: view steps and the values they view.
-    shared = {s.name for s in plan.steps if s.view} | {s.args[0] for s in plan.steps if s.view}
+    # Values whose buffer may be shared: view steps and the values they view, tuples of results
+    # and the results taken from them.
+    shared = {s.name for s in plan.steps if s.view or s.multi or s.part >= 0}
+    shared |= {s.args[0] for s in plan.steps if s.view}
     shared -= set(plan.leaves)
     ns: dict[str, Any] = {"_share": np.may_share_memory, "_Ledger": Ledger}
     body = ["def run(leaves, updates):"]
@@ -73,7 +76,14 @@ def compile_plan(plan: Plan) -> Runner:
             continue
         v = var[step.name] = f"v{i}"
         body.append(f"    {v} = f{i}({args})  # {step.name} ({step.op})")
-        if step.view:
+        if step.multi:  # a tuple of new buffers; the kernel's own peak counts on top of live
+            body += [f"    n{i} = L.results({step.name!r}, {v}.sizes)",
+                     f"    if live + {v}.peak > peak: peak = live + {v}.peak",
+                     f"    live += n{i}",
+                     "    if live > peak: peak = live"]
+        elif step.part >= 0:
+            body.append(f"    L.part({step.name!r}, {step.args[0]!r}, {step.part})")
+        elif step.view:
             src = step.args[0]
             body += [f"    if {var[src]}.ndim and _share({v}, {var[src]}):",
                      f"        L.view({step.name!r}, {src!r})",
@@ -89,7 +99,7 @@ def compile_plan(plan: Plan) -> Runner:
                      "    if live > peak: peak = live"]
         body += _frees(step, var, size, shared)
     targets = ", ".join(var[t] for t in plan.targets)
-    body.append(f"    return ({targets}{',' if len(plan.targets) == 1 else ''}), peak")
+    body.append(f"    return ({targets}{',' if len(plan.targets) == 1 else ''}), peak, live")
     source = "\n".join(body) + "\n"
     exec(compile(source, f"<cgraph plan {plan.graph.name}>", "exec"), ns)  # noqa: S102  (our own code)
     return Runner(ns["run"], source)

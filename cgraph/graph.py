@@ -19,8 +19,8 @@ import networkx as nx
 import numpy as np
 
 from cgraph.errors import CgraphError, GraphError, RenderError, ShapeError
-from cgraph.ops.registry import LEAF_OPS, Operand, apply, get_op
-from cgraph.shapes import DTYPES, Meta, Shape, as_dtype, format_shape, normalize_index
+from cgraph.ops.registry import LEAF_OPS, Operand, Subgraph, apply, get_op
+from cgraph.shapes import DTYPES, TUPLE, Meta, Shape, as_dtype, format_shape, normalize_index
 
 __all__ = ["DTYPES", "LEAF_OPS", "Drawable", "Graph", "GraphError", "Meta", "Node", "Shape", "Tensor", "as_dtype",
            "format_shape"]
@@ -37,11 +37,17 @@ class Node:
     shape: Shape
     dtype: np.dtype
     index: int  # creation order; a topological order of the graph
+    parts: tuple[Meta, ...] | None = None  # a control-flow node's results (its dtype is TUPLE)
 
     @property
     def is_leaf(self) -> bool:
         """An input, a param or a constant (no op computes it)."""
         return self.op in LEAF_OPS
+
+    @property
+    def meta(self) -> Meta:
+        return Meta(self.shape, self.dtype, self.parts)
+
 
 
 class Drawable:
@@ -61,7 +67,7 @@ class Drawable:
             return None
 
 
-class Graph(Drawable):
+class Graph(Drawable, Subgraph):
     """A static computation graph, built from Python and run by the executors.
 
     >>> g = Graph("demo")
@@ -80,6 +86,12 @@ class Graph(Drawable):
         self._outputs: dict[str, str] = {}  # output name -> node name
         self._scopes: list[str] = []
         self._next_suffix: dict[str, int] = {}
+        # A control-flow body while it is traced: the graph around it, and the tensors of that
+        # graph (or of ones around it) it reads, each captured as one of its inputs.
+        self._parent: Graph | None = None
+        self._captures: dict[tuple[int, str], tuple[Tensor, str]] = {}
+        self._siblings: list[Graph] = []
+        self._frozen = False  # a finished body: nothing more may be added
 
     # ---- leaves ---------------------------------------------------------------------------
 
@@ -120,6 +132,9 @@ class Graph(Drawable):
         """Name `tensor` as an output of the graph."""
         tensor = self._own(tensor, f"output {name!r}")
         _check_name(name, "output")
+        if tensor.dtype == TUPLE:
+            raise GraphError(f"output {name!r}: {tensor.name!r} is the tuple of a control-flow node's results; "
+                             "output its results")
         if name in self._outputs:
             raise GraphError(f"output {name!r} is already defined")
         self._outputs[name] = tensor.name
@@ -236,6 +251,58 @@ class Graph(Drawable):
                 G.add_edge(src, n.name, key=i, index=i)
         return G
 
+    # ---- control-flow bodies -------------------------------------------------------------
+
+    def enclosing(self) -> list[Graph]:
+        """The graphs around this one while it is traced as a body, innermost first."""
+        out, g = [], self._parent
+        while g is not None:
+            out.append(g)
+            g = g._parent
+        return out
+
+    def open_body(self, parent: Graph, siblings: Sequence[Graph] = ()) -> None:
+        """Start tracing this graph as a body inside `parent` (whose tensors it may capture).
+        `siblings`, bodies of the same node traced before it, keep the same inputs: whatever
+        one captures, all capture, in the same order."""
+        self._parent = parent
+        self._siblings = [*siblings]
+        for s in siblings:
+            s._siblings.append(self)
+            for outer, _ in s._captures.values():
+                self.capture(outer)
+
+    def close_body(self) -> list[Tensor]:
+        """Finish tracing this body: it is frozen, and the tensors of `parent` it captured are
+        returned in the order of the inputs they became."""
+        self._parent = None
+        self._siblings = []
+        self._frozen = True
+        return [outer for outer, _ in self._captures.values()]
+
+    def freeze(self) -> Graph:
+        """Nothing more may be added (a body held by a node); returns the graph."""
+        self._frozen = True
+        return self
+
+    def capture(self, t: Tensor) -> Tensor:
+        """The input of this body that stands for tensor `t` of an enclosing graph (made the
+        first time; through every graph in between)."""
+        if t.graph is self:
+            return t
+        if self._parent is None:
+            raise GraphError(f"tensor {t.name!r} of graph {t.graph.name!r} cannot be used in graph {self.name!r}"
+                             + (" (a finished control-flow body)" if self._frozen else ""))
+        outer = self._parent.capture(t)
+        key = (id(outer.graph), outer.name)
+        if key not in self._captures:
+            for g in (self, *self._siblings):
+                if key in g._captures:
+                    continue
+                name = outer.name if outer.name not in g._nodes else g.fresh_name(outer.name)
+                g._captures[key] = (outer, g.input(name, outer.shape, outer.dtype).name)
+        return Tensor(self, self._captures[key][1])
+
     # ---- building (op functions, transforms and the file reader) ---------------------------
 
     def add_leaf(self, kind: str, name: str, shape: Shape, dtype: Any, value: np.ndarray | None = None,
@@ -297,7 +364,7 @@ class Graph(Drawable):
                     theirs[b].shape == mine[a].shape and theirs[b].dtype == mine[a].dtype
                     for a, b in zip(node.inputs, inputs, strict=True)):
                 theirs[node.name] = Node(node.name, node.op, tuple(inputs), node.attrs, node.shape, node.dtype,
-                                         len(theirs))
+                                         len(theirs), node.parts)
                 to = node.name
             else:
                 value = self._values.get(node.name)
@@ -322,6 +389,9 @@ class Graph(Drawable):
         opdef = get_op(op)
         name = self.fresh_name(op.rsplit("/", 1)[-1]) if name is None else name
         _check_name(name, f"node ({op})")
+        if self._frozen:
+            raise GraphError(f"{name} ({op}): graph {self.name!r} is a finished control-flow body; "
+                             "build with the tensors of the graph around it")
         if name in self._nodes:
             raise GraphError(f"node name {name!r} is already used")
         inputs = tuple(inputs)
@@ -330,22 +400,27 @@ class Graph(Drawable):
             if not isinstance(src, str) or src not in self._nodes:
                 raise GraphError(f"{name} ({op}): input {src!r} is not a node of graph {self.name!r}")
             metas.append(self._nodes[src])
+            if metas[-1].dtype == TUPLE and not opdef.project:
+                raise GraphError(f"{name} ({op}): input {src!r} is the tuple of a control-flow node's results, "
+                                 "which only `result` nodes read")
         attrs = opdef.check(name, len(inputs), attrs or {})
         try:
-            shape, dtype = opdef.infer(*[Meta(m.shape, m.dtype) for m in metas], **attrs)
+            meta = opdef.meta(*[m.meta for m in metas], **attrs)
         except ShapeError as e:
             raise ShapeError(f"{name} ({op}): {e} [inputs: {_describe(metas)}]") from None
         except Exception as e:  # a user op's infer, or a shape rule meeting values it never expected
             raise ShapeError(f"{name} ({op}): shape inference failed: {type(e).__name__}: {e} "
                              f"[inputs: {_describe(metas)}]") from None
-        node = Node(name, op, inputs, types.MappingProxyType(attrs), tuple(shape),
-                    np.dtype(dtype), len(self._nodes))
+        node = Node(name, op, inputs, types.MappingProxyType(attrs), tuple(meta.shape),
+                    np.dtype(meta.dtype), len(self._nodes), meta.parts)
         self._nodes[name] = node
         return Tensor(self, name)
 
     def _add_leaf(self, kind: str, name: str, shape: Shape, dtype: np.dtype,
                   value: np.ndarray | None, attrs: Mapping[str, Any] | None = None) -> Tensor:
         _check_name(name, kind)
+        if self._frozen:
+            raise GraphError(f"{kind} {name!r}: graph {self.name!r} is a finished control-flow body")
         full = "/".join([*self._scopes, name])
         if full in self._nodes:
             raise GraphError(f"node name {full!r} is already used")

@@ -32,15 +32,17 @@ from cgraph._proto import cgraph_pb2 as pb
 from cgraph.errors import CgraphError, GraphFormatError, one_line
 from cgraph.files import replace_file
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
-from cgraph.ops.registry import get_op
+from cgraph.ops.registry import Subgraph, get_op
+from cgraph.shapes import TUPLE
 from cgraph.version import __version__
 
 __all__ = ["FORMAT_VERSION", "INLINE_LIMIT", "READER_VERSION", "ModelFile", "dumps", "load", "loads",
            "read_model", "save"]
 
-FORMAT_VERSION = 2  # the FormatVersion this module writes
-READER_VERSION = 2  # the newest min_reader_version this module can read
-MIN_READER_VERSION = 1  # what files written by this module need
+FORMAT_VERSION = 3  # the FormatVersion this module writes
+READER_VERSION = 3  # the newest min_reader_version this module can read
+MIN_READER_VERSION = 1  # what files written by this module need, unless they hold control flow
+CONTROL_FLOW_VERSION = 3  # what files with control flow (subgraphs, tuples of results) need
 INLINE_LIMIT = 16 * 2**20  # tensors stay inline (plain protobuf) while they total at most this
 INLINE_REST = 2**20  # past it, the largest go to the payload until those left total at most this
 ALIGN = 64  # the payload section starts at a multiple of this (Model.padding)
@@ -59,6 +61,7 @@ _DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.bool_): pb.DATA_TYPE_BOOL,
 }
 _FROM_CODE: dict[int, np.dtype] = {code: dt for dt, code in _DTYPES.items()}
+_NODE_FROM_CODE = {**_FROM_CODE, pb.DATA_TYPE_TUPLE: TUPLE}  # a node may be a tuple of results
 
 
 # ---- public API ---------------------------------------------------------------------------
@@ -146,27 +149,9 @@ def _encode(g: Graph, inline_limit: int) -> tuple[pb.Model, list[tuple[pb.Payloa
         if not isinstance(k, str) or not isinstance(v, str):
             raise GraphError(f"cannot save graph {g.name!r}: metadata {k!r} -> {v!r} is not str -> str")
         model.metadata[k] = v
-    model.graph.SetInParent()
-    model.graph.name = g.name
     slots: list[tuple[pb.Tensor, np.ndarray]] = []
-    for node in g.nodes.values():
-        if not node.is_leaf:  # what `load` would refuse, refused now, in the same words
-            try:
-                get_op(node.op).check(node.name, len(node.inputs), node.attrs)
-            except GraphError as e:
-                raise GraphError(f"cannot save graph {g.name!r}: {e}") from None
-        msg = model.graph.node.add(name=node.name, op=node.op, input=node.inputs,
-                                   dtype=_dtype_code(node.dtype, f"node {node.name!r} ({node.op})"))
-        _encode_shape(msg.shape, node.shape)
-        if node.op == "param":
-            msg.trainable = bool(node.attrs.get("trainable", True))
-        attrs = {k: v for k, v in node.attrs.items() if not (node.op == "param" and k == "trainable")}
-        for k, v in attrs.items():
-            _encode_attr(msg.attr.add(name=k).value, v, f"node {node.name!r} ({node.op}) attribute {k!r}")
-        if node.op in ("param", "constant"):
-            slots.append((msg.value, _little_endian(g.value(node.name), f"{node.op} {node.name!r}")))
-    for out, t in g.outputs.items():
-        model.graph.output.add(name=out, node=t.name)
+    if _encode_graph(model.graph, g, slots, f"cannot save graph {g.name!r}: "):
+        model.min_reader_version = CONTROL_FLOW_VERSION
     for k, v in g.state.items():
         if not isinstance(k, str) or not k:
             raise GraphError(f"cannot save graph {g.name!r}: state names must be non-empty str, got {k!r}")
@@ -187,6 +172,39 @@ def _encode(g: Graph, inline_limit: int) -> tuple[pb.Model, list[tuple[pb.Payloa
     return model, payload
 
 
+def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str) -> bool:
+    """Fill `msg` with `g`, adding its stored tensors (depth first) to `slots`; returns whether
+    it holds control flow (a reader of version 2 is needed)."""
+    msg.SetInParent()
+    msg.name = g.name
+    control = False
+    for node in g.nodes.values():
+        if not node.is_leaf:  # what `load` would refuse, refused now, in the same words
+            try:
+                get_op(node.op).check(node.name, len(node.inputs), node.attrs)
+            except GraphError as e:
+                raise GraphError(f"{where}{e}") from None
+        control |= node.dtype == TUPLE
+        n = msg.node.add(name=node.name, op=node.op, input=node.inputs,
+                         dtype=_dtype_code(node.dtype, f"node {node.name!r} ({node.op})", node=True))
+        _encode_shape(n.shape, node.shape)
+        if node.op == "param":
+            n.trainable = bool(node.attrs.get("trainable", True))
+        attrs = {k: v for k, v in node.attrs.items() if not (node.op == "param" and k == "trainable")}
+        for k, v in attrs.items():
+            at = f"node {node.name!r} ({node.op}) attribute {k!r}"
+            if isinstance(v, Graph):
+                _encode_graph(n.attr.add(name=k).value.graph, v, slots, f"{where}{at}: ")
+                control = True
+            else:
+                _encode_attr(n.attr.add(name=k).value, v, at)
+        if node.op in ("param", "constant"):
+            slots.append((n.value, _little_endian(g.value(node.name), f"{node.op} {node.name!r}")))
+    for out, t in g.outputs.items():
+        msg.output.add(name=out, node=t.name)
+    return control
+
+
 def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     """Which tensors go to the payload: none if all fit under the limit (a plain protobuf
     file), else the largest first until those left total at most `INLINE_REST` (or the limit,
@@ -201,7 +219,9 @@ def _choose_payload(sizes: list[int], inline_limit: int) -> set[int]:
     return chosen
 
 
-def _dtype_code(dtype: np.dtype, what: str) -> pb.DataType:
+def _dtype_code(dtype: np.dtype, what: str, node: bool = False) -> pb.DataType:
+    if node and dtype == TUPLE:
+        return pb.DATA_TYPE_TUPLE
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
         raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
@@ -451,16 +471,26 @@ def _check_versions(model: pb.Model) -> None:
 
 
 def _check_graph(model: pb.Model) -> None:
-    """Names, ops, attributes, references and order; no tensor data is read here."""
+    """Names, ops, attributes, references and order, of the graph and its subgraphs; no tensor
+    data is read here."""
     if not model.HasField("graph"):
         raise _Fail("the model has no graph")
-    graph = model.graph
+    _check_graph_msg(model.graph, "", body=False)
+    names: set[str] = set()
+    for t in model.state:
+        if not t.name or t.name in names:
+            raise _Fail(f"state {t.name!r}: {'empty' if not t.name else 'duplicate'} state name")
+        names.add(t.name)
+
+
+def _check_graph_msg(graph: pb.Graph, where: str, body: bool) -> None:
+    """`_check_graph` for one graph (a body when `body`); errors start with `where`."""
     seen: dict[str, int] = {}
     dag = nx.DiGraph()
     for i, node in enumerate(graph.node):
-        at = f"node {i} ({node.name!r}, op {node.op!r})"
+        at = f"{where}node {i} ({node.name!r}, op {node.op!r})"
         if not node.name:
-            raise _Fail(f"node {i} (op {node.op!r}) has an empty name")
+            raise _Fail(f"{where}node {i} (op {node.op!r}) has an empty name")
         if node.name in seen:
             raise _Fail(f"{at}: the name is used by node {seen[node.name]} too")
         seen[node.name] = i
@@ -470,8 +500,10 @@ def _check_graph(model: pb.Model) -> None:
                 get_op(node.op)
             except GraphError as e:
                 raise _Fail(f"{at}: {e}") from None
-        if node.dtype not in _FROM_CODE:
+        if node.dtype not in _NODE_FROM_CODE or (leaf and node.dtype not in _FROM_CODE):
             raise _Fail(f"{at}: unknown dtype code {node.dtype}")
+        if body and node.op == "param":
+            raise _Fail(f"{at}: a body has no params (it reads the values of the graph around it as inputs)")
         if not node.HasField("shape"):
             raise _Fail(f"{at}: no shape")
         _decode_shape(node.shape, at, allow_none=True)
@@ -495,40 +527,49 @@ def _check_graph(model: pb.Model) -> None:
             try:
                 get_op(node.op).check(node.name, len(node.input), _decode_attrs(node, at))
             except GraphError as e:
-                raise _Fail(str(e)) from None
+                raise _Fail(f"{where}{e}") from None
+            for a in node.attr:
+                if a.value.WhichOneof("value") == "graph":
+                    _check_graph_msg(a.value.graph, f"{at} attribute {a.name!r}: ", body=True)
         dag.add_node(node.name)
         dag.add_edges_from((src, node.name) for src in node.input)
     for node in graph.node:
         for src in node.input:
             if src not in seen:
-                raise _Fail(f"node {node.name!r} ({node.op}): input {src!r} is not a node of the graph")
+                raise _Fail(f"{where}node {node.name!r} ({node.op}): input {src!r} is not a node of the graph")
     if not nx.is_directed_acyclic_graph(dag):
         cycle = [u for u, _ in nx.find_cycle(dag)]
-        raise _Fail(f"the graph has a cycle: {' -> '.join(map(repr, [*cycle, cycle[0]]))}")
+        raise _Fail(f"{where}the graph has a cycle: {' -> '.join(map(repr, [*cycle, cycle[0]]))}")
     for i, node in enumerate(graph.node):
         late = [src for src in node.input if seen[src] >= i]
         if late:
-            raise _Fail(f"node {node.name!r} ({node.op}): input {late[0]!r} comes later in the file "
+            raise _Fail(f"{where}node {node.name!r} ({node.op}): input {late[0]!r} comes later in the file "
                         "(nodes must be in topological order)")
     outs: set[str] = set()
     for out in graph.output:
         if not out.name or out.name in outs:
-            raise _Fail(f"output {out.name!r}: {'empty' if not out.name else 'duplicate'} output name")
+            raise _Fail(f"{where}output {out.name!r}: {'empty' if not out.name else 'duplicate'} output name")
         outs.add(out.name)
         if out.node not in seen:
-            raise _Fail(f"output {out.name!r}: node {out.node!r} is not a node of the graph")
-    names: set[str] = set()
-    for t in model.state:
-        if not t.name or t.name in names:
-            raise _Fail(f"state {t.name!r}: {'empty' if not t.name else 'duplicate'} state name")
-        names.add(t.name)
+            raise _Fail(f"{where}output {out.name!r}: node {out.node!r} is not a node of the graph")
 
 
 def _tensor_slots(model: pb.Model) -> list[tuple[pb.Tensor, str, bool]]:
-    """Every stored tensor in file order (node values, then state), with whether the loaded
-    array must be writable (state arrays are; params and constants are read-only)."""
-    slots = [(n.value, f"{n.op} {n.name!r}", False) for n in model.graph.node if n.HasField("value")]
-    return slots + [(t, f"state {t.name!r}", True) for t in model.state]
+    """Every stored tensor in file order (node values, a node's subgraphs' where it stands,
+    then state), with whether the loaded array must be writable (state arrays are; params and
+    constants are read-only)."""
+    return _graph_slots(model.graph, "") + [(t, f"state {t.name!r}", True) for t in model.state]
+
+
+def _graph_slots(graph: pb.Graph, where: str) -> list[tuple[pb.Tensor, str, bool]]:
+    slots = []
+    for n in graph.node:
+        if n.HasField("value"):
+            slots.append((n.value, f"{where}{n.op} {n.name!r}", False))
+        for a in n.attr:
+            if a.value.WhichOneof("value") == "graph":
+                slots += _graph_slots(a.value.graph, f"{where}{n.name!r} attribute {a.name!r}: ")
+    return slots
 
 
 def _tensor_bytes(msg: pb.Tensor, what: str) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -612,32 +653,41 @@ def _new_array(count: int, dtype: np.dtype) -> np.ndarray:
 
 def _build(model: pb.Model, values: Iterator[np.ndarray]) -> Graph:
     """The graph; `values` are the stored tensors in file order (as `_tensor_slots`)."""
-    g = Graph(model.graph.name)
+    g = _build_graph(model.graph, values, "")
     g.metadata.update(model.metadata)
-    for node in model.graph.node:
-        at = f"node {node.name!r} ({node.op})"
-        dtype = _FROM_CODE[node.dtype]
+    for t in model.state:
+        g.state[t.name] = next(values)
+    return g
+
+
+def _build_graph(msg: pb.Graph, values: Iterator[np.ndarray], where: str) -> Graph:
+    """One graph (`where` is not empty for a body, which comes out frozen)."""
+    g = Graph(msg.name)
+    for node in msg.node:
+        at = f"{where}node {node.name!r} ({node.op})"
+        dtype = _NODE_FROM_CODE[node.dtype]
         shape = _decode_shape(node.shape, at, allow_none=node.op not in ("param", "constant"))
         if node.op in LEAF_OPS:
             value = next(values) if node.HasField("value") else None
             frozen = node.HasField("trainable") and not node.trainable  # absent means trainable
             g.add_leaf(node.op, node.name, shape, dtype, value, trainable=not frozen)
             continue
-        attrs = _decode_attrs(node, at)
+        attrs = _decode_attrs(node, at, lambda m, a, at=at: _build_graph(m, values, f"{at} attribute {a!r}: "))
         try:
             t = g.add_node(node.op, list(node.input), attrs, name=node.name)
         except CgraphError as e:  # ShapeError, GraphError: one line naming the node already
-            raise _Fail(str(e)) from None
+            raise _Fail(f"{where}{e}") from None
         except Exception as e:  # an op's shape rule meeting attribute values it never expected
             raise _Fail(f"{at}: shape inference failed: {type(e).__name__}: {e}") from None
         if t.shape != shape or t.dtype != dtype:
             raise _Fail(f"{at}: the file says {format_shape(shape)} {dtype}, shape inference gives "
                         f"{format_shape(t.shape)} {t.dtype}")
-    for out in model.graph.output:
-        g.output(out.name, g[out.node])
-    for t in model.state:
-        g.state[t.name] = next(values)
-    return g
+    for out in msg.output:
+        try:
+            g.output(out.name, g[out.node])
+        except CgraphError as e:
+            raise _Fail(f"{where}{e}") from None
+    return g.freeze() if where else g
 
 
 def _decode_shape(msg: pb.Shape, at: str, allow_none: bool) -> tuple[int | None, ...]:
@@ -659,9 +709,11 @@ def _decode_ints(items: Any, at: str) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
+def _decode_attrs(node: pb.Node, at: str, graph: Any = None) -> dict[str, Any]:
     """The attributes as Python values of the types the format gives them; whether the op
-    takes them (names, types, allowed values, required ones) is its declaration's to check."""
+    takes them (names, types, allowed values, required ones) is its declaration's to check.
+    A subgraph is `graph(message, attribute name)`, or without `graph` a stand-in (when only
+    the declaration is checked)."""
     attrs: dict[str, Any] = {}
     declared = get_op(node.op).attrs
     for a in node.attr:
@@ -672,7 +724,10 @@ def _decode_attrs(node: pb.Node, at: str) -> dict[str, Any]:
         if a.value.WhichOneof("value") == "index" and declared[a.name].type != "index":  # decodes as a tuple too
             raise _Fail(f"{node.name} ({node.op}): attribute {a.name!r} must be {declared[a.name].type} "
                         f"(AttrValue field ints), got field index")
-        attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
+        if a.value.WhichOneof("value") == "graph":
+            attrs[a.name] = Subgraph() if graph is None else graph(a.value.graph, a.name)
+        else:
+            attrs[a.name] = _decode_attr(a.value, f"{at} attribute {a.name!r}")
     return attrs
 
 

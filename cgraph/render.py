@@ -204,6 +204,8 @@ def _node_lines(g: Graph, node: Node, outputs: Mapping[str, list[str]], tr: Trac
     lines = [node.name]
     if node.op == "constant" and g.value(node.name).size == 1:
         lines.append(f"constant = {summarize(g.value(node.name).reshape(()))} {node.dtype}")
+    elif node.parts is not None:
+        lines.append(f"{node.op}: {len(node.parts)} results")
     else:
         lines.append(f"{node.op} {format_shape(node.shape)} {node.dtype}")
     lines += [f"output: {o}" for o in outputs.get(node.name, ())]
@@ -308,6 +310,7 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
                            edge_attr={"color": "#6b7280", "arrowsize": "0.7"})
     # Each drawn box: its DOT id, its scope (the cluster it sits in), label and attributes.
     members: dict[tuple[str, ...], list[tuple[str, str, dict[str, str]]]] = defaultdict(list)
+    bodies: dict[str, Node] = {}  # a control-flow node's box -> the node, whose bodies it draws
     item: dict[str, str] = {}
     folded: dict[str, list[Node]] = defaultdict(list)
     for node in g.nodes.values():
@@ -325,6 +328,8 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
             if node.name == current:
                 attrs.update(penwidth="3", color="#dc2626")
         members[_scope(node.name)].append((ident, _label(*_node_lines(g, node, outputs, tr)), attrs))
+        if node.parts is not None:
+            bodies[ident] = node
     for i, (key, nodes) in enumerate(folded.items()):
         ident = f"fold{i}"
         for n in nodes:
@@ -343,7 +348,18 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
 
     def emit(sub: graphviz.Digraph, scope: tuple[str, ...]) -> None:
         for ident, label, attrs in members.get(scope, ()):
-            sub.node(ident, label, **attrs)
+            node = bodies.get(ident)
+            if node is None:
+                sub.node(ident, label, **attrs)
+                continue
+            with sub.subgraph(name=f"cluster_{next(counter)}") as c:  # the loop, its bodies inside
+                c.attr(label=_label(node.op if node.op == node.name else f"{node.op} {node.name}"), style="rounded",
+                       color="#7c3aed",
+                       fontcolor="#5b21b6", labeljust="l")
+                c.node(ident, label, **attrs)
+                for key, body in node.attrs.items():
+                    if isinstance(body, Graph):
+                        _draw_body(c, body, f"{ident}.{key}", key, _carries(node, key), counter, max_nodes)
         for child in sorted(children.get(scope, ())):
             with sub.subgraph(name=f"cluster_{next(counter)}") as c:
                 c.attr(label=_label("/".join(child)), style="rounded,dashed", color="#9ca3af",
@@ -364,6 +380,56 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
     for (a, b), count in bundled.items():
         dot.edge(a, b, **({"label": str(count), "penwidth": "1.5"} if count > 1 else {}))
     return dot
+
+
+def _carries(node: Node, key: str) -> int:
+    """How many of a body's first inputs and outputs are carries (0 for a branch)."""
+    if node.op == "scan" or (node.op == "while_loop" and key == "body"):
+        return int(node.attrs["carries"])
+    if node.op == "while_loop":
+        return int(node.attrs["carries"])  # cond reads the carries
+    return 0
+
+
+def _draw_body(parent: graphviz.Digraph, body: Graph, prefix: str, key: str, carries: int,
+               counter: Iterator[int], max_nodes: int) -> None:
+    """A body as a cluster inside its loop's: carries marked (bold, "carry"), outputs with a
+    double border; nested bodies inside their nodes' clusters; a body of more than `max_nodes`
+    nodes as one box with its op counts."""
+    with parent.subgraph(name=f"cluster_{next(counter)}") as c:
+        c.attr(label=_label(f"{key}: {len(body.nodes)} nodes"), style="rounded,dashed", color="#a78bfa",
+               fontcolor="#5b21b6", labeljust="l")
+        if len(body.nodes) > max_nodes:
+            ops = Counter(n.op for n in body.nodes.values()).most_common(4)
+            c.node(f"{prefix}.fold", _label(f"{len(body.nodes)} nodes", ", ".join(f"{k} {op}" for op, k in ops)),
+                   **_STYLE["fold"])
+            return
+        inputs = list(body.inputs)
+        outs: dict[str, list[str]] = defaultdict(list)
+        for i, (o, t) in enumerate(body.outputs.items()):
+            outs[t.name].append(f"{o} (carry)" if i < carries and key != "cond" else o)
+        for node in body.nodes.values():
+            ident = f"{prefix}.n{node.index}"
+            lines = [node.name, f"{node.op}: {len(node.parts)} results" if node.parts is not None
+                     else f"{node.op} {format_shape(node.shape)} {node.dtype}"]
+            attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=graphviz.escape(f"{prefix}:{node.name}"))
+            if node.op == "input" and inputs.index(node.name) < carries:
+                lines[1] = f"carry {format_shape(node.shape)} {node.dtype}"
+                attrs.update(penwidth="2.5", color="#7c3aed")
+            if node.name in outs:
+                lines += [f"output: {o}" for o in outs[node.name]]
+                attrs.update(peripheries="2", penwidth="1.5")
+            if node.parts is not None:
+                with c.subgraph(name=f"cluster_{next(counter)}") as inner:
+                    inner.attr(label=_label(f"{node.op} {node.name}"), style="rounded", color="#7c3aed")
+                    inner.node(ident, _label(*lines), **attrs)
+                    for k, b in node.attrs.items():
+                        if isinstance(b, Graph):
+                            _draw_body(inner, b, f"{ident}.{k}", k, _carries(node, k), counter, max_nodes)
+            else:
+                c.node(ident, _label(*lines), **attrs)
+            for src in node.inputs:
+                c.edge(f"{prefix}.n{body.nodes[src].index}", ident)
 
 
 def to_dot(g: Graph, options: RenderOptions | None = None, **changes: Any) -> str:

@@ -24,15 +24,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
 from cgraph.errors import CgraphError, FeedError, ShapeError
 from cgraph.graph import Drawable, Graph, Meta, Node, format_shape
-from cgraph.memory import Ledger, account
+from cgraph.memory import Ledger, account, tally
 from cgraph.ops.registry import LEAF_OPS, get_op
+from cgraph.shapes import nbytes
 from cgraph.simplify import DEFAULT, simplify
 
 
@@ -48,7 +49,9 @@ class Step(NamedTuple):
     view: bool
     free: tuple[str, ...]
     inplace: int = -1  # which input the result is written over (`out=`), or -1
-    update: int = -1
+    update: int = -1  # an update step: which callback of the run it calls, or -1
+    part: int = -1  # a `result` step: which result of its input (a tuple) it is, or -1
+    multi: bool = False  # a control-flow step: its value is `Results`, with its kernel's peak
 
 
 @dataclass
@@ -122,7 +125,8 @@ class Plan(Drawable):
                 continue
             node = nodes[name]
             opdef = get_op(node.op)
-            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i]))
+            steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i],
+                              part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi))
         self.steps = tuple(steps)
         self.updates = tuple(sinks.values())  # (param, gradient) of each update step, in callback order
 
@@ -140,9 +144,31 @@ class Plan(Drawable):
     def predict_peak(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> int:
         """The peak bytes a run will measure when the leaves have these concrete shapes, from
         shape inference and liveness alone."""
+        return self.predict(leaf_shapes)[0]
+
+    def predict(self, leaf_shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
+        """The peak bytes (as `predict_peak`) and the bytes still alive at the end (the targets'
+        own buffers)."""
         meta = concrete_shapes(self.graph, leaf_shapes, {s.name for s in self.steps} | set(self.leaves))
-        return account(self.steps, {n: nbytes(m) for n, m in meta.items()},
-                       {n for n, m in meta.items() if not m.shape})
+        return tally(self.steps, {n: step_size(m) for n, m in meta.items()},
+                     {n for n, m in meta.items() if not m.shape}, transients(self.graph, self.steps, meta))
+
+
+def step_size(meta: Meta) -> int | tuple[int, ...]:
+    """What the books record for a value of this Meta: its bytes, or each result's."""
+    return tuple(nbytes(p) for p in meta.parts) if meta.parts is not None else nbytes(meta)
+
+
+def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) -> dict[str, int]:
+    """The peak of each control-flow step's kernel, from its op's `peak` rule at these Metas."""
+    out = {}
+    for s in steps:
+        if s.multi:
+            node = graph.nodes[s.name]
+            rule = get_op(node.op).peak
+            assert rule is not None
+            out[s.name] = rule(node, [meta[i] for i in node.inputs], meta[s.name])
+    return out
 
 
 def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
@@ -150,7 +176,9 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
     """Every node's shape and dtype (or those in `only`, which must hold their inputs) when
     the leaves have these shapes (leaves not given keep their static shape), by shape
     inference: run-time shapes are followed (`shape_of`, and int64 vectors computed from
-    them and from constants: a batch size joined to an example's shape)."""
+    them and from constants: a batch size joined to an example's shape). Leaf shapes may keep
+    a None (a control-flow body inferred for static shapes): a run-time shape that follows from
+    one is then taken as the attribute says (with its None)."""
     meta: dict[str, Meta] = {}
     shape_value: dict[str, np.ndarray] = {}
     for node in graph.nodes.values():
@@ -163,19 +191,15 @@ def concrete_shapes(graph: Graph, leaf_shapes: Mapping[str, tuple[int, ...]],
             continue
         opdef = get_op(node.op)
         attrs = dict(node.attrs)
-        if opdef.shape_arg and len(node.inputs) > 1:
+        if opdef.shape_arg and len(node.inputs) > 1 and node.inputs[1] in shape_value:
             attrs["shape"] = tuple(shape_value[node.inputs[1]].tolist())
-        shape, dtype = opdef.infer(*[meta[i] for i in node.inputs], **attrs)
-        meta[node.name] = Meta(tuple(shape), np.dtype(dtype))
+        meta[node.name] = opdef.meta(*[meta[i] for i in node.inputs], **attrs)
         if opdef.gives_shape:
-            shape_value[node.name] = np.array(meta[node.inputs[0]].shape, np.int64)
+            if None not in meta[node.inputs[0]].shape:
+                shape_value[node.name] = np.array(meta[node.inputs[0]].shape, np.int64)
         elif node.dtype == np.int64 and len(node.shape) <= 1 and all(i in shape_value for i in node.inputs):
             shape_value[node.name] = np.asarray(opdef.bind(node)(*[shape_value[i] for i in node.inputs]))
     return meta
-
-
-def nbytes(meta: Meta) -> int:
-    return int(np.prod(cast(tuple[int, ...], meta.shape), dtype=np.int64)) * meta.dtype.itemsize
 
 
 def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str],
@@ -183,8 +207,8 @@ def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str],
     """For op nodes (and update steps, named in `updates` with what they read) run in the
     order `ops`: after each, the values whose last reader it was (never those in `keep`), and
     which input its result may be written over (-1: none): one that dies there, is no leaf, no
-    view and viewed by nobody, with the result's static shape and dtype, for an op whose kernel
-    takes `out=`."""
+    view, no result of a tuple and viewed by nobody, with the result's static shape and dtype,
+    for an op whose kernel takes `out=`."""
     updates = updates or {}
     last_use: dict[str, int] = {}
     for i, name in enumerate(ops):
@@ -204,7 +228,8 @@ def liveness(ops: Sequence[str], nodes: Mapping[str, Node], keep: set[str],
             continue
         for k, src in enumerate(node.inputs):
             arg = nodes[src]
-            if (src in frees[i] and not arg.is_leaf and src not in viewed and not get_op(arg.op).view
+            shared = arg.is_leaf or get_op(arg.op).view or get_op(arg.op).project  # a result: the tuple's too
+            if (src in frees[i] and not shared and src not in viewed
                     and arg.shape == node.shape and arg.dtype == node.dtype):
                 inplace[i] = k
                 break
@@ -257,7 +282,7 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
     if updates:
         updates = [functools.partial(_counted, u, ran) for u in updates]
     try:
-        outs, peak = plan.runner(leaves, updates)
+        outs, peak, _ = plan.runner(leaves, updates)
     except Exception as e:
         if ran:  # a param has changed already: the step cannot be run again to name the node
             if isinstance(e, (CgraphError, FloatingPointError)):  # (a numeric error under np.seterr)
@@ -273,11 +298,21 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats,
                    updates: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, ...]:
     """`run_plan` one step at a time, in a loop over the plan: the reference the generated code
     is tested against, and the path that names a failing node."""
+    outs, peak, _ = interpret_run(plan, values, updates)
+    stats.peak_bytes = peak
+    stats.steps = len(plan.steps)
+    return outs
+
+
+def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable[[Any, Any], None]] = ()
+                  ) -> tuple[tuple[Any, ...], int, int]:
+    """Run `plan` step by step on `values` (the leaves'), as the runner does: (the targets'
+    values, the peak bytes, the bytes alive at the end)."""
     books = Ledger()
     live = peak = 0
     leaf_values = dict(values)  # (the values dict drops leaves once read: kept to name feeds in errors)
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace, update = step
+        name, op, fn, args, view, free, inplace, update, _, multi = step
         ins = [values[a] for a in args]
         if update >= 0:
             updates[update](*ins)
@@ -294,15 +329,13 @@ def interpret_plan(plan: Plan, values: dict[str, Any], stats: Stats,
             raise _failure(plan, step, ins, e, fed) from None
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
-        live += books.record(step, out.nbytes, shares)
-        if live > peak:
-            peak = live
+        added = books.record(step, out.sizes if multi else out.nbytes, shares)
+        peak = max(peak, live + (out.peak if multi else 0), live + added)
+        live += added
         for f in free:
             del values[f]
             live -= books.release(f)
-    stats.peak_bytes = peak
-    stats.steps = len(plan.steps)
-    return tuple(values[t] for t in plan.targets)
+    return tuple(values[t] for t in plan.targets), peak, live
 
 
 def _failure(plan: Plan, step: Step, ins: list[Any], e: Exception, fed: Mapping[str, tuple[int, ...]]) -> Exception:
@@ -336,5 +369,5 @@ def _failure(plan: Plan, step: Step, ins: list[Any], e: Exception, fed: Mapping[
                      f"[inputs: {shapes}]")
 
 
-__all__ = ["Plan", "Stats", "Step", "account", "concrete_shapes", "interpret_plan", "liveness", "run_plan",
-           "schedule_order"]
+__all__ = ["Plan", "Stats", "Step", "account", "tally", "concrete_shapes", "interpret_plan", "interpret_run",
+           "liveness", "nbytes", "run_plan", "schedule_order", "step_size", "transients"]

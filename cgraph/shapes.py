@@ -8,7 +8,7 @@ registry and the graph, so both can use it without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -16,18 +16,33 @@ from cgraph.errors import ShapeError
 
 Shape = tuple[int | None, ...]
 DTYPES = tuple(np.dtype(d) for d in ("float64", "float32", "int64", "bool"))
+TUPLE = np.dtype(object)  # the dtype of a node whose value is the tuple of its results (control flow)
 
 
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """What shape rules see of an input: its static shape and dtype."""
+    """What shape rules see of an input: its static shape and dtype; for the tuple of a
+    control-flow node's results (dtype TUPLE, shape (number of results,)), each result's."""
 
     shape: Shape
     dtype: np.dtype
+    parts: tuple[Meta, ...] | None = None
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+
+def tuple_meta(parts: tuple[Meta, ...]) -> Meta:
+    """The Meta of a tuple of results."""
+    return Meta((len(parts),), TUPLE, tuple(parts))
+
+
+def nbytes(meta: Meta) -> int:
+    """The bytes of a value of these concrete shape and dtype (of all its results for a tuple)."""
+    if meta.parts is not None:
+        return sum(nbytes(p) for p in meta.parts)
+    return int(np.prod(cast(tuple[int, ...], meta.shape), dtype=np.int64)) * meta.dtype.itemsize
 
 
 def as_dtype(dtype: Any) -> np.dtype:
@@ -153,5 +168,6 @@ def _slice_size(n: int | None, s: slice) -> int | None:
     return max(0, -(-(hi[1] - lo[1]) // abs(step)))
 
 
-__all__ = ["DTYPES", "Meta", "Shape", "as_dtype", "broadcast_shapes", "format_shape", "normalize_axes",
+__all__ = ["DTYPES", "TUPLE", "Meta", "Shape", "nbytes", "tuple_meta",
+           "as_dtype", "broadcast_shapes", "format_shape", "normalize_axes",
            "index_shape", "normalize_index"]

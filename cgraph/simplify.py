@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 
 from cgraph.graph import Graph, Node
-from cgraph.ops.registry import Arg, get_op
+from cgraph.ops.registry import Arg, Subgraph, get_op
 
 FOLD_LIMIT = 1024  # the most elements a folded constant may have
 
@@ -61,7 +61,8 @@ class _Rewrite:
             if to is not None:
                 return to
         if "cse" in self.passes:
-            key = (node.op, tuple(inputs), repr(sorted(node.attrs.items())) if node.attrs else "")
+            key = (node.op, tuple(inputs),
+                   repr(sorted((k, _attr_key(v)) for k, v in node.attrs.items())) if node.attrs else "")
             if key in self.seen:
                 return self.seen[key]
             self.seen[key] = node.name
@@ -71,6 +72,8 @@ class _Rewrite:
         """An op whose inputs are all (small) constants becomes a constant."""
         if not inputs or None in node.shape or math.prod(cast(tuple[int, ...], node.shape)) > FOLD_LIMIT:
             return None
+        if get_op(node.op).multi or get_op(node.op).project:
+            return None  # a loop is never run while a plan is made
         nodes = d.nodes
         if any(nodes[s].op != "constant" for s in inputs):
             return None
@@ -102,6 +105,11 @@ class _Rewrite:
             return self.seen[key]
         self.seen[key] = name
         return None if where is self.g else name
+
+
+def _attr_key(value: Any) -> Any:
+    """An attribute as a key: a body (a graph) by identity, as it has no value equality."""
+    return ("graph", id(value)) if isinstance(value, Subgraph) else value
 
 
 def _run(g: Graph, passes: Sequence[str]) -> tuple[Graph, dict[str, str]]:

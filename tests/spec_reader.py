@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from cgraph._proto import cgraph_pb2 as pb
 
-READER_VERSION = 2  # version 2 adds Model.padding (ignored) and crc32 always present
+READER_VERSION = 3  # version 2 adds Model.padding (ignored) and crc32 always present; 3 control flow
 FOOTER_SIZE = 30
 MAGIC = b"CGPB"
 
@@ -284,14 +284,20 @@ def getitem_shape(shape, index, what):
 # ----------------------------------------------------------------------------------------------
 # attributes
 
-INT, FLOAT, BOOLT, STR, INTS, DIMS, INDEX = "int", "float", "bool", "str", "ints", "dims", "index"
+INT, FLOAT, BOOLT, STR, INTS, DIMS, INDEX, GRAPH = "int", "float", "bool", "str", "ints", "dims", "index", "graph"
+TUPLE = "tuple"  # the dtype of a control-flow node (DATA_TYPE_TUPLE, format version 2)
 _REQ = object()
 
 
-def _attr_value(v, typ: str, what: str):
+def _attr_value(v, typ: str, what: str, pay=None):
     field = v.WhichOneof("value")
     if field is None:
         _fail(f"{what}: attribute value not set")
+    if typ == GRAPH:
+        if field != "graph":
+            _fail(f"{what}: expected a graph (graph), got {field}")
+        _check_graph(v.graph, pay, f"{what}: ", body=True)
+        return v.graph
     if typ == INT:
         if field != "i":
             _fail(f"{what}: expected an int (i), got {field}")
@@ -373,11 +379,11 @@ def _same(ins, at, w):
 
 
 def _bcast(ins, at, w):
-    return broadcast(*[s for _, s in ins], what=w)
+    return broadcast(*[x[1] for x in ins], what=w)
 
 
 def _d_promote(ins):
-    return promote(*[d for d, _ in ins])
+    return promote(*[x[0] for x in ins])
 
 
 def _d_first(ins):
@@ -451,7 +457,7 @@ def d_int64(ins, at, w):
 
 def _check_sizes(ins, at, w):
     if len(ins) == 2:
-        dt, s = ins[1]
+        dt, s = ins[1][:2]
         if dt != I64 or len(s) != 1:
             _fail(f"{w}: sizes must be a 1-D int64 tensor")
         if s[0] is not None and s[0] != len(at["shape"]):
@@ -481,7 +487,7 @@ def s_broadcast_to(ins, at, w):
 
 
 def s_concat(ins, at, w):
-    shapes = [s for _, s in ins]
+    shapes = [x[1] for x in ins]
     n = len(shapes[0])
     if any(len(s) != n for s in shapes):
         _fail(f"{w}: inputs of different ranks {shapes}")
@@ -635,7 +641,7 @@ def s_transpose(ins, at, w):
 
 
 def s_bcast3(ins, at, w):
-    return broadcast(*[s for _, s in ins], what=w)
+    return broadcast(*[x[1] for x in ins], what=w)
 
 
 AXES = {"axes": (INTS, _REQ)}
@@ -678,6 +684,167 @@ _op("sum_to", (1, 2), SHAPE, d_first_nb, s_sum_to)
 _op("transpose", (1, 1), AXES, d_first, s_transpose)
 _op("where", (3, 3), {}, d_where, s_bcast3)
 
+def _compatible(m, decl) -> bool:
+    (dt, shape), (ddt, dshape) = m[:2], decl[:2]
+    return dt == ddt and len(shape) == len(dshape) and all(a is None or b is None or a == b
+                                                            for a, b in zip(shape, dshape))
+
+
+def _reinfer(body, metas, w):
+    """The body's outputs (dtype, shape, parts) when its inputs have `metas`."""
+    inputs = [n for n in body.node if n.op == "input"]
+    if len(inputs) != len(metas):
+        _fail(f"{w}: the body takes {len(inputs)} inputs, the node gives {len(metas)}")
+    given = {}
+    for n, m in zip(inputs, metas):
+        decl = (DTYPES[n.dtype], _shape(n.shape, w))
+        if not _compatible(m, decl):
+            _fail(f"{w}: body input {n.name!r} is {decl}, the node gives {m[:2]}")
+        given[n.name] = (m[0], tuple(a if a is not None else b for a, b in zip(m[1], decl[1])), None)
+    known = _infer(body, given, w)
+    return [known[o.node] for o in body.output]
+
+
+def _infer(g, given, w):
+    """(dtype, shape, parts) of every node of `g` (already checked) with the inputs `given`."""
+    known = {}
+    for node in g.node:
+        if node.op in LEAVES:
+            known[node.name] = given.get(node.name) or (DTYPES[node.dtype], _shape(node.shape, w), None)
+            continue
+        _, decl, drule, srule = OPS[node.op]
+        attrs = {a.name: (a.value.graph if decl[a.name][0] == GRAPH else _attr_value(a.value, decl[a.name][0], w))
+                 for a in node.attr}
+        for name, (_, default) in decl.items():
+            attrs.setdefault(name, default)
+        ins = [known[i] for i in node.input]
+        dt = drule(ins, attrs, w)
+        known[node.name] = (dt, tuple(srule(ins, attrs, w)), _PARTS.pop(id(attrs), None))
+    return known
+
+
+_PARTS: dict[int, list] = {}  # a control-flow rule's results, by the id of the attrs it saw
+
+
+def _results(attrs, parts):
+    _PARTS[id(attrs)] = parts
+    return (len(parts),)
+
+
+def d_tuple(ins, at, w):
+    return TUPLE
+
+
+def s_result(ins, at, w):
+    dt, shape, parts = ins[0]
+    if dt != TUPLE or not 0 <= at["index"] < len(parts):
+        _fail(f"{w}: result {at['index']} of {dt}")
+    return parts[at["index"]][1]
+
+
+def d_result(ins, at, w):
+    dt, shape, parts = ins[0]
+    if dt != TUPLE or not 0 <= at["index"] < len(parts):
+        _fail(f"{w}: result {at['index']} of {dt}")
+    return parts[at["index"]][0]
+
+
+def _same_meta(a, b) -> bool:
+    return a[0] == b[0] and tuple(a[1]) == tuple(b[1])
+
+
+def _steps(slices, length, w):
+    """The number of steps: the slices' first sizes and `length` (when >= 0) agree."""
+    sizes = set()
+    for x in slices:
+        if not x[1]:
+            _fail(f"{w}: a scalar slice")
+        if x[1][0] is not None:
+            sizes.add(x[1][0])
+    if length >= 0:
+        sizes.add(length)
+    elif not slices:
+        _fail(f"{w}: no slices and no length")
+    if len(sizes) > 1:
+        _fail(f"{w}: lengths disagree")
+    return sizes.pop() if sizes else None
+
+
+def s_scan(ins, at, w):
+    c, m = at["carries"], at["slices"]
+    if c + m > len(ins):
+        _fail(f"{w}: too few inputs")
+    n = _steps(ins[c:c + m], at["length"], w)
+    inner = [*ins[:c], *((x[0], x[1][1:], None) for x in ins[c:c + m]), *ins[c + m:]]
+    outs = _reinfer(at["body"], inner, w)
+    if len(outs) < c or not all(_same_meta(o, i) for o, i in zip(outs[:c], ins[:c])):
+        _fail(f"{w}: the body changes a carry")
+    s = at["checkpoints"]
+    return _results(at, [*outs[:c], *((y[0], (n, *y[1]), y[2]) for y in outs[c:]),
+                         *((x[0], (s, *x[1]), None) for x in (ins[:c] if s else ()))])
+
+
+def s_revolve(ins, at, w):
+    c, m, L, Y = at["carries"], at["slices"], at["cotangents"], at["ys"]
+    k = sum(1 for n in at["advance"].node if n.op == "input") - c - m
+    if 2 * c + m + k + L + Y > len(ins):
+        _fail(f"{w}: too few inputs")
+    n = _steps(ins[2 * c:2 * c + m], at["length"], w)
+    for x, ck in zip(ins[:c], ins[c:2 * c]):
+        if ck[0] != x[0] or tuple(ck[1]) != (at["snapshots"], *x[1]):
+            _fail(f"{w}: snapshots do not fit a carry")
+    inner = [*ins[:c], *((x[0], x[1][1:], None) for x in ins[2 * c:2 * c + m])]
+    rest = ins[2 * c + m:]
+    outs = _reinfer(at["advance"], [*inner, *rest[:k]], w)
+    if len(outs) < c or not all(_same_meta(o, i) for o, i in zip(outs[:c], ins[:c])):
+        _fail(f"{w}: advance changes a carry")
+    adj = [*inner, *rest[:k + L], *((y[0], y[1][1:], None) for y in rest[k + L:k + L + Y]), *rest[k + L + Y:]]
+    got = _reinfer(at["adjoint"], adj, w)
+    acc = len(rest) - k - L - Y
+    return _results(at, [*got[:L + acc], *((g[0], (n, *g[1]), g[2]) for g in got[L + acc:])])
+
+
+def s_cond(ins, at, w):
+    if ins[0][0] != BOOL or ins[0][1] != ():
+        _fail(f"{w}: pred is not a bool scalar")
+    a = _reinfer(at["then_branch"], ins[1:], w)
+    b = _reinfer(at["else_branch"], ins[1:], w)
+    if len(a) != len(b) or not all(_same_meta(x, y) for x, y in zip(a, b)):
+        _fail(f"{w}: the branches disagree")
+    return _results(at, a)
+
+
+def s_while(ins, at, w):
+    c = at["carries"]
+    if c > len(ins):
+        _fail(f"{w}: too few inputs")
+    p = _reinfer(at["cond"], ins, w)
+    if len(p) != 1 or p[0][0] != BOOL or tuple(p[0][1]) != ():
+        _fail(f"{w}: cond does not give a bool scalar")
+    outs = _reinfer(at["body"], ins, w)
+    if len(outs) != c or not all(_same_meta(o, i) for o, i in zip(outs, ins)):
+        _fail(f"{w}: the body changes a carry")
+    return _results(at, outs)
+
+
+_op("result", (1, 1), {"index": (INT, _REQ)}, d_result, s_result)
+_op("cond", (1, None), {"then_branch": (GRAPH, _REQ), "else_branch": (GRAPH, _REQ)}, d_tuple, s_cond)
+_op("scan", (0, None), {"body": (GRAPH, _REQ), "carries": (INT, _REQ), "slices": (INT, _REQ), "length": (INT, -1),
+                        "reverse": (BOOLT, False), "checkpoints": (INT, 0)}, d_tuple, s_scan)
+_op("scan_revolve", (0, None), {"advance": (GRAPH, _REQ), "adjoint": (GRAPH, _REQ), "carries": (INT, _REQ),
+                                "slices": (INT, _REQ), "cotangents": (INT, _REQ), "ys": (INT, _REQ),
+                                "snapshots": (INT, _REQ), "length": (INT, -1), "reverse": (BOOLT, False)},
+    d_tuple, s_revolve)
+_op("while_loop", (0, None), {"cond": (GRAPH, _REQ), "body": (GRAPH, _REQ), "carries": (INT, _REQ),
+                              "max_trips": (INT, -1)}, d_tuple, s_while)
+# ops that need bodies: checked on the test graphs' files, not on random ones
+CONTROL = ("cond", "result", "scan", "scan_revolve", "while_loop")
+MINIMUM = {("result", "index"): 0, ("scan", "carries"): 0, ("scan", "slices"): 0, ("scan", "length"): -1,
+           ("while_loop", "carries"): 0, ("while_loop", "max_trips"): -1,
+           ("scan", "checkpoints"): 0, ("scan_revolve", "carries"): 0, ("scan_revolve", "slices"): 0,
+           ("scan_revolve", "cotangents"): 0, ("scan_revolve", "ys"): 0, ("scan_revolve", "snapshots"): 1,
+           ("scan_revolve", "length"): -1}
+
 CAST_DTYPES = (F64, F32, I64, BOOL)
 LEAVES = ("input", "param", "constant")
 
@@ -690,17 +857,30 @@ def _check_model(model, payload: bytes) -> None:
     if not model.HasField("graph"):
         _fail("graph not set")
     pay = _Payload(payload)
-    g = model.graph
-    known: dict[str, tuple[str, tuple]] = {}
+    _check_graph(model.graph, pay, "", body=False)
+    snames = set()
+    for t in model.state:
+        if not t.name or t.name in snames:
+            _fail(f"state {t.name!r}: empty or duplicate name")
+        snames.add(t.name)
+        _check_tensor(t, f"state {t.name!r}", pay)
+    pay.finish()
+
+
+def _check_graph(g, pay, where: str, body: bool) -> None:
+    """One graph (a body, with no params, when `body`); its tensors are taken from `pay` in order."""
+    known: dict[str, tuple] = {}
     for i, node in enumerate(g.node):
-        w = f"node {i} {node.name!r} ({node.op})"
+        w = f"{where}node {i} {node.name!r} ({node.op})"
         if not node.name:
             _fail(f"{w}: empty name")
         if node.name in known:
             _fail(f"{w}: duplicate name")
         if node.dtype == pb.DATA_TYPE_UNSPECIFIED:
             _fail(f"{w}: dtype unspecified")
-        dt = _dtype(node.dtype, w)
+        dt = TUPLE if node.dtype == pb.DATA_TYPE_TUPLE and node.op not in LEAVES else _dtype(node.dtype, w)
+        if body and node.op == "param":
+            _fail(f"{w}: a param in a body")
         if not node.HasField("shape"):
             _fail(f"{w}: shape not set")
         shape = _shape(node.shape, w)
@@ -737,6 +917,8 @@ def _check_model(model, payload: bytes) -> None:
             for name in node.input:
                 if name not in known:
                     _fail(f"{w}: input {name!r} is not an earlier node")
+                if known[name][0] == TUPLE and node.op != "result":
+                    _fail(f"{w}: input {name!r} is a tuple of results")
                 ins.append(known[name])
             attrs = {}
             for a in node.attr:
@@ -748,7 +930,10 @@ def _check_model(model, payload: bytes) -> None:
                     _fail(f"{w}: unknown attribute {a.name!r}")
                 if not a.HasField("value"):
                     _fail(f"{w}: attribute {a.name!r} without a value")
-                attrs[a.name] = _attr_value(a.value, decl[a.name][0], f"{w} attribute {a.name!r}")
+                attrs[a.name] = _attr_value(a.value, decl[a.name][0], f"{w} attribute {a.name!r}", pay)
+                low = MINIMUM.get((node.op, a.name))
+                if low is not None and attrs[a.name] < low:
+                    _fail(f"{w}: attribute {a.name!r} below {low}")
             for name, (_, default) in decl.items():
                 if name not in attrs:
                     if default is _REQ:
@@ -758,10 +943,11 @@ def _check_model(model, payload: bytes) -> None:
                 _fail(f"{w}: cast to {attrs['dtype']!r}")
             want_dt = drule(ins, attrs, w)
             want_shape = tuple(srule(ins, attrs, w))
+            parts = _PARTS.pop(id(attrs), None)
             if (want_dt, want_shape) != (dt, shape):
                 raise InferenceMismatch(f"{w}: stored {dt} {shape}, inference gives {want_dt} {want_shape}",
                                         want_dt, want_shape)
-        known[node.name] = (dt, shape)
+        known[node.name] = (dt, shape, parts if node.op not in LEAVES else None)
     names = set()
     for o in g.output:
         if not o.name or o.name in names:
@@ -769,10 +955,5 @@ def _check_model(model, payload: bytes) -> None:
         names.add(o.name)
         if o.node not in known:
             _fail(f"output {o.name!r}: node {o.node!r} not in the graph")
-    snames = set()
-    for t in model.state:
-        if not t.name or t.name in snames:
-            _fail(f"state {t.name!r}: empty or duplicate name")
-        snames.add(t.name)
-        _check_tensor(t, f"state {t.name!r}", pay)
-    pay.finish()
+        if known[o.node][0] == TUPLE:
+            _fail(f"output {o.name!r}: a tuple of results")

@@ -11,7 +11,7 @@ LAYERS = [
     {"graph"},
     {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn"},
     {"autodiff", "simplify", "batching"},
-    {"schedule", "codegen", "checkpoint"},
+    {"schedule", "codegen", "checkpoint", "control"},
     {"executors", "executors.base", "executors.evaluator", "executors.forward", "executors.reverse"},
     {"jacobian", "tracing"},
     {"io", "render", "onnx", "onnx._common", "onnx._export", "onnx._import", "_proto"},

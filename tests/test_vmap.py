@@ -299,6 +299,35 @@ def test_per_example_gradients_export_to_onnx():
     np.testing.assert_allclose(got["grad/W"], cg.Evaluator(pe).run({"x": X, "y": Y})["grad/W"], rtol=1e-12)
 
 
+def _control_graphs():
+    from control_cases import all_cases
+    out = []
+    for c in all_cases():
+        out += [(c.name, c.graph, c.feeds), (c.name + "-grad", cg.gradient_graph(c.graph, "loss", c.wrt), c.feeds)]
+        if c.name == "rnn":  # a budgeted plan: a scan with checkpoints and a scan_revolve
+            full = cg.ReverseMode(c.graph, "loss", c.wrt)
+            full.grad(c.feeds)
+            rm = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=int(full.stats.peak_bytes * 0.8))
+            rm.grad(c.feeds)
+            out.append(("rnn-budget", rm.memory_plan.plan.graph, c.feeds))
+    return out
+
+
+@pytest.mark.parametrize("name,graph,feeds", _control_graphs(), ids=[c[0] for c in _control_graphs()])
+def test_control_flow_batches_every_input(name, graph, feeds):
+    """cond (with a predicate that differs from example to example too), scan, while_loop and
+    the budgeted reverse sweep, batched over each input in turn."""
+    rng = np.random.default_rng(4)
+    for k in feeds:
+        if k not in graph.inputs:
+            continue
+        per = [{kk: v + (0.3 * rng.normal(size=np.shape(v)) if kk == k else 0) for kk, v in feeds.items()
+                if kk in graph.inputs} for _ in range(B)]
+        if name.startswith("cond") and k == "a":
+            per[1]["a"] = -np.abs(per[1]["a"]) - 1.0  # the other branch for this example
+        check_against_loop(graph, per, {k}, rtol=1e-10, atol=1e-11)
+
+
 def test_every_op_has_a_batching_rule_that_the_tests_run():
     """Runs last in this file: every built-in op's rule was exercised above, and the catalogue
     states each op's batching and sparsity rules."""

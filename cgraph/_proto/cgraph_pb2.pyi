@@ -12,6 +12,7 @@ class FormatVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FORMAT_VERSION_UNSPECIFIED: _ClassVar[FormatVersion]
     FORMAT_VERSION_1: _ClassVar[FormatVersion]
     FORMAT_VERSION_2: _ClassVar[FormatVersion]
+    FORMAT_VERSION_3: _ClassVar[FormatVersion]
 
 class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,14 +21,17 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_FLOAT32: _ClassVar[DataType]
     DATA_TYPE_INT64: _ClassVar[DataType]
     DATA_TYPE_BOOL: _ClassVar[DataType]
+    DATA_TYPE_TUPLE: _ClassVar[DataType]
 FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
 FORMAT_VERSION_2: FormatVersion
+FORMAT_VERSION_3: FormatVersion
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT64: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_INT64: DataType
 DATA_TYPE_BOOL: DataType
+DATA_TYPE_TUPLE: DataType
 
 class Model(_message.Message):
     __slots__ = ("format_version", "min_reader_version", "producer_name", "producer_version", "metadata", "graph", "state", "padding", "footer")
@@ -131,20 +135,22 @@ class Attribute(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[AttrValue, _Mapping]] = ...) -> None: ...
 
 class AttrValue(_message.Message):
-    __slots__ = ("i", "b", "s", "f", "ints", "index")
+    __slots__ = ("i", "b", "s", "f", "ints", "index", "graph")
     I_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     S_FIELD_NUMBER: _ClassVar[int]
     F_FIELD_NUMBER: _ClassVar[int]
     INTS_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
     i: int
     b: bool
     s: str
     f: float
     ints: IntTuple
     index: Index
-    def __init__(self, i: _Optional[int] = ..., b: _Optional[bool] = ..., s: _Optional[str] = ..., f: _Optional[float] = ..., ints: _Optional[_Union[IntTuple, _Mapping]] = ..., index: _Optional[_Union[Index, _Mapping]] = ...) -> None: ...
+    graph: Graph
+    def __init__(self, i: _Optional[int] = ..., b: _Optional[bool] = ..., s: _Optional[str] = ..., f: _Optional[float] = ..., ints: _Optional[_Union[IntTuple, _Mapping]] = ..., index: _Optional[_Union[Index, _Mapping]] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ...) -> None: ...
 
 class IntTuple(_message.Message):
     __slots__ = ("item",)

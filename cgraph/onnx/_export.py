@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ class _Emitter:
         self.value: dict[str, str] = {}  # cgraph node name -> ONNX value name
         self.used: set[str] = set(g.nodes) | set(g.outputs)
         self.hint = ""  # the cgraph node being exported: a prefix for helper value names
+        self.parts: dict[str, list[str]] = {}  # a control-flow node's ONNX outputs
 
     def fresh(self, base: str) -> str:
         name, i = base, 1
@@ -100,7 +101,7 @@ class _Emitter:
         return self.node("Squeeze", [x, self.const([int(a) for a in axes])])
 
 
-Rule = Callable[[_Emitter, Node], str]
+Rule = Callable[[_Emitter, Node], "str | None"]
 RULES: dict[str, Rule] = {}
 
 
@@ -169,8 +170,12 @@ for _op, _onnx_op in _COMPARE.items():
 
 @_rule("where")
 def _where(e: _Emitter, n: Node) -> str:
-    """Where, a and b cast to the output's dtype"""
-    return e.node("Where", [e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)])
+    """Where, a and b cast to the output's dtype (for bools, which onnxruntime's Where lacks:
+    Or(And(cond, a), And(Not(cond), b)))"""
+    c, a, b = e.x(n, 0), e.x(n, 1, n.dtype), e.x(n, 2, n.dtype)
+    if n.dtype == np.bool_:
+        return e.node("Or", [e.node("And", [c, a]), e.node("And", [e.node("Not", [c]), b])])
+    return e.node("Where", [c, a, b])
 
 
 @_rule("cast")
@@ -406,6 +411,213 @@ def _nll(e: _Emitter, n: Node) -> str:
     return e.node("Neg", [e.reduce("ReduceMean", per_row, [0], keepdims=False)])
 
 
+# ---- control flow --------------------------------------------------------------------------
+#
+# A body becomes an ONNX subgraph: its inputs are bound to the ONNX values the operator gives
+# the subgraph, or to values of the graph around it (ONNX subgraphs read those by name), its
+# constants are Constant nodes and its outputs Identity nodes of fresh names. A control-flow
+# rule records its node's ONNX outputs (`e.parts`) and returns None; `result` picks one.
+
+def _body(e: _Emitter, body: Graph, bind: dict[str, str], formal: list[tuple[str, Node]],
+          outputs: list[str] | None = None, extra: Sequence[str] = ()) -> Any:
+    """The ONNX GraphProto of `body`: `formal` lists (ONNX input name, the body input it is);
+    `bind` gives the other inputs' outer names; its outputs are the body's (or those named in
+    `outputs`), then the body inputs named in `extra` passed through."""
+    onnx = e.onnx
+    sub = _Emitter(body, e.opset)
+    sub.used = e.used  # one namespace for the graph and its subgraphs
+    sub.parts = {}
+    for node in body.nodes.values():
+        if node.op == "input":
+            sub.value[node.name] = bind[node.name]
+        elif node.is_leaf:
+            sub.hint = node.name
+            sub.value[node.name] = sub.const(np.asarray(body.value(node.name)), body.nodes[node.name].dtype)
+        else:
+            sub.hint = e.fresh(node.name)
+            got = RULES[node.op](sub, node)
+            if got is not None:
+                sub.value[node.name] = got
+    outs = []
+    chosen = [(o, body.outputs[o]) for o in (list(body.outputs) if outputs is None else outputs)]
+    for o, t in [*chosen, *((n, body[n]) for n in extra)]:
+        name = e.fresh(f"{body.name}/{o}")
+        sub.nodes.append(onnx.helper.make_node("Identity", [sub.value[t.name]], [name], name=name))
+        outs.append(_value_info(onnx, name, t.dtype, t.shape, symbols=False))
+    ins = [_value_info(onnx, n, node.dtype, node.shape, symbols=False) for n, node in formal]
+    return onnx.helper.make_graph(sub.nodes, e.fresh(body.name), ins, outs)
+
+
+def _formal(e: _Emitter, body: Graph, names: list[str], which: Sequence[int]) -> tuple[dict[str, str], list]:
+    """Fresh ONNX input names for the body inputs at positions `which`."""
+    bind, formal = {}, []
+    for i in which:
+        n = names[i]
+        bind[n] = e.fresh(f"{body.name}/{n}")
+        formal.append((bind[n], body.nodes[n]))
+    return bind, formal
+
+
+def _outputs(e: _Emitter, n: Node, count: int) -> list[str]:
+    return [e.fresh(f"{e.hint}/{i}") for i in range(count)]
+
+
+@_rule("result")
+def _result(e: _Emitter, n: Node) -> str:
+    """the ONNX output of its control-flow node (If, Scan or Loop) at `index`"""
+    return e.parts[n.inputs[0]][n.attrs["index"]]
+
+
+@_rule("cond")
+def _cond(e: _Emitter, n: Node) -> None:
+    """If, the branches as subgraphs reading the operands from the graph around them"""
+    outer = [e.value[s] for s in n.inputs[1:]]
+    branches = []
+    for key in ("then_branch", "else_branch"):
+        body = n.attrs[key]
+        branches.append(_body(e, body, dict(zip(body.inputs, outer, strict=True)), []))
+    outs = _outputs(e, n, len(n.parts or ()))
+    e.nodes.append(e.onnx.helper.make_node("If", [e.value[n.inputs[0]]], outs, name=e.fresh(e.hint),
+                                           then_branch=branches[0], else_branch=branches[1]))
+    e.parts[n.name] = outs
+
+
+@_rule("scan")
+def _scan(e: _Emitter, n: Node) -> None:
+    """Scan (reverse: scan_input_directions and scan_output_directions 1; with no slices, a
+    ConstantOfShape of the length scanned; checkpoints: the carries stacked, Gather at the
+    schedule's steps)"""
+    a = n.attrs
+    body, c, m = a["body"], a["carries"], a["slices"]
+    names = list(body.inputs)
+    stacked = _emit_scan(e, n, body, [e.value[s] for s in n.inputs[:c]], n.inputs[c:c + m], n.inputs[c + m:],
+                         list(body.outputs), names[:c] if a["checkpoints"] else [], a["reverse"], a["length"])
+    outs = stacked[:len(n.parts or ()) - (c if a["checkpoints"] else 0)]
+    if a["checkpoints"]:
+        from cgraph.control import first_sweep
+        steps = e.g.nodes[n.inputs[c]].shape[0] if m else a["length"]
+        if steps is None:
+            raise OnnxError(f"{n.name} (scan): checkpoints need a static number of steps to export")
+        at = first_sweep(steps, a["checkpoints"])
+        order = [steps - 1 - k for k in at] if a["reverse"] else at
+        assert n.parts is not None
+        for x, all_in in zip(n.parts[:c], stacked[len(outs):], strict=True):
+            picked = e.node("Gather", [all_in, e.const(order)], axis=0)
+            pad = a["checkpoints"] - len(order)
+            if pad:
+                zeros = e.node("ConstantOfShape", [e.const([pad, *x.shape])], value=e.onnx.helper.make_tensor(
+                    "zero", np_to_onnx_type(x.dtype), [1], [0]))
+                picked = e.node("Concat", [picked, zeros], axis=0)
+            outs.append(picked)
+    e.parts[n.name] = outs
+
+
+def _emit_scan(e: _Emitter, n: Node, body: Graph, state: list[str], slices: Any, rest: Any, outputs: list[str],
+               extra: list[str], reverse: bool, length: int, order: list[int] | None = None) -> list[str]:
+    """An ONNX Scan of `body` over the cgraph values `slices`, from `state` (ONNX names), the
+    body's other inputs bound to `rest`; body inputs in `order` (default: state, slices, rest).
+    Its outputs: the final state, then `outputs` past the state and the `extra` body inputs,
+    stacked."""
+    names = list(body.inputs)
+    c, m = len(state), len(slices)
+    order = list(range(len(names))) if order is None else order
+    formal_at = order[:c + m]
+    bind, formal = _formal(e, body, names, formal_at)
+    bind.update({names[i]: e.value[s] for i, s in zip(order[c + m:], rest, strict=True)})
+    xs = [e.value[s] for s in slices]
+    if not m:
+        dummy = e.fresh(f"{e.hint}/step")
+        formal.append((dummy, Node(dummy, "input", (), {}, (), np.dtype(np.int64), 0)))
+        xs = [e.node("ConstantOfShape", [e.const([length])], value=e.onnx.helper.make_tensor(
+            "zero", np_to_onnx_type(np.dtype(np.int64)), [1], [0]))]
+    graph = _body(e, body, bind, formal, outputs, extra)
+    outs = [e.fresh(f"{e.hint}/{i}") for i in range(len(graph.output))]
+    ny = len(outs) - c
+    direction = int(reverse)
+    directions = {"scan_output_directions": [direction] * ny} if ny else {}
+    e.nodes.append(e.onnx.helper.make_node(
+        "Scan", state + xs, outs, name=e.fresh(e.hint), body=graph,
+        num_scan_inputs=len(xs), scan_input_directions=[direction] * len(xs), **directions))
+    return outs
+
+
+@_rule("scan_revolve")
+def _scan_revolve(e: _Emitter, n: Node) -> None:
+    """two Scans, the same values by storing every carry: the advance body forward (its carries
+    stacked), then the adjoint body in the other direction"""
+    a = n.attrs
+    adv, adj, c, m, L, Y = a["advance"], a["adjoint"], a["carries"], a["slices"], a["cotangents"], a["ys"]
+    k = len(adv.inputs) - c - m
+    ins = n.inputs
+    init, xs, closures = ins[:c], ins[2 * c:2 * c + m], ins[2 * c + m:2 * c + m + k]
+    g, gys, acc = ins[2 * c + m + k:2 * c + m + k + L], ins[2 * c + m + k + L:2 * c + m + k + L + Y], \
+        ins[2 * c + m + k + L + Y:]
+    fwd = _emit_scan(e, n, adv, [e.value[s] for s in init], xs, closures, list(adv.outputs)[:c],
+                     list(adv.inputs)[:c], a["reverse"], a["length"])
+    carries_in = fwd[c:]
+    tmp = {f"{e.hint}/carry{j}": v for j, v in enumerate(carries_in)}
+    e.value.update(tmp)
+    A = len(acc)
+    order = [*range(c + m + k, c + m + k + L), *range(c + m + k + L + Y, c + m + k + L + Y + A),
+             *range(c), *range(c, c + m), *range(c + m + k + L, c + m + k + L + Y), *range(c + m, c + m + k)]
+    back = _emit_scan(e, n, adj, [e.value[s] for s in (*g, *acc)], [*tmp, *xs, *gys], closures,
+                      list(adj.outputs), [], not a["reverse"], a["length"], order)
+    e.parts[n.name] = back
+
+
+@_rule("while_loop")
+def _while_loop(e: _Emitter, n: Node) -> None:
+    """Loop (M = max_trips, or none), its condition the cond subgraph run on the initial carries
+    (an If-free copy of its nodes before the loop) and again in the body on the new carries"""
+    onnx = e.onnx
+    a = n.attrs
+    cond, body, c = a["cond"], a["body"], a["carries"]
+    names = list(body.inputs)
+    outer = [e.value[s] for s in n.inputs]
+    first = _inline_cond(e, cond, outer)
+    bind, formal = _formal(e, body, names, range(c))
+    bind.update({names[i]: outer[i] for i in range(c, len(names))})
+    step, flag = e.fresh(f"{e.hint}/trip"), e.fresh(f"{e.hint}/cond")
+    formal = [(step, Node(step, "input", (), {}, (), np.dtype(np.int64), 0)),
+              (flag, Node(flag, "input", (), {}, (), np.dtype(bool), 0)), *formal]
+    graph = _body(e, body, bind, formal)
+    # the body's new carries, then cond on them, as the loop body's outputs: cond first
+    new = [o.name for o in graph.output]
+    again = _inline_cond(e, cond, new + outer[c:], into=graph)
+    keep = e.fresh(f"{e.hint}/again")
+    graph.node.append(onnx.helper.make_node("Identity", [again], [keep], name=keep))
+    graph.output.insert(0, _value_info(onnx, keep, np.dtype(bool), (), symbols=False))
+    outs = _outputs(e, n, c)
+    trips = e.const(np.int64(a["max_trips"])) if a["max_trips"] >= 0 else ""
+    e.nodes.append(onnx.helper.make_node("Loop", [trips, first, *outer[:c]], outs, name=e.fresh(e.hint), body=graph))
+    e.parts[n.name] = outs
+
+
+def _inline_cond(e: _Emitter, cond: Graph, values: list[str], into: Any = None) -> str:
+    """cond's nodes on the values `values` (its inputs in order), appended to `e` or to the
+    subgraph `into`; returns the name of its output."""
+    sub = _Emitter(cond, e.opset)
+    sub.used = e.used
+    sub.parts = {}
+    for node in cond.nodes.values():
+        if node.op == "input":
+            sub.value[node.name] = values[list(cond.inputs).index(node.name)]
+        elif node.is_leaf:
+            sub.hint = node.name
+            sub.value[node.name] = sub.const(np.asarray(cond.value(node.name)), node.dtype)
+        else:
+            sub.hint = e.fresh(node.name)
+            got = RULES[node.op](sub, node)
+            if got is not None:
+                sub.value[node.name] = got
+    (out,) = cond.outputs.values()
+    if into is None:
+        e.nodes += sub.nodes
+    else:
+        into.node.extend(sub.nodes)
+    return sub.value[out.name]
+
+
 EXPORTABLE: frozenset[str] = frozenset(RULES)
 
 
@@ -460,7 +672,8 @@ def to_model(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         start = len(e.nodes)
         e.hint = name
         result = RULES[node.op](e, node)
-        _name_result(e, start, result, name)
+        if result is not None:  # None: a control-flow node, whose outputs its results name
+            _name_result(e, start, result, name)
 
     graph_outputs = []
     for out, src in outputs.items():

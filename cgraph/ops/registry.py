@@ -68,7 +68,7 @@ from typing import Any, NamedTuple, TypeGuard, cast
 import numpy as np
 
 from cgraph.errors import DerivativeError, GraphError, ShapeError
-from cgraph.shapes import DTYPES, Meta, Shape, as_dtype, broadcast_shapes, format_shape
+from cgraph.shapes import DTYPES, TUPLE, Meta, Shape, as_dtype, broadcast_shapes, format_shape, tuple_meta
 
 
 class _Marker:
@@ -86,6 +86,13 @@ REQUIRED = _Marker("REQUIRED")  # an attribute with no default
 
 # ---- attributes ---------------------------------------------------------------------------
 
+class Subgraph:
+    """What a "graph" attribute holds: `cgraph.graph.Graph` derives from it, so that this module
+    checks attribute values without importing the graph module."""
+
+    __slots__ = ()
+
+
 ATTR_TYPES: dict[str, str] = {
     "int": "an integer (a bool is not one)",
     "float": "a floating-point number (binary64; an integer is not one)",
@@ -95,9 +102,12 @@ ATTR_TYPES: dict[str, str] = {
     "dims": "a tuple of sizes: integers, or None for a size known only at run time",
     "index": "a basic index: a tuple of integers, slices (start:stop:step, each an integer or None, "
              "step not 0), None (a new axis of size 1) and at most one Ellipsis",
+    "graph": "a subgraph (the body of a control-flow op): a graph of inputs, constants and op nodes with "
+             "named outputs, and no params",
 }
 _NOUN = {"int": "an int", "float": "a float", "bool": "a bool", "str": "a str", "ints": "a tuple of ints",
-         "dims": "a tuple of ints and Nones", "index": "a basic index (a tuple of ints, slices, None and ...)"}
+         "dims": "a tuple of ints and Nones", "index": "a basic index (a tuple of ints, slices, None and ...)",
+         "graph": "a Graph (a body)"}
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
@@ -145,6 +155,8 @@ class Attr:
             value = bool(value) if ok else value
         elif t == "str":
             ok = isinstance(value, str) and _utf8(value)
+        elif t == "graph":
+            ok = isinstance(value, Subgraph)
         elif t in ("ints", "dims"):
             ok = isinstance(value, (tuple, list)) and all(_is_int(v) or (t == "dims" and v is None) for v in value)
             value = tuple(None if v is None else int(v) for v in value) if ok else value
@@ -311,6 +323,8 @@ MEAN = DtypeRule("the first input's dtype if it is float64 or float32, else floa
                  lambda d, a: d[0] if d[0].kind == "f" else np.dtype(np.float64))
 INT64 = DtypeRule("int64", lambda d, a: np.dtype(np.int64))
 CAST = DtypeRule("the dtype named by the attribute `dtype`", lambda d, a: as_dtype(a["dtype"]))
+RESULTS = DtypeRule("TUPLE: the node's value is the tuple of its results, which only `result` nodes read",
+                    lambda d, a: TUPLE)
 WHERE = DtypeRule("the result type (PROMOTE) of the second and third inputs; the first (the condition) "
                   "MUST be bool", _where)
 
@@ -364,7 +378,8 @@ class OpDef:
     kernel: Callable[..., Any]
     inputs: Inputs
     attrs: Mapping[str, Attr]
-    shape: Callable[..., Shape] | None  # None for user ops: `infer_fn` gives shape and dtype
+    shape: Callable[..., Any] | None  # None for user ops: `infer_fn` gives shape and dtype; for a
+    #                                   `multi` op, the Metas of its results
     dtype: DtypeRule | None
     infer_fn: Callable[..., tuple[Shape, Any]] | None = None
     jvp: Any = ()  # tuple of per-input rules, or one callable over all tangents
@@ -377,6 +392,13 @@ class OpDef:
     inplace: bool = False  # the kernel takes `out=` (a numpy ufunc): a plan may write the
     #                        result over an input that dies at that step
     identity: Identity | None = None
+    multi: bool = False  # the value is the tuple of several results (control flow): `shape`
+    #                      gives their Metas, `jvp`, `save` and `vjp` follow the rules for tuples
+    #                      (cgraph.control), and only `project` ops read it
+    project: bool = False  # the value is result `index` of input 0, a tuple: the same array
+    save: Callable[..., Any] | None = None  # multi ops: the node rebuilt for reverse mode
+    peak: Callable[..., int] | None = None  # multi ops: the most bytes the kernel holds at once,
+    #                                         results included, for concrete input Metas
     batch: Callable[..., Any] | None = None  # the batching rule (vmap); None: example by example
     pattern: Callable[..., Any] | None = None  # the sparsity-pattern rule; None: dense
     doc: str = ""
@@ -416,8 +438,22 @@ class OpDef:
         takes = ", ".join(self.attrs) or "no attributes"
         return f"{node} ({self.name}): unknown attribute {_short(name)} ({self.name} takes {takes})"
 
+    def meta(self, *metas: Meta, **attrs: Any) -> Meta:
+        """The output's Meta: static shape and dtype, and for a tuple its results' (ShapeError
+        with a short reason)."""
+        if self.project:
+            return _project(metas[0], attrs["index"])
+        if self.multi:
+            assert self.shape is not None
+            return tuple_meta(tuple(cast(Sequence[Meta], self.shape(*metas, **attrs))))
+        shape, dtype = self.infer(*metas, **attrs)
+        return Meta(tuple(shape), np.dtype(dtype))
+
     def infer(self, *metas: Meta, **attrs: Any) -> tuple[Shape, np.dtype]:
         """The output's static shape and dtype (ShapeError with a short reason)."""
+        if self.multi or self.project:
+            m = self.meta(*metas, **attrs)
+            return m.shape, m.dtype
         if self.infer_fn is not None:
             return _user_result(self.infer_fn(*metas, **attrs))
         assert self.shape is not None and self.dtype is not None
@@ -491,6 +527,14 @@ class OpDef:
         return lines
 
 
+def _project(x: Meta, index: int) -> Meta:
+    if x.parts is None:
+        raise ShapeError("the input is not the tuple of a control-flow node's results")
+    if not 0 <= index < len(x.parts):
+        raise ShapeError(f"result {index} of a tuple of {len(x.parts)} results")
+    return x.parts[index]
+
+
 def rule(doc: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` with `doc` as its docstring: the catalogue's line for a rule written as a lambda."""
     fn.__doc__ = doc
@@ -556,7 +600,7 @@ OPS: dict[str, OpDef] = {}
 LEAF_OPS = ("input", "param", "constant")
 
 
-def define(name: str, kernel: Callable[..., Any], *, inputs: int | Sequence[str], shape: Callable[..., Shape],
+def define(name: str, kernel: Callable[..., Any], *, inputs: int | Sequence[str], shape: Callable[..., Any],
            dtype: DtypeRule, attrs: Mapping[str, Attr] | None = None, jvp: Any = (), vjp: Any = (),
            deriv: Sequence[Any] | None = None, **flags: Any) -> Callable[..., Any]:
     """Register a built-in op (once: a second definition of a name is a bug) and return the
@@ -704,27 +748,34 @@ def apply(op: str, *args: Any, **attrs: Any) -> Any:
 
 
 def graph_of(op: str, args: Sequence[Any]) -> Any:
-    """The one graph the Tensors among `args` belong to (an error if none or several)."""
-    graph = None
+    """The graph to build in: the one graph the Tensors among `args` belong to, or, while a
+    control-flow body is traced, the innermost of them when the others enclose it (their
+    tensors are then captured as inputs of the body); an error if there is none, or if the
+    graphs are unrelated."""
+    graphs: list[Any] = []
     for a in args:
-        if isinstance(a, Operand):
-            if graph is None:
-                graph = a.graph  # type: ignore[attr-defined]
-            elif a.graph is not graph:  # type: ignore[attr-defined]
-                raise GraphError(f"{op}: tensors {a.name!r} of graph {a.graph.name!r} and of graph "  # type: ignore
-                                 f"{graph.name!r} cannot be combined")
-    if graph is None:
+        if isinstance(a, Operand) and all(a.graph is not g for g in graphs):  # type: ignore[attr-defined]
+            graphs.append(a.graph)  # type: ignore[attr-defined]
+    if not graphs:
         raise GraphError(f"{op}: needs at least one Tensor argument (got only numbers or arrays)")
-    return graph
+    for inner in graphs:
+        enclosing = set(map(id, inner.enclosing()))
+        if all(g is inner or id(g) in enclosing for g in graphs):
+            return inner
+    t = next(a for a in args if isinstance(a, Operand) and a.graph is graphs[1])  # type: ignore[attr-defined]
+    raise GraphError(f"{op}: tensors {t.name!r} of graph {graphs[1].name!r} and of graph {graphs[0].name!r} "  # type: ignore
+                     "cannot be combined")
 
 
 def lift_all(graph: Any, args: Sequence[Any]) -> list[Any]:
-    """Tensors for `args`, turning Python and numpy values into constants of `graph`."""
-    if all(isinstance(a, Operand) for a in args):
+    """Tensors of `graph` for `args`: Python and numpy values become constants, tensors of an
+    enclosing graph are captured."""
+    if all(isinstance(a, Operand) and a.graph is graph for a in args):  # type: ignore[attr-defined]
         return list(args)
     dtypes = [a.dtype for a in args if isinstance(a, Operand)]  # type: ignore[attr-defined]
     like = np.result_type(*dtypes) if dtypes else None
-    return [a if isinstance(a, Operand) else lift(graph, a, like) for a in args]
+    return [(a if a.graph is graph else graph.capture(a)) if isinstance(a, Operand)  # type: ignore[attr-defined]
+            else lift(graph, a, like) for a in args]
 
 
 def lift(graph: Any, value: Any, like: np.dtype | None = None) -> Any:
@@ -759,6 +810,6 @@ def elementwise_shape(*metas: Meta) -> Shape:
 
 
 __all__ = ["ATTR_TYPES", "COMPARE", "DTYPES", "FLOAT", "INT64", "LEAF_OPS", "MEAN", "NONDIFF", "NUMERIC", "OPS",
-           "PROMOTE", "REQUIRED", "SAME", "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr", "DtypeRule",
-           "Inputs", "OpDef", "Operand", "Unbatched", "apply", "define", "define_op", "get_op", "involution", "lift",
-           "op_info", "passthrough", "rule", "unit"]
+           "PROMOTE", "REQUIRED", "RESULTS", "SAME", "SAME_FLOAT", "SAME_NUMERIC", "WHERE", "ZERO", "Arg", "Attr",
+           "DtypeRule", "Inputs", "OpDef", "Operand", "Subgraph", "Unbatched", "apply", "define", "define_op",
+           "get_op", "involution", "lift", "op_info", "passthrough", "rule", "unit"]
