@@ -46,7 +46,7 @@ def reports(tmp_path_factory) -> dict:
         onnx_files = 0
     out = tmp_path_factory.mktemp("fuzz") / "reports.json"
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "fuzz"), "--models", "2000", "--onnx", str(onnx_files),
-                           "--seed", "0", "--jobs", "2", "--json", str(out)],
+                           "--seed", "0", "--jobs", "2", "--batch", "25", "--json", str(out)],
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=3600)
     assert out.exists(), done.stdout + done.stderr
     return {**json.loads(out.read_text()), "printed": done.stdout, "status": done.returncode}
@@ -90,12 +90,19 @@ def test_the_harness_reports_crashes_hangs_memory_and_stray_exceptions():
             return [fuzz._stage("load", lambda: (_ for _ in ()).throw(fuzz.cg.GraphFormatError("two\nlines")))[0]]
         return [fuzz._stage("load", lambda: None)[0]]
 
+    expected = {"crash: SIGSEGV": 1, "hang": 1, "alloc: raised MemoryError": 1, "load: raised KeyError": 1,
+                "load: GraphFormatError of several lines": 1, "load: ok": 1}
     report = fuzz.fuzz("test", job, 6, jobs=2, timeout=3, memory=256)
-    assert dict(report.counts) == {"crash: SIGSEGV": 1, "hang": 1, "alloc: raised MemoryError": 1,
-                                   "load: raised KeyError": 1, "load: GraphFormatError of several lines": 1,
-                                   "load: ok": 1}
+    assert dict(report.counts) == expected
     assert set(report.findings) == set(report.counts) - {"load: ok"}
     assert not report.ok and "crashes 1, hangs 1" in report.format()
+    # a child tries a batch of files in turn: the crash and the hang are blamed on their own files,
+    # and the files after them in the batch are still tried
+    batched = fuzz.fuzz("test", job, 6, jobs=2, timeout=3, memory=256, batch=4)
+    assert dict(batched.counts) == expected and batched.files == 6
+    assert {k: i for k, (i, _) in batched.findings.items()} == {
+        "crash: SIGSEGV": 0, "hang": 1, "alloc: raised MemoryError": 2, "load: raised KeyError": 3,
+        "load: GraphFormatError of several lines": 4}
 
 
 def test_the_same_seed_makes_the_same_files():
