@@ -59,6 +59,7 @@ def test_mutated_model_files(reports):
     counts = report["counts"]
     # the mutations reach past the checksums and the validator, into the executors
     assert counts["load: loaded"] >= 80, reports["printed"]
+    assert counts["load: loaded, with control flow"] >= 20, reports["printed"]  # cond, scan, while_loop bodies
     assert min(counts[f"{s}: ok"] for s in ("run", "reverse", "forward", "save and reload")) >= 50
     assert "peak memory of a child" in reports["printed"]
 
