@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from control_cases import all_cases, branch, nested, newton, params_of, rnn, tuple_scan
+from control_cases import all_cases, branch, nested, newton, params_of, rnn, scalars, tuple_scan
 
 import cgraph as cg
 from cgraph.autodiff import jvp_graph, vjp_graph
@@ -63,7 +63,8 @@ def test_rnn_gradients_against_torch():
         np.testing.assert_allclose(grads[w], p[w].grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [rnn(), nested(), newton(), branch()], ids=["rnn", "nested", "while", "cond"])
+@pytest.mark.parametrize("case", [rnn(), nested(), newton(), branch(), scalars()],
+                         ids=["rnn", "nested", "while", "cond", "scalars"])
 def test_second_order_both_ways(case):
     """The Hessian through the loop: forward over reverse (Hessian-vector products) against
     differences of gradients, and reverse over reverse checked against finite differences."""
@@ -97,7 +98,7 @@ def _grad_with_param(g, w, x):
         g.set_param(w, old)
 
 
-CASES_FEEDS = {c.graph.name: c.feeds for c in [rnn(), nested(), newton(), branch()]}
+CASES_FEEDS = {c.graph.name: c.feeds for c in [rnn(), nested(), newton(), branch(), scalars()]}
 
 
 def test_hessian_of_a_loss_through_a_scan_matches_torch():
@@ -116,6 +117,35 @@ def test_hessian_of_a_loss_through_a_scan_matches_torch():
 
     ref = torch.autograd.functional.hessian(loss, p["W"]).numpy()
     np.testing.assert_allclose(H, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_control_flow_on_0d_values_matches_torch():
+    """Gradient and Hessian of the 0-d case (scan, cond and while_loop of 0-d values) against
+    torch's autograd of the same loop."""
+    torch = pytest.importorskip("torch")
+    c = scalars()
+    wrt = ["u", "xs", "w"]
+    p = {k: torch.tensor(v) for k, v in {**params_of(c.graph), **c.feeds}.items()}
+
+    def loss(u, xs, w):
+        h, ys = u, []
+        for t in range(5):
+            h = torch.tanh(h * w + xs[t])
+            ys.append(h * xs[t])
+        y = h * u * w if h > 0 else torch.sin(h) - u
+        for _ in range(3):
+            y = y * 0.5 + w * u
+        return y + torch.stack(ys).sum() * h
+
+    args = tuple(p[k] for k in wrt)
+    ref_grads = torch.autograd.functional.jacobian(loss, args)
+    _, grads = cg.ReverseMode(c.graph, "loss", wrt).grad(c.feeds)
+    for k, r in zip(wrt, ref_grads, strict=True):
+        np.testing.assert_allclose(grads[k], r.numpy(), rtol=1e-12, atol=1e-12)
+    gg = cg.gradient_graph(c.graph, "loss", ["u"])
+    H = cg.jacobian(gg, c.feeds, "grad/u", "u", mode="forward")
+    ref = torch.autograd.functional.hessian(lambda u: loss(u, p["xs"], p["w"]), p["u"]).numpy()
+    np.testing.assert_allclose(H, ref, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
