@@ -48,6 +48,7 @@ INLINE_REST = 2**20  # past it, the largest go to the payload until those left t
 ALIGN = 64  # the payload section starts at a multiple of this (Model.padding)
 MAGIC = b"CGPB"
 FOOTER_SIZE = 30
+MAX_NESTING = 24  # bodies inside bodies: each adds 4 messages, and protobuf parsers stop at 100
 _FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
 _MAX_NDIM = 64  # numpy's limit
 _MAX_MESSAGE = 2**31 - 1  # protobuf's limit on a message's size
@@ -172,9 +173,13 @@ def _encode(g: Graph, inline_limit: int) -> tuple[pb.Model, list[tuple[pb.Payloa
     return model, payload
 
 
-def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str) -> bool:
-    """Fill `msg` with `g`, adding its stored tensors (depth first) to `slots`; returns whether
-    it holds control flow (a reader of version 2 is needed)."""
+def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str,
+                  depth: int = 0) -> bool:
+    """Fill `msg` with `g` (a body `depth` graphs down), adding its stored tensors (depth first)
+    to `slots`; returns whether it holds control flow (a reader of version 2 is needed)."""
+    if depth > MAX_NESTING:  # a file no protobuf reader would parse: refused before it is written
+        raise GraphError(f"{where.removesuffix(': ')}: bodies nested {depth} deep; a file holds at most "
+                         f"{MAX_NESTING} (protobuf readers parse at most 100 nested messages)")
     msg.SetInParent()
     msg.name = g.name
     control = False
@@ -194,7 +199,7 @@ def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarr
         for k, v in attrs.items():
             at = f"node {node.name!r} ({node.op}) attribute {k!r}"
             if isinstance(v, Graph):
-                _encode_graph(n.attr.add(name=k).value.graph, v, slots, f"{where}{at}: ")
+                _encode_graph(n.attr.add(name=k).value.graph, v, slots, f"{where}{at}: ", depth + 1)
                 control = True
             else:
                 _encode_attr(n.attr.add(name=k).value, v, at)

@@ -383,6 +383,27 @@ def test_budgets_bound_the_peak_keep_the_gradients_and_are_monotone():
     assert rb.stats.peak_bytes <= smallest and rb.memory_plan.scans[0].stored == 1
 
 
+def test_bodies_nest_as_deep_as_a_file_holds_and_deeper_is_refused_by_save(tmp_path):
+    """Protobuf readers parse at most 100 nested messages: 24 bodies in bodies save and load;
+    25 are refused by save in one line, leaving no file, rather than written unreadable."""
+    def nested_conds(depth):
+        g = cg.Graph("deep")
+        a = g.input("a", (2,))
+
+        def f(u, d):
+            return u * 2.0 if d == 0 else cg.cond(cg.sum(u) > 0, lambda v: f(v, d - 1), lambda v: v - 1.0, u)
+        g.output("y", f(a, depth))
+        return g
+
+    g = nested_conds(cg.io.MAX_NESTING)
+    back = cg.loads(cg.dumps(g))
+    np.testing.assert_array_equal(cg.Evaluator(back).run({"a": np.ones(2)})["y"], np.full(2, 2.0))
+    with pytest.raises(cg.GraphError, match=r"^cannot save graph 'deep': node 'cond' .* bodies nested 25 deep; "
+                                            r"a file holds at most 24 \(protobuf") as e:
+        cg.save(nested_conds(cg.io.MAX_NESTING + 1), tmp_path / "deep.pb")
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
+
+
 def test_a_budgeted_plan_saves_loads_and_draws():
     c = rnn(T=10)
     full = cg.ReverseMode(c.graph, "loss", c.wrt)
