@@ -100,6 +100,11 @@ class _Graphinfo:
         nodes = d.nodes
         meta = concrete_shapes(d, leaf_shapes)
         self.nbytes = {n: nbytes(m) for n, m in meta.items()}
+        self.scratch: dict[str, int] = {}  # the working bytes of the kernels that declare some
+        for n in nodes.values():
+            rule = None if n.is_leaf else get_op(n.op).scratch
+            if rule is not None:
+                self.scratch[n.name] = rule(*[meta[i] for i in n.inputs], **n.attrs)
         self.scalar = {n: not m.shape for n, m in meta.items()}
         self.leaf = {n.name: n.is_leaf for n in nodes.values()}
         self.eager = {n.name: not n.is_leaf and get_eager(n.op) for n in nodes.values()}
@@ -203,7 +208,9 @@ class _Program:
         steps = [Step(name, "", None, nodes[name].inputs, info.view[orig], frees[i], inplace[i])  # type: ignore[arg-type]
                  for i, name in enumerate(order) for orig in [self.orig[name]]]  # (no fn: counted, never run)
         return account(steps, {n: info.nbytes[self.orig[n]] for n in order},
-                       {n for n in nodes if info.scalar[self.orig[n]]})
+                       {n for n in nodes if info.scalar[self.orig[n]]},
+                       {n: info.nbytes[o] + info.scratch[o]  # a kernel's output and working bytes
+                        for n in order for o in [self.orig[n]] if o in info.scratch})
 
 
 def _candidates(info: _Graphinfo) -> list[frozenset[str]]:

@@ -5,8 +5,9 @@ a dict store of the result and the bookkeeping of freed values. A plan is fixed 
 so all of that can be decided once: `compile_plan` writes a function whose locals are the
 values (`v3 = f3(v1, a0)`), that drops each value with `del` right after its last reader, and
 that keeps the memory books of `cgraph.memory` (each buffer counted once; a view's bytes
-counted only if the kernel had to copy): values that take part in views are recorded in a
-`Ledger`, the others own their buffer alone and need one addition and one subtraction each.
+counted only if the kernel had to copy; a kernel's declared working bytes at its step): values
+that take part in views are recorded in a `Ledger`, the others own their buffer alone and need
+one addition and one subtraction each.
 
 The generated source is kept on the runner (`runner.source`) for reading and debugging.
 """
@@ -97,6 +98,9 @@ def compile_plan(plan: Plan) -> Runner:
             size[step.name] = f"n{i}"
             body += [f"    live += (n{i} := {v}.nbytes)",
                      "    if live > peak: peak = live"]
+        if step.scratch is not None:  # the kernel's working bytes, beside its output, at this step only
+            ns[f"s{i}"] = step.scratch
+            body += [f"    w = live + s{i}({args})", "    if w > peak: peak = w"]
         body += _frees(step, var, size, shared)
     targets = ", ".join(var[t] for t in plan.targets)
     body.append(f"    return ({targets}{',' if len(plan.targets) == 1 else ''}), peak, live")

@@ -11,10 +11,12 @@ Each buffer is counted once: a step's output is a new buffer, a view of an input
 (counted once however many values show it), or its input's buffer written over in place (`out=`).
 Feeds, params and constants are not counted: they live anyway.
 
-A control-flow step returns `Results`: one new buffer per result, which its `result` steps then
+Some kernels hold more than their output while they run, and the books count that transient
+peak on top of what was alive before the step. A kernel that needs working memory (convolution's
+im2col buffer) declares it (`OpDef.scratch`): its transient is its output plus those bytes. A
+control-flow step returns `Results`: one new buffer per result, which its `result` steps then
 share (each result is freed when neither the tuple nor a value showing it is alive), and the
-most bytes its kernel held at once while it ran (its loop's carries and its body's own peak):
-the books count that transient peak on top of what was alive before the step.
+most bytes its kernel held at once while it ran (its loop's carries and its body's own peak).
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ def account(steps: Iterable[Any], sizes: Mapping[str, Any], scalars: set[str],
             transient: Mapping[str, int] | None = None) -> int:
     """The peak bytes of running `steps` when their outputs have these sizes (a tuple of sizes
     for a tuple of results), from shapes alone (`scalars`: the 0-d values, which numpy hands out
-    as scalars that no view can share; `transient`: the peak of each control-flow step's kernel)."""
+    as scalars that no view can share; `transient`: the bytes each step's kernel holds at once
+    beyond what was alive before it, its output included, where that is more than its output:
+    scratch, a loop's carries)."""
     return tally(steps, sizes, scalars, transient)[0]
 
 

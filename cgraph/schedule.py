@@ -11,10 +11,17 @@ each step, the values whose last reader it is; `run_plan` drops them there.
 An elementwise step whose input dies at that step, and is nobody's view, writes its result over
 that input (`out=`), so the buffer is reused instead of a new one allocated.
 
+A plan runs as straight-line Python code compiled for it (cgraph.codegen), or step by step
+(`interpret_run`, the reference the code is tested against). Compiling costs about as much as
+ten to thirty interpreted runs, so a large plan (over `COMPILE_AT_ONCE` steps) is interpreted
+for its first `INTERPRETED_RUNS` runs and compiled only if it keeps running: a gradient of a
+100,000-node model gives its first result without waiting tens of seconds for Python's compiler.
+
 Memory is accounted, never guessed: a step's output adds its bytes unless it is a view of a
 buffer already counted or written over a dying input (a view of a 0-d value counts as its own:
-numpy often returns scalars there, which cannot be viewed); feeds, params and constants are
-not counted (they live anyway).
+numpy often returns scalars there, which cannot be viewed); a kernel's declared working memory
+(`OpDef.scratch`) counts while its step runs; feeds, params and constants are not counted
+(they live anyway).
 `Plan.predict_peak` gives the same number from shapes alone, before any run; the one case it
 cannot see is a reshape that must copy a non-contiguous value (the run counts that copy).
 """
@@ -52,6 +59,7 @@ class Step(NamedTuple):
     update: int = -1  # an update step: which callback of the run it calls, or -1
     part: int = -1  # a `result` step: which result of its input (a tuple) it is, or -1
     multi: bool = False  # a control-flow step: its value is `Results`, with its kernel's peak
+    scratch: Callable[..., int] | None = None  # the kernel's working bytes, from its inputs
 
 
 @dataclass
@@ -126,9 +134,12 @@ class Plan(Drawable):
             node = nodes[name]
             opdef = get_op(node.op)
             steps.append(Step(name, node.op, opdef.bind(node), node.inputs, opdef.view, frees[i], inplace[i],
-                              part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi))
+                              part=node.attrs["index"] if opdef.project else -1, multi=opdef.multi,
+                              scratch=opdef.bind_scratch(node)))
         self.steps = tuple(steps)
         self.updates = tuple(sinks.values())  # (param, gradient) of each update step, in callback order
+
+    runs = 0  # how many times run_plan has run it
 
     @functools.cached_property
     def runner(self) -> Runner:
@@ -160,7 +171,9 @@ def step_size(meta: Meta) -> int | tuple[int, ...]:
 
 
 def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) -> dict[str, int]:
-    """The peak of each control-flow step's kernel, from its op's `peak` rule at these Metas."""
+    """What each step's kernel holds at once beyond what was alive before it, where that is more
+    than its output: a control-flow step's (its op's `peak` rule at these Metas), or a kernel's
+    with declared scratch (its output and the scratch)."""
     out = {}
     for s in steps:
         if s.multi:
@@ -168,6 +181,8 @@ def transients(graph: Graph, steps: Sequence[Step], meta: Mapping[str, Meta]) ->
             rule = get_op(node.op).peak
             assert rule is not None
             out[s.name] = rule(node, [meta[i] for i in node.inputs], meta[s.name])
+        elif s.scratch is not None:  # its output and its working bytes
+            out[s.name] = nbytes(meta[s.name]) + s.scratch(*[meta[a] for a in s.args])
     return out
 
 
@@ -272,12 +287,20 @@ def _place_updates(ops: list[str], nodes: Mapping[str, Node], sinks: Mapping[str
     return out
 
 
+COMPILE_AT_ONCE = 2_000  # steps: a plan this small is compiled on its first run
+INTERPRETED_RUNS = 16  # runs of a larger plan interpreted before it is compiled
+
+
 def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
              updates: Sequence[Callable[[Any, Any], None]] = ()) -> tuple[Any, ...]:
     """Run `plan` with the values of `plan.leaves`, in order, and `updates` (one callback per
     update step, see Plan); returns the targets' values in order and measures the peak bytes.
-    Runs the plan's compiled straight-line code (cgraph.codegen); if a kernel fails before any
-    update ran, runs the plan step by step to name the failing node."""
+    Runs the plan's compiled straight-line code (cgraph.codegen), or interprets it while a large
+    plan is young (see the module docstring); if a kernel fails before any update ran, runs the
+    plan step by step to name the failing node."""
+    plan.runs += 1
+    if plan.runs <= INTERPRETED_RUNS and len(plan.steps) > COMPILE_AT_ONCE and "runner" not in plan.__dict__:
+        return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats, updates)
     ran: list[int] = []
     if updates:
         updates = [functools.partial(_counted, u, ran) for u in updates]
@@ -312,7 +335,7 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
     live = peak = 0
     leaf_values = dict(values)  # (the values dict drops leaves once read: kept to name feeds in errors)
     for step in plan.steps:
-        name, op, fn, args, view, free, inplace, update, _, multi = step
+        name, op, fn, args, view, free, inplace, update, _, multi, scratch = step
         ins = [values[a] for a in args]
         if update >= 0:
             updates[update](*ins)
@@ -330,7 +353,8 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
         added = books.record(step, out.sizes if multi else out.nbytes, shares)
-        peak = max(peak, live + (out.peak if multi else 0), live + added)
+        held = out.peak if multi else 0 if scratch is None else added + scratch(*ins)  # while the kernel ran
+        peak = max(peak, live + held, live + added)
         live += added
         for f in free:
             del values[f]

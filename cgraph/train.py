@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 import cgraph as cg
-from cgraph.nn import running_stats
+from cgraph.nn import SEED, running_stats
 from cgraph.optim import Optimizer, TrainStep
 
 EPOCH = "fit/epoch"  # g.state: epochs trained so far, over every call of fit
@@ -90,7 +90,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
     The progress bar shows the epoch's loss (and the validation loss).
     Batch norm's running statistics (see `cg.nn`) are updated after every step, from the batch
     statistics the model outputs (one more forward pass per step: ReverseMode gives only the
-    loss and the gradients).
+    loss and the gradients). A model with dropout layers (`cg.nn.dropout`) gets a fresh seed
+    each step, from default_rng([seed, epochs trained so far, batch index]).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"fit: optimizer must be a cg.optim optimizer, got {type(optimizer).__name__}")
@@ -132,6 +133,9 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
 
     step = TrainStep(g, optimizer, loss=loss)
     keep_grads = eps is not None or stop is not None
+    seed_input = g.metadata.get(SEED)  # dropout's seed (cg.nn.dropout): a fresh one each step
+    if seed_input is not None and seed_input not in g.inputs:
+        raise cg.GraphError(f"fit: metadata {SEED!r} names {seed_input!r}, which is not an input of graph {g.name!r}")
     stats_map, momentum = running_stats(g)
     stats_ev = cg.Evaluator(g, outputs=list(stats_map.values())) if stats_map else None
     history = History(metric_name=metric_name)
@@ -149,13 +153,17 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
             total = 0.0
             grads: dict[str, np.ndarray] = {}
             for k, batch in enumerate(batches):
+                count = len(next(iter(batch.values())))
+                if seed_input is not None:
+                    step_seed = np.random.default_rng([seed, done, k]).integers(np.iinfo(np.int64).max)
+                    batch = {**batch, seed_input: np.asarray(step_seed, dtype=np.int64)}
                 if stats_ev is not None:  # from the params before this step's update
                     batch_stats = stats_ev.run(batch)
                 value = step(batch, grads if keep_grads and k == len(batches) - 1 else None)
                 if stats_ev is not None:
                     for param, out in stats_map.items():
                         g.set_param(param, (1.0 - momentum) * g.params[param] + momentum * batch_stats[out])
-                total += float(value) * len(next(iter(batch.values())))
+                total += float(value) * count
                 history.steps += 1
             g.state[EPOCH] = np.array(done + 1, dtype=np.int64)
             info = Epoch(e, total / n, grads)
@@ -165,7 +173,8 @@ def fit(g: cg.Graph, data: Mapping[str, Any], optimizer: Optimizer, epochs: int,
                 history.metric.append(info.metric)
             shown = {"loss": f"{info.loss:.4g}"}
             if val_ev is not None and val is not None:
-                history.val_loss.append(float(val_ev.run(val)[val_ev.outputs[0]]))
+                fixed = {seed_input: np.int64(seed)} if seed_input is not None else {}  # (dropout: one mask)
+                history.val_loss.append(float(val_ev.run({**val, **fixed})[val_ev.outputs[0]]))
                 shown["val_loss"] = f"{history.val_loss[-1]:.4g}"
                 if val_metric_fn is not None:
                     history.val_metric.append(float(val_metric_fn(g)))

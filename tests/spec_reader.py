@@ -684,6 +684,223 @@ _op("sum_to", (1, 2), SHAPE, d_first_nb, s_sum_to)
 _op("transpose", (1, 1), AXES, d_first, s_transpose)
 _op("where", (3, 3), {}, d_where, s_bcast3)
 
+# the image ops and the others of the second op set (docs/ops.md)
+
+def _known_eq(a, b) -> bool:
+    return a is None or b is None or a == b
+
+
+def _ints_of(at, name, n, low, w):
+    v = at[name]
+    if len(v) != n:
+        _fail(f"{w}: {name} {v} must have {n} entries")
+    if any(e < low for e in v):
+        _fail(f"{w}: {name} {v} has an entry below {low}")
+    return v
+
+
+def _image(x, what, w):
+    if len(x) != 4:
+        _fail(f"{w}: {what} {x} is not 4-D")
+    return x
+
+
+def _window_out(size, lo, hi, k, stride, dil=1):
+    """A conv's or a pool's output size along one side (None when not known)."""
+    if size is None or k is None:
+        return None
+    return (size + lo + hi - dil * (k - 1) - 1) // stride + 1
+
+
+def _at_least_1(sizes, w):
+    if any(s is not None and s < 1 for s in sizes):
+        _fail(f"{w}: output size {sizes} below 1")
+    return sizes
+
+
+def _conv_attrs(at, w):
+    st = _ints_of(at, "stride", 2, 1, w)
+    pad = _ints_of(at, "padding", 4, 0, w)
+    dil = _ints_of(at, "dilation", 2, 1, w)
+    return st, pad, dil, at["groups"]
+
+
+def _conv_out(hw, khw, st, pad, dil, w):
+    return _at_least_1(tuple(_window_out(hw[i], pad[i], pad[i + 2], khw[i], st[i], dil[i]) for i in (0, 1)), w)
+
+
+def _multiple(c, groups):
+    return c is None or c % groups == 0
+
+
+def s_conv2d(ins, at, w):
+    x, k = _image(ins[0][1], "x", w), _image(ins[1][1], "w", w)
+    st, pad, dil, groups = _conv_attrs(at, w)
+    if not _multiple(k[0], groups):
+        _fail(f"{w}: {k[0]} output channels are not a multiple of groups {groups}")
+    if not _multiple(x[1], groups) or not _known_eq(None if x[1] is None else x[1] // groups, k[1]):
+        _fail(f"{w}: x {x} and w {k} do not agree on the channels for groups {groups}")
+    return (x[0], k[0], *_conv_out(x[2:], k[2:], st, pad, dil, w))
+
+
+def s_conv2d_transpose(ins, at, w):
+    g, k = _image(ins[0][1], "g", w), _image(ins[1][1], "w", w)
+    st, pad, dil, groups = _conv_attrs(at, w)
+    size = _ints_of(at, "size", 2, 0, w)
+    if not _known_eq(g[1], k[0]):
+        _fail(f"{w}: g {g} and w {k} disagree on the output channels")
+    if not all(_known_eq(a, b) for a, b in zip(_conv_out(size, k[2:], st, pad, dil, w), g[2:])):
+        _fail(f"{w}: g {g} is not conv2d's output for an input of size {size}")
+    return (g[0], None if k[1] is None else k[1] * groups, *size)
+
+
+def s_conv2d_filter_grad(ins, at, w):
+    x, g = _image(ins[0][1], "x", w), _image(ins[1][1], "g", w)
+    st, pad, dil, groups = _conv_attrs(at, w)
+    kernel = _ints_of(at, "kernel", 2, 1, w)
+    if not _multiple(x[1], groups) or not _multiple(g[1], groups):
+        _fail(f"{w}: x {x} and g {g} have channels that are not multiples of groups {groups}")
+    if not all(_known_eq(a, b) for a, b in zip(_conv_out(x[2:], kernel, st, pad, dil, w), g[2:])):
+        _fail(f"{w}: g {g} is not conv2d's output for x {x}")
+    return (g[1], None if x[1] is None else x[1] // groups, *kernel)
+
+
+def _pool_out(x, at, w):
+    kernel = _ints_of(at, "kernel", 2, 1, w)
+    st = _ints_of(at, "stride", 2, 1, w)
+    pad = _ints_of(at, "padding", 4, 0, w)
+    if any(pad[i] > kernel[i % 2] // 2 for i in range(4)):
+        _fail(f"{w}: padding {pad} larger than half the kernel {kernel}")
+    return (x[0], x[1], *_conv_out(x[2:], kernel, st, pad, (1, 1), w))
+
+
+def s_pool(ins, at, w):
+    return _pool_out(_image(ins[0][1], "x", w), at, w)
+
+
+def _agrees(a, b) -> bool:
+    return len(a) == len(b) and all(_known_eq(p, q) for p, q in zip(a, b))
+
+
+def s_pool_gather(ins, at, w):
+    t, x = ins[0][1], _image(ins[1][1], "x", w)
+    if not _agrees(t, x):
+        _fail(f"{w}: t {t} does not have x's shape {x}")
+    return _pool_out(x, at, w)
+
+
+def s_pool_scatter(ins, at, w):
+    g, x = ins[0][1], _image(ins[1][1], "x", w)
+    if not _agrees(g, _pool_out(x, at, w)):
+        _fail(f"{w}: g {g} is not max_pool2d's output shape for x {x}")
+    return x
+
+
+def s_avg_scatter(ins, at, w):
+    if len(ins) == 2:
+        dt, sz = ins[1][:2]
+        if dt != I64 or len(sz) != 1 or not _known_eq(sz[0], 4):
+            _fail(f"{w}: sizes must be a 1-D int64 tensor of 4 entries")
+    shape = _image(tuple(at["shape"]), "shape", w)
+    if any(v is not None and v < 0 for v in shape):
+        _fail(f"{w}: negative size in shape {shape}")
+    if len(ins) == 1 and None in shape:
+        _fail(f"{w}: shape {shape} has unknown sizes and no sizes input")
+    if not _agrees(ins[0][1], _pool_out(shape, at, w)):
+        _fail(f"{w}: g {ins[0][1]} is not avg_pool2d's output shape for {shape}")
+    return shape
+
+
+def _int_indices(dt, w):
+    if dt != I64:
+        _fail(f"{w}: indices must be int64, not {dt}")
+
+
+def d_take(ins, at, w):
+    _int_indices(ins[1][0], w)
+    return ins[0][0]
+
+
+def s_take(ins, at, w):
+    a, idx = ins[0][1], ins[1][1]
+    if not a:
+        _fail(f"{w}: take from a scalar")
+    ax = _axis(at["axis"], len(a), w)
+    return (*a[:ax], *idx, *a[ax + 1:])
+
+
+def s_scatter_add(ins, at, w):
+    g, idx = ins[0][1], ins[1][1]
+    ax, k = at["axis"], len(idx)
+    if ax > len(g) - k:
+        _fail(f"{w}: indices {idx} do not fit g {g} at axis {ax}")
+    if not _agrees(g[ax:ax + k], idx):
+        _fail(f"{w}: g {g} does not have the indices' shape {idx} at axis {ax}")
+    return (*g[:ax], at["size"], *g[ax + k:])
+
+
+def d_one_hot(ins, at, w):
+    _int_indices(ins[0][0], w)
+    if at["dtype"] not in CAST_DTYPES:
+        _fail(f"{w}: dtype {at['dtype']!r}")
+    return at["dtype"]
+
+
+def s_one_hot(ins, at, w):
+    return (*ins[0][1], at["depth"])
+
+
+def s_argmax(ins, at, w):
+    return reduce_shape(ins[0][1], (at["axis"],), at["keepdims"], w)
+
+
+def s_cumsum(ins, at, w):
+    x = ins[0][1]
+    if not x:
+        _fail(f"{w}: cumsum of a scalar")
+    _axis(at["axis"], len(x), w)
+    return x
+
+
+def d_dropout(ins, at, w):
+    if ins[1][0] != I64:
+        _fail(f"{w}: the seed must be int64")
+    return _float(ins[0][0], w)
+
+
+def s_dropout(ins, at, w):
+    x, seed = ins[0][1], ins[1][1]
+    if not (seed == () or (len(seed) == 1 and x and _known_eq(seed[0], x[0]))):
+        _fail(f"{w}: seed {seed} is neither a scalar nor a seed per row of x {x}")
+    if not 0 <= at["rate"] < 1:
+        _fail(f"{w}: rate {at['rate']} not in [0, 1)")
+    return x
+
+
+CONV = {"stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0)), "dilation": (INTS, (1, 1)), "groups": (INT, 1)}
+POOL = {"kernel": (INTS, _REQ), "stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0))}
+_op("atan erf expm1 log1p", (1, 1), {}, d_promote_f, _same)
+_op("atan2", (2, 2), {}, d_promote_f, _bcast)
+_op("clip", (3, 3), {}, d_promote_nb, s_bcast3)
+_op("min", (1, 1), RED, d_first, s_reduce)
+_op("prod", (1, 1), RED, d_first_nb, s_reduce)
+_op("argmax", (1, 1), {"axis": (INT, _REQ), "keepdims": (BOOLT, False)}, d_int64, s_argmax)
+_op("cumsum", (1, 1), {"axis": (INT, _REQ), "reverse": (BOOLT, False)}, d_first_nb, s_cumsum)
+_op("dropout", (2, 2), {"rate": (FLOAT, _REQ)}, d_dropout, s_dropout)
+_op("one_hot", (1, 1), {"depth": (INT, _REQ), "dtype": (STR, F64)}, d_one_hot, s_one_hot)
+_op("take", (2, 2), {"axis": (INT, _REQ)}, d_take, s_take)
+_op("scatter_add", (2, 2), {"axis": (INT, _REQ), "size": (INT, _REQ)}, d_take, s_scatter_add)
+_op("conv2d", (2, 2), CONV, d_promote_f, s_conv2d)
+_op("conv2d_transpose", (2, 2), {**CONV, "size": (INTS, _REQ)}, d_promote_f, s_conv2d_transpose)
+_op("conv2d_filter_grad", (2, 2), {**CONV, "kernel": (INTS, _REQ)}, d_promote_f, s_conv2d_filter_grad)
+_op("max_pool2d", (1, 1), POOL, d_first_f, s_pool)
+_op("avg_pool2d", (1, 1), {**POOL, "count_include_pad": (BOOLT, True)}, d_first_f, s_pool)
+_op("max_pool2d_gather", (2, 2), POOL, d_promote_f, s_pool_gather)
+_op("max_pool2d_scatter", (2, 2), POOL, d_promote_f, s_pool_scatter)
+_op("avg_pool2d_scatter", (1, 2), {"shape": (DIMS, _REQ), **POOL, "count_include_pad": (BOOLT, True)},
+    d_first_f, s_avg_scatter)
+
+
 def _compatible(m, decl) -> bool:
     (dt, shape), (ddt, dshape) = m[:2], decl[:2]
     return dt == ddt and len(shape) == len(dshape) and all(a is None or b is None or a == b
@@ -843,7 +1060,9 @@ MINIMUM = {("result", "index"): 0, ("scan", "carries"): 0, ("scan", "slices"): 0
            ("while_loop", "carries"): 0, ("while_loop", "max_trips"): -1,
            ("scan", "checkpoints"): 0, ("scan_revolve", "carries"): 0, ("scan_revolve", "slices"): 0,
            ("scan_revolve", "cotangents"): 0, ("scan_revolve", "ys"): 0, ("scan_revolve", "snapshots"): 1,
-           ("scan_revolve", "length"): -1}
+           ("scan_revolve", "length"): -1, ("conv2d", "groups"): 1, ("conv2d_transpose", "groups"): 1,
+           ("conv2d_filter_grad", "groups"): 1, ("one_hot", "depth"): 1, ("scatter_add", "axis"): 0,
+           ("scatter_add", "size"): 0}
 
 CAST_DTYPES = (F64, F32, I64, BOOL)
 LEAVES = ("input", "param", "constant")

@@ -3,11 +3,12 @@
 A spec builds the op from cgraph Tensors and computes the same thing with numpy, independently.
 Each entry of `shapes` is one case: the shapes of the op's array arguments. `domain` says where
 inputs are drawn: "real" (normal), "pos" (positive, away from 0), "onehot" (rows of an identity),
-"bool".
+"bool", "spread" (well separated values), "idx<n>" (int64 indices in [-n, n)).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class Spec:
     torch: Callable | None = None  # the same op in torch (x -> tensor), when torch is installed
     nondiff_args: tuple[int, ...] = ()  # arguments not differentiated (labels, conditions)
     ids: list[str] = field(default_factory=list)
+    out_dtype: str | None = None  # the output's dtype when it is not the inputs' float dtype
+    onnx_values: bool = True  # onnxruntime computes the same values (not so for dropout's mask)
 
     def draw(self, rng: np.random.Generator, shapes: tuple[tuple[int, ...], ...],
              dtype: str = "float64") -> list[np.ndarray]:
@@ -40,6 +43,10 @@ class Spec:
                 a = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
             elif kind == "bool":
                 out.append(np.asarray(rng.random(shape) > 0.5))
+                continue
+            elif kind.startswith("idx"):
+                n = int(kind[3:])
+                out.append(np.asarray(rng.integers(-n, n, shape)))
                 continue
             elif kind == "spread":  # well separated values: no ties for max, no kinks near 0
                 a = rng.permutation(np.arange(int(np.prod(shape)), dtype=float)).reshape(shape) * 0.1 - 0.35
@@ -162,6 +169,251 @@ SPECS: list[Spec] = [
          domain=("real", "real", "real", "real", "pos")),
 ]
 
+
+
+# ---- convolution, pooling, gathering and the other ops of models past the MLP ------------------
+
+def _np_windows(x, k, stride, pads, dil=(1, 1), fill=0.0):
+    """(N, C, Ho, Wo, kh, kw) windows of x padded with `fill` (pads: top, left, bottom, right)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=fill)
+    span = [(k[a] - 1) * dil[a] + 1 for a in (0, 1)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=(2, 3))
+    return win[:, :, ::stride[0], ::stride[1], ::dil[0], ::dil[1]]
+
+
+def _np_conv(x, w, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
+    Co, Cg, kh, kw = w.shape
+    win = _np_windows(x, (kh, kw), stride, pads, dil)
+    N, C, Ho, Wo = win.shape[:4]
+    out = np.einsum("ngchwij,gocij->ngohw", win.reshape(N, groups, Cg, Ho, Wo, kh, kw),
+                    w.reshape(groups, Co // groups, Cg, kh, kw))
+    return out.reshape(N, Co, Ho, Wo)
+
+
+def _np_conv_transpose(g, w, size, stride, pads, dil, groups):
+    """Each element of g spread over the input positions its window covers, weighted by w."""
+    N, Co, Ho, Wo = g.shape
+    _, Cg, kh, kw = w.shape
+    out = np.zeros((N, Cg * groups, size[0] + pads[0] + pads[2], size[1] + pads[1] + pads[3]))
+    gg, wg = g.reshape(N, groups, Co // groups, Ho, Wo), w.reshape(groups, Co // groups, Cg, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            part = np.einsum("ngohw,goc->ngchw", gg, wg[..., i, j]).reshape(N, Cg * groups, Ho, Wo)
+            out[:, :, i * dil[0]:i * dil[0] + stride[0] * (Ho - 1) + 1:stride[0],
+                j * dil[1]:j * dil[1] + stride[1] * (Wo - 1) + 1:stride[1]] += part
+    return out[:, :, pads[0]:pads[0] + size[0], pads[1]:pads[1] + size[1]]
+
+
+def _np_conv_filter(x, g, kernel, stride, pads, dil, groups):
+    """sum over n, p, q of g[n, o, p, q] times x's window (p, q) at kernel offset (i, j)."""
+    win = _np_windows(x, kernel, stride, pads, dil)
+    N, C, Ho, Wo = win.shape[:4]
+    Co = g.shape[1]
+    out = np.einsum("ngohw,ngchwij->gocij", g.reshape(N, groups, Co // groups, Ho, Wo),
+                    win.reshape(N, groups, C // groups, Ho, Wo, *kernel))
+    return out.reshape(Co, C // groups, *kernel)
+
+
+def _adjoint(f, shape):
+    """g -> J^T g for the linear map f on arrays of `shape`, J found from f of each basis vector
+    (once, when first needed)."""
+    size = int(np.prod(shape))
+    J = []
+
+    def vjp(g):
+        if not J:
+            J.append(np.array([np.ravel(f(e.reshape(shape))) for e in np.eye(size)]).reshape(size, -1))
+        return (J[0] @ np.ravel(g)).reshape(shape)
+    return vjp
+
+
+def _np_max_pool(x, k, stride, pads):
+    return _np_windows(x, k, stride, pads, fill=-np.inf).max(axis=(4, 5))
+
+
+def _np_avg_pool(x, k, stride, pads, include=True):
+    total = _np_windows(x, k, stride, pads).sum(axis=(4, 5))
+    count = k[0] * k[1] if include else _np_windows(np.ones_like(x), k, stride, pads).sum(axis=(4, 5))
+    return total / count
+
+
+def _np_pool_share(x, k, stride, pads):
+    """Per window element: 1/ties where it reaches the window's max (windows of padded x)."""
+    win = _np_windows(x, k, stride, pads, fill=-np.inf)
+    hit = (win == win.max(axis=(4, 5), keepdims=True)).astype(float)
+    return hit / hit.sum(axis=(4, 5), keepdims=True)
+
+
+def _np_max_scatter(g, x, k, stride, pads):
+    share = _np_pool_share(x, k, stride, pads) * g[..., None, None]
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, H + pads[0] + pads[2], W + pads[1] + pads[3]))
+    for p in range(g.shape[2]):
+        for q in range(g.shape[3]):
+            out[:, :, p * stride[0]:p * stride[0] + k[0], q * stride[1]:q * stride[1] + k[1]] += share[:, :, p, q]
+    return out[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W]
+
+
+def _np_max_gather(t, x, k, stride, pads):
+    return (_np_pool_share(x, k, stride, pads) * _np_windows(t, k, stride, pads)).sum(axis=(4, 5))
+
+
+def _np_dropout(x, rate, seed):
+    return np.where(np.random.default_rng(int(seed) % 2**64).random(x.shape) < rate, 0.0, x / (1 - rate))
+
+
+def _tf():
+    import torch.nn.functional as F
+    return F
+
+
+def _torch_vjp(f, at, g):
+    """The VJP of f at `at` applied to g, in torch (for the derivative ops of conv and pooling)."""
+    import torch
+    return torch.func.vjp(f, at)[1](g)[0]
+
+
+_IDX = np.array([[2, 0, -1], [1, 1, -3]])  # indices into an axis of size 3, with repeats and negatives
+_CONV_CASES = [  # (x shape, w shape, stride, padding (top, left, bottom, right), dilation, groups)
+    ((1, 2, 4, 5), (3, 2, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((1, 4, 5, 4), (4, 2, 3, 2), (2, 1), (1, 2, 1, 2), (1, 2), 2),
+    ((1, 2, 5, 5), (2, 2, 2, 3), (1, 2), (0, 1, 1, 1), (2, 1), 1),
+    ((0, 2, 4, 4), (2, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ((2, 1, 4, 4), (2, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+]
+
+
+def _conv_spec(i, case):
+    xs, ws, st, pd, dl, gr = case
+    torch = (lambda x, w: _tf().conv2d(x, w, None, st, pd[:2], dl, gr)) if pd[:2] == pd[2:] else None
+    return Spec(f"conv2d_{i}", lambda x, w: cg.conv2d(x, w, st, pd, dl, gr),
+                lambda x, w: _np_conv(x, w, st, pd, dl, gr), [(xs, ws)], torch=torch)
+
+
+def _conv_internal_specs():
+    out = []
+    for i, case in enumerate(_CONV_CASES[:3]):
+        xs, ws, st, pd, dl, gr = case
+        attrs = dict(stride=st, padding=pd, dilation=dl, groups=gr)
+        ys = _np_conv(np.zeros(xs), np.zeros(ws), st, pd, dl, gr).shape
+        sym = pd[:2] == pd[2:]
+
+        def t_torch(g, w, xs=xs, st=st, pd=pd, dl=dl, gr=gr):
+            return _torch_vjp(lambda x: _tf().conv2d(x, w, None, st, pd[:2], dl, gr), g.new_zeros(xs), g)
+
+        def f_torch(x, g, ws=ws, st=st, pd=pd, dl=dl, gr=gr):
+            return _torch_vjp(lambda w: _tf().conv2d(x, w, None, st, pd[:2], dl, gr), g.new_zeros(ws), g)
+
+        out.append(Spec(
+            f"conv2d_transpose_{i}", lambda g, w, a=attrs, xs=xs: apply("conv2d_transpose", g, w, size=xs[2:], **a),
+            lambda g, w, xs=xs, c=case: _np_conv_transpose(g, w, xs[2:], *c[2:]), [(ys, ws)],
+            torch=t_torch if sym else None))
+        out.append(Spec(
+            f"conv2d_filter_grad_{i}",
+            lambda x, g, a=attrs, ws=ws: apply("conv2d_filter_grad", x, g, kernel=ws[2:], **a),
+            lambda x, g, ws=ws, c=case: _np_conv_filter(x, g, ws[2:], *c[2:]), [(xs, ys)],
+            torch=f_torch if sym else None))
+    return out
+
+
+_POOL_CASES = [  # (x shape, kernel, stride, padding (top, left, bottom, right))
+    ((1, 2, 4, 6), (2, 2), (2, 2), (0, 0, 0, 0)),
+    ((1, 2, 5, 4), (3, 3), (2, 1), (1, 1, 1, 1)),
+    ((1, 1, 5, 7), (2, 3), (1, 2), (1, 0, 0, 1)),
+]
+
+
+def _pool_specs():
+    out = []
+    for i, (xs, k, st, pd) in enumerate(_POOL_CASES):
+        sym = pd[:2] == pd[2:]
+        a = dict(kernel=k, stride=st, padding=pd)
+        ys = _np_max_pool(np.zeros(xs), k, st, pd).shape
+        out += [
+            Spec(f"max_pool2d_{i}", lambda x, k=k, st=st, pd=pd: cg.max_pool2d(x, k, st, pd),
+                 lambda x, k=k, st=st, pd=pd: _np_max_pool(x, k, st, pd), [(xs,)], domain=("spread",),
+                 torch=(lambda x, k=k, st=st, pd=pd: _tf().max_pool2d(x, k, st, pd[:2])) if sym else None),
+            Spec(f"avg_pool2d_{i}", lambda x, k=k, st=st, pd=pd: cg.avg_pool2d(x, k, st, pd),
+                 lambda x, k=k, st=st, pd=pd: _np_avg_pool(x, k, st, pd), [(xs,)],
+                 torch=(lambda x, k=k, st=st, pd=pd: _tf().avg_pool2d(x, k, st, pd[:2])) if sym else None),
+            Spec(f"avg_pool2d_exclude_pad_{i}",
+                 lambda x, k=k, st=st, pd=pd: cg.avg_pool2d(x, k, st, pd, count_include_pad=False),
+                 lambda x, k=k, st=st, pd=pd: _np_avg_pool(x, k, st, pd, include=False), [(xs,)],
+                 torch=(lambda x, k=k, st=st, pd=pd: _tf().avg_pool2d(x, k, st, pd[:2], count_include_pad=False))
+                 if sym else None),
+            Spec(f"max_pool2d_scatter_{i}", lambda g, x, a=a: apply("max_pool2d_scatter", g, x, **a),
+                 lambda g, x, a=a: _np_max_scatter(g, x, a["kernel"], a["stride"], a["padding"]), [(ys, xs)],
+                 domain=("real", "spread"),
+                 torch=(lambda g, x, k=k, st=st, pd=pd: _torch_vjp(lambda z: _tf().max_pool2d(z, k, st, pd[:2]), x, g))
+                 if sym else None),
+            Spec(f"max_pool2d_gather_{i}", lambda t, x, a=a: apply("max_pool2d_gather", t, x, **a),
+                 lambda t, x, a=a: _np_max_gather(t, x, a["kernel"], a["stride"], a["padding"]), [(xs, xs)],
+                 domain=("real", "spread")),
+            Spec(f"avg_pool2d_scatter_{i}",
+                 lambda g, a=a, xs=xs, inc=i != 1: apply("avg_pool2d_scatter", g, shape=xs, count_include_pad=inc, **a),
+                 _adjoint(lambda x, k=k, st=st, pd=pd, inc=i != 1: _np_avg_pool(x, k, st, pd, inc), xs),
+                 [(ys,)]),
+        ]
+    return out
+
+
+UNARY0 = [(UNARY,), ((),), ((0, 3),)]
+SPECS += [
+    Spec("atan", cg.atan, np.arctan, UNARY0, torch=_t("torch.atan")),
+    Spec("atan2", cg.atan2, np.arctan2, [*BIN, ((0,), ())], torch=_t("torch.atan2")),
+    Spec("erf", cg.erf, lambda x: np.vectorize(math.erf)(x) if np.size(x) else np.asarray(x), UNARY0,
+         torch=_t("torch.erf")),
+    Spec("log1p", cg.log1p, np.log1p, UNARY0, domain=("pos",), torch=_t("torch.log1p")),
+    Spec("expm1", cg.expm1, np.expm1, UNARY0, torch=_t("torch.expm1")),
+    Spec("clip", cg.clip, lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+         [((3, 4), (4,), (3, 1)), ((), (), ()), ((0, 2), (2,), ())],
+         torch=lambda x, lo, hi: __import__("torch").clamp(x, lo, hi)),
+    Spec("clip_numbers", lambda x: cg.clip(x, -0.5, 0.7), lambda x: np.clip(x, -0.5, 0.7), [(UNARY,)],
+         torch=lambda x: x.clamp(-0.5, 0.7)),
+    Spec("clip_open", lambda x: cg.clip(x, None, 0.3), lambda x: np.minimum(x, 0.3), [(UNARY,)],
+         torch=lambda x: x.clamp(max=0.3)),
+    Spec("prod", cg.prod, np.prod, [((3, 4),), ((),)], torch=_t("torch.prod")),
+    Spec("prod_axis", lambda x: cg.prod(x, axis=1), lambda x: np.prod(x, axis=1), [((3, 4),), ((2, 3, 4),), ((0, 3),)],
+         torch=lambda x: x.prod(1)),
+    Spec("prod_keep", lambda x: cg.prod(x, axis=(0, 2), keepdims=True), lambda x: np.prod(x, (0, 2), keepdims=True),
+         [((2, 3, 4),)]),
+    Spec("min", cg.min, np.min, [((3, 4),), ((),)], domain=("spread",), torch=_t("torch.amin")),
+    Spec("min_axis", lambda x: cg.min(x, axis=0, keepdims=True), lambda x: np.min(x, 0, keepdims=True), [((3, 4),)],
+         domain=("spread",), torch=lambda x: x.amin(0, keepdim=True)),
+    Spec("cumsum", lambda x: cg.cumsum(x, 1), lambda x: np.cumsum(x, 1), [((3, 4),), ((2, 0),)],
+         torch=lambda x: x.cumsum(1)),
+    Spec("cumsum_reverse", lambda x: cg.cumsum(x, 0, reverse=True), lambda x: np.cumsum(x[::-1], 0)[::-1],
+         [((3, 4),), ((5,),)], torch=lambda x: x.flip(0).cumsum(0).flip(0)),
+    Spec("cumsum_flat", cg.cumsum, np.cumsum, [((2, 3),), ((),)], torch=lambda x: x.reshape(-1).cumsum(0)),
+    Spec("argmax", cg.argmax, lambda x: np.argmax(x, -1), [((3, 4),), ((5,),)], domain=("spread",), smooth=False,
+         out_dtype="int64"),
+    Spec("argmax_keep", lambda x: cg.argmax(x, 0, keepdims=True), lambda x: np.argmax(x, 0, keepdims=True),
+         [((3, 4),)], domain=("spread",), smooth=False, out_dtype="int64"),
+    Spec("argmax_flat", lambda x: cg.argmax(x, None), lambda x: np.argmax(x), [((2, 3),)], domain=("spread",),
+         smooth=False, out_dtype="int64"),
+    Spec("take", cg.take, lambda a, i: np.take(a, i, axis=0), [((3, 2), (4,)), ((3,), ()), ((3, 5), (2, 0))],
+         domain=("real", "idx3"), nondiff_args=(1,), torch=lambda a, i: a[i]),
+    Spec("take_axis", lambda a: cg.take(a, _IDX, axis=1), lambda a: np.take(a, _IDX, axis=1), [((2, 3, 4),)],
+         torch=lambda a: a[:, __import__("torch").tensor(_IDX)]),
+    Spec("scatter_add", lambda g: apply("scatter_add", g, g.graph.constant(None, _IDX), axis=1, size=3),
+         _adjoint(lambda a: np.take(a, _IDX, axis=1), (2, 3, 4)), [((2, 2, 3, 4),)],
+         torch=lambda g: __import__("torch").zeros(2, 3, 4, dtype=g.dtype).index_add(
+             1, __import__("torch").tensor(_IDX.ravel() % 3), g.reshape(2, 6, 4))),
+    Spec("one_hot", lambda i: cg.one_hot(i, 4), lambda i: np.eye(4)[i], [((5,),), ((2, 3),), ((0,),)],
+         domain=("idx4",), smooth=False, out_dtype="float64"),
+    Spec("one_hot_f32", lambda i: cg.one_hot(i, 3, "float32"), lambda i: np.eye(3, dtype=np.float32)[i],
+         [((2, 2),)], domain=("idx3",), smooth=False, out_dtype="float32"),
+    Spec("dropout", lambda x: cg.dropout(x, 0.3, 7), lambda x: _np_dropout(x, 0.3, 7), [((4, 5),), ((),), ((0,),)],
+         onnx_values=False),
+    Spec("dropout_seed_input", lambda x, s: cg.dropout(x, 0.5, s), lambda x, s: _np_dropout(x, 0.5, s),
+         [((3, 4), ())], domain=("real", "idx100"), nondiff_args=(1,), onnx_values=False),
+    *[_conv_spec(i, c) for i, c in enumerate(_CONV_CASES)],
+    Spec("conv2d_same", lambda x, w: cg.conv2d(x, w, padding="same"), lambda x, w: _np_conv(x, w, pads=(0, 1, 1, 1)),
+         [((1, 2, 4, 3), (2, 2, 2, 3))], torch=lambda x, w: _tf().conv2d(x, w, padding="same")),
+    *_conv_internal_specs(),
+    *_pool_specs(),
+]
+
 COMPARISONS = [
     ("less", cg.less, np.less), ("less_equal", cg.less_equal, np.less_equal),
     ("greater", cg.greater, np.greater), ("greater_equal", cg.greater_equal, np.greater_equal),
@@ -185,7 +437,7 @@ def build_graph(spec: Spec, shapes, dtype: str = "float64", scale: float = 1.0,
     args = []
     for i, shape in enumerate(shapes):
         kind = spec.domain[i] if i < len(spec.domain) else "real"
-        dt = "bool" if kind == "bool" else dtype
+        dt = "bool" if kind == "bool" else "int64" if kind.startswith("idx") else dtype
         args.append(g.input(f"a{i}", shape, dt))
     out = spec.build(*args)
     g.output("out", out * scale if scale != 1.0 else out)

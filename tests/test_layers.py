@@ -9,7 +9,7 @@ LAYERS = [
     {"errors", "shapes", "memory", "version", "patterns", "files"},
     {"ops.registry"},
     {"graph"},
-    {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn"},
+    {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn", "ops.conv"},
     {"autodiff", "simplify", "batching"},
     {"schedule", "codegen", "checkpoint", "control"},
     {"executors", "executors.base", "executors.evaluator", "executors.forward", "executors.reverse"},

@@ -3,6 +3,7 @@
 
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,67 @@ def test_float32_end_to_end():
     x = np.random.default_rng(0).normal(size=(10, 3))
     out = cg.Evaluator(g).run({"x": x, "y": np.eye(2)[[0, 1] * 5]})
     assert out["logits"].dtype == np.float32 and out["loss"].dtype == np.float32
+
+
+# ---- layers ------------------------------------------------------------------------------------
+
+def test_layers_name_their_params_and_draw_them_seeded():
+    g = cg.Graph("layers")
+    x = g.input("x", (None, 3, 8, 8))
+    h = cg.nn.conv2d(x, 6, 3, padding=1)
+    h = cg.nn.conv2d(cg.relu(h), 4, (3, 1), groups=2, bias=False)
+    with g.scope("head"):
+        out = cg.nn.dense(cg.nn.flatten(cg.nn.max_pool2d(h, 2)), 5)
+        out2 = cg.nn.dense(out, 2, init="normal", scale=0.5)
+    assert {k: v.shape for k, v in g.params.items()} == {
+        "conv0/W": (6, 3, 3, 3), "conv0/b": (6, 1, 1), "conv1/W": (4, 3, 3, 1),
+        "head/dense0/W": (4 * 3 * 4, 5), "head/dense0/b": (5,), "head/dense1/W": (5, 2), "head/dense1/b": (2,)}
+    assert out2.shape == (None, 2)
+    rng = np.random.default_rng([0, zlib.crc32(b"conv0")])
+    assert np.array_equal(g.params["conv0/W"], cg.nn.init_weight(rng, 27, 54, "he", 0.01, (6, 3, 3, 3)))
+    big = cg.Graph()
+    t = cg.nn.conv2d(big.input("x", (None, 64, 5, 5)), 128, 3, seed=1, name="c")
+    assert t.shape == (None, 128, 3, 3)
+    assert big.params["c/W"].std() == pytest.approx(np.sqrt(2 / (64 * 9)), rel=0.02)  # He: fan_in = C kh kw
+    with pytest.raises(cg.GraphError, match="init='zeros' is not one of"):
+        cg.nn.dense(out, 2, init="zeros")
+    with pytest.raises(cg.ShapeError, match="flatten"):
+        cg.nn.flatten(g.input("v", (None, None)))
+
+
+def test_conv_layer_and_embedding_against_torch():
+    torch = pytest.importorskip("torch")
+    g = cg.Graph()
+    x = g.input("x", (None, 2, 6, 6))
+    ids = g.input("ids", (None, 3), "int64")
+    g.output("y", cg.nn.conv2d(x, 4, 3, stride=2, padding=(1, 0), seed=3))
+    g.output("e", cg.nn.embedding(ids, 7, 2, seed=3))
+    X, ids_value = np.random.default_rng(0).normal(size=(5, 2, 6, 6)), np.array([[0, 6, 2]] * 5)
+    out = cg.Evaluator(g).run({"x": X, "ids": ids_value})
+    p = {k: torch.tensor(v) for k, v in g.params.items()}
+    want = torch.nn.functional.conv2d(torch.tensor(X), p["conv0/W"], p["conv0/b"].reshape(-1), stride=2,
+                                      padding=(1, 0))
+    np.testing.assert_allclose(out["y"], want.numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(out["e"], g.params["embedding0/table"][ids_value])
+
+
+def test_dropout_layers_train_with_fit_and_a_fresh_mask_each_step(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4))
+    Y = np.eye(2)[(X[:, 0] + X[:, 1] > 0).astype(int)]
+    g = cg.Graph("drop")
+    x, y = g.input("x", (None, 4)), g.input("y", (None, 2))
+    h = cg.nn.dropout(cg.tanh(cg.nn.dense(x, 16)), 0.3)
+    logits = cg.nn.dense(cg.nn.dropout(h, 0.2), 2)
+    g.output("loss", cg.softmax_cross_entropy(logits, y))
+    assert cg.nn.dropout(h, 0.5, training=False) is h
+    assert g.metadata["nn.seed"] == "seed" and g.inputs["seed"].dtype == np.int64
+    drops = [n for n in g.nodes.values() if n.op == "dropout"]
+    assert len(drops) == 2 and drops[0].inputs[1] == "seed" and drops[1].inputs[1] != "seed"  # seed, seed + 1
+    seen = []
+    call = cg.optim.TrainStep.__call__
+    monkeypatch.setattr(cg.optim.TrainStep, "__call__", lambda self, feeds, grads=None:
+                        seen.append(int(feeds["seed"])) or call(self, feeds, grads))
+    hist = cg.fit(g, {"x": X, "y": Y}, optimizer=cg.optim.Adam(lr=0.05), epochs=30, batch_size=32, progress=False)
+    assert len(set(seen)) == len(seen) == 60, "a fresh seed each step"
+    assert hist.loss[-1] < 0.6 * hist.loss[0]

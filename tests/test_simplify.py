@@ -78,7 +78,7 @@ def test_same_results_with_and_without_passes(case):
     xs = spec.draw(np.random.default_rng(0), shapes)
     g = build_graph(spec, shapes, scale=3.0)
     feeds = {f"a{i}": x for i, x in enumerate(xs)}
-    wrt = [f"a{i}" for i in range(len(shapes)) if xs[i].dtype != bool]
+    wrt = [f"a{i}" for i in range(len(shapes)) if np.issubdtype(xs[i].dtype, np.floating)]
     if g.outputs["out"].shape != ():
         g.output("s", cg.sum(g.outputs["out"] * 1.5))
     gg = cg.gradient_graph(g, "out" if g.outputs["out"].shape == () else "s", wrt)

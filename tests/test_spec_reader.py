@@ -573,8 +573,110 @@ def related(rng, shape):
     return random_shape(rng)
 
 
+def _maybe(rng, good, bad, p=0.85):
+    return good if rng.random() < p else bad
+
+
+def _pairs(rng, lo, hi, n=2):
+    return tuple(int(rng.integers(lo, hi + 1)) for _ in range(n))
+
+
+def _pool_attrs(rng):
+    k = _pairs(rng, 1, 3)
+    return {"kernel": _maybe(rng, k, _pairs(rng, 0, 3, int(rng.integers(1, 4)))),
+            "stride": _maybe(rng, _pairs(rng, 1, 3), (0, 1)),
+            "padding": _maybe(rng, (*_pairs(rng, 0, k[0] // 2 + 1, 1), *_pairs(rng, 0, k[1] // 2 + 1, 1),
+                                    *_pairs(rng, 0, k[0] // 2, 1), *_pairs(rng, 0, k[1] // 2, 1)), (0, 0))}
+
+
+def _out(size, lo, hi, k, st, dil=1):
+    return None if size is None else max((size + lo + hi - dil * (k - 1) - 1) // st + 1, 0)
+
+
+def _pool_shape(x, at):
+    k, st, p = at["kernel"], at.get("stride", (1, 1)), at.get("padding", (0, 0, 0, 0))
+    if len(k) != 2 or len(st) != 2 or len(p) != 4 or 0 in st:
+        return x
+    return (x[0], x[1], _out(x[2], p[0], p[2], k[0], st[0]), _out(x[3], p[1], p[3], k[1], st[1]))
+
+
+def _image_case(op, rng):
+    """Inputs and attrs for the image ops: near-valid 4-D cases, sometimes a piece off."""
+    def size(lo=1, hi=9):
+        return None if rng.random() < 0.1 else int(rng.integers(lo, hi + 1))
+    x = (size(1, 3), int(rng.choice([1, 2, 3, 4])), size(), size())
+    dt = "float64" if rng.random() < 0.5 else _maybe(rng, "float32", "int64", 0.9)
+    if op.startswith("conv2d"):
+        groups = int(rng.choice([1, 1, 2])) if x[1] % 2 == 0 else 1
+        groups = _maybe(rng, groups, int(rng.integers(0, 4)), 0.9)
+        k = _pairs(rng, 1, 3)
+        co = max(groups, 1) * int(rng.integers(1, 3))
+        w = (_maybe(rng, co, co + 1, 0.9), _maybe(rng, x[1] // max(groups, 1), x[1], 0.9), *k)
+        at = {"stride": _maybe(rng, _pairs(rng, 1, 2), (0, 1)), "padding": _maybe(rng, _pairs(rng, 0, 2, 4), (1, 1)),
+              "dilation": _maybe(rng, _pairs(rng, 1, 2), (1,)), "groups": groups}
+        for name in [n for n in at if rng.random() < 0.2]:
+            del at[name]  # the default
+        st, p, d = at.get("stride", (1, 1)), at.get("padding", (0, 0, 0, 0)), at.get("dilation", (1, 1))
+        ok = len(st) == 2 and len(p) == 4 and len(d) == 2 and 0 not in st
+        out = (x[0], w[0], *((_out(x[2 + i], p[i], p[i + 2], k[i], st[i], d[i]) for i in (0, 1)) if ok
+                             else (size(), size())))
+        if op == "conv2d":
+            return [(dt, x), ("float64", w)], at
+        if op == "conv2d_transpose":
+            hw = tuple(int(rng.integers(1, 9)) if v is None else v for v in x[2:])
+            g = (x[0], w[0], *((_out(hw[i], p[i], p[i + 2], k[i], st[i], d[i]) for i in (0, 1)) if ok
+                               else (size(), size())))
+            return [(dt, _maybe(rng, g, out)), ("float64", w)], {**at, "size": _maybe(rng, hw, (*hw, 1), 0.9)}
+        return [(dt, x), ("float64", _maybe(rng, out, x))], {**at, "kernel": _maybe(rng, k, (0, *k), 0.9)}
+    at = _pool_attrs(rng)
+    if rng.random() < 0.3:
+        del at["stride"]
+    if op.startswith("avg"):
+        at["count_include_pad"] = bool(rng.random() < 0.5)
+    if op in ("max_pool2d", "avg_pool2d"):
+        return [(dt, _maybe(rng, x, x[1:], 0.95))], at
+    out = _pool_shape(x, at)
+    if op == "max_pool2d_gather":
+        return [(dt, _maybe(rng, x, out)), ("float64", x)], at
+    if op == "max_pool2d_scatter":
+        return [(dt, _maybe(rng, out, x)), ("float64", x)], at
+    ins = [(dt, _maybe(rng, out, x))]
+    if rng.random() < 0.5:
+        ins.append((_maybe(rng, "int64", "float64", 0.9), _maybe(rng, (4,), (3,), 0.9)))
+    known = tuple(int(rng.integers(1, 9)) if v is None else v for v in x)
+    shape = tuple(None if rng.random() < 0.15 else v for v in known) if len(ins) == 2 else known
+    return ins, {**at, "shape": shape}
+
+
+def _index_case(op, rng):
+    """Inputs and attrs for take, scatter_add, one_hot and dropout (int64 indices or seeds)."""
+    idt = _maybe(rng, "int64", str(rng.choice(DTYPES)), 0.85)
+    idx = random_shape(rng, int(rng.integers(0, 3)))
+    a = random_shape(rng, int(rng.integers(0, 4)))
+    dt = str(rng.choice(DTYPES[:2])) if rng.random() < 0.8 else str(rng.choice(DTYPES))
+    if op == "take":
+        return [(dt, a), (idt, idx)], {"axis": int(rng.integers(-len(a) - 1, len(a) + 1))}
+    if op == "scatter_add":
+        ax = int(rng.integers(0, len(a) + 1))
+        g = (*a[:ax], *_maybe(rng, idx, idx[::-1] + (1,), 0.85), *a[ax:])
+        return [(dt, g), (idt, idx)], {"axis": _maybe(rng, ax, ax + 1 if rng.random() < 0.5 else -1, 0.9),
+                                       "size": _maybe(rng, int(rng.integers(0, 5)), -1, 0.95)}
+    if op == "one_hot":
+        at = {"depth": _maybe(rng, int(rng.integers(1, 5)), 0, 0.9)}
+        if rng.random() < 0.7:
+            at["dtype"] = str(rng.choice(DTYPES + ["float16"]))
+        return [(idt, idx)], at
+    seed = _maybe(rng, (), (a[0],) if a else (2,), 0.6) if rng.random() < 0.9 else random_shape(rng, 1)
+    return [(dt, a), (idt, seed)], {"rate": _maybe(rng, float(rng.uniform(0, 0.9)), float(rng.choice([-0.5, 1.0, 1.5])),
+                                                   0.85)}
+
+
 def random_case(op, rng):
     """(input metas [(dtype, shape)], attrs) for one node of `op`, often valid, often not."""
+    if op.startswith(("conv2d", "max_pool2d", "avg_pool2d")):
+        return _image_case(op, rng)
+    if op in ("take", "scatter_add", "one_hot", "dropout"):
+        return _index_case(op, rng)
     (lo, hi), decl, _, _ = spec_reader.OPS[op]
     x = random_shape(rng)
     n = len(x)

@@ -12,10 +12,11 @@ it is returned.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -131,8 +132,41 @@ for _op, _onnx_op in (("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "D
     RULES[_op] = _same_type(_onnx_op)
 for _op, _onnx_op in (("neg", "Neg"), ("exp", "Exp"), ("log", "Log"), ("sqrt", "Sqrt"), ("abs", "Abs"),
                       ("sign", "Sign"), ("sin", "Sin"), ("cos", "Cos"), ("tanh", "Tanh"),
-                      ("logistic", "Sigmoid"), ("relu", "Relu")):
+                      ("logistic", "Sigmoid"), ("relu", "Relu"), ("atan", "Atan"), ("erf", "Erf")):
     RULES[_op] = _unary(_onnx_op)
+
+
+@_rule("log1p")
+def _log1p(e: _Emitter, n: Node) -> str:
+    """Log(1 + x)"""
+    return e.node("Log", [e.node("Add", [e.x(n, 0), e.const(1, n.dtype)])])
+
+
+@_rule("expm1")
+def _expm1(e: _Emitter, n: Node) -> str:
+    """Exp(x) - 1"""
+    return e.node("Sub", [e.node("Exp", [e.x(n, 0)]), e.const(1, n.dtype)])
+
+
+@_rule("atan2")
+def _atan2(e: _Emitter, n: Node) -> str:
+    """Atan(a / b), plus pi (a >= 0) or -pi (a < 0) where b < 0, and 0 where a = b = 0
+
+    The quadrant correction of atan(a / b), with the inputs cast to the output's dtype."""
+    a, b = e.x(n, 0, n.dtype), e.x(n, 1, n.dtype)
+    zero = e.const(0, n.dtype)
+    base = e.node("Atan", [e.node("Div", [a, b])])
+    turn = e.node("Where", [e.node("Less", [a, zero]), e.const(-np.pi, n.dtype), e.const(np.pi, n.dtype)])
+    out = e.node("Add", [base, e.node("Where", [e.node("Less", [b, zero]), turn, zero])])
+    origin = e.node("Equal", [e.node("Add", [e.node("Abs", [a]), e.node("Abs", [b])]), zero])
+    return e.node("Where", [origin, zero, out])
+
+
+@_rule("clip")
+def _clip(e: _Emitter, n: Node) -> str:
+    """Min(Max(x, lo), hi), the inputs cast to the output's dtype (ONNX's Clip takes scalar bounds only)"""
+    low = e.node("Max", [e.x(n, 0, n.dtype), e.x(n, 1, n.dtype)])
+    return e.node("Min", [low, e.x(n, 2, n.dtype)])
 
 
 @_rule("square")
@@ -360,6 +394,227 @@ def _reduction(onnx_op: str) -> Rule:
 RULES["sum"] = _reduction("ReduceSum")
 RULES["mean"] = _reduction("ReduceMean")
 RULES["max"] = _reduction("ReduceMax")
+RULES["min"] = _reduction("ReduceMin")
+RULES["prod"] = _reduction("ReduceProd")
+
+
+@_rule("argmax")
+def _argmax(e: _Emitter, n: Node) -> str:
+    """ArgMax (the first index of ties)"""
+    return e.node("ArgMax", [e.x(n, 0)], axis=int(n.attrs["axis"]), keepdims=int(n.attrs["keepdims"]))
+
+
+@_rule("cumsum")
+def _cumsum(e: _Emitter, n: Node) -> str:
+    """CumSum (reverse as the attribute)"""
+    return e.node("CumSum", [e.x(n, 0), e.const(int(n.attrs["axis"]))], reverse=int(n.attrs["reverse"]))
+
+
+# ---- gathering ------------------------------------------------------------------------------
+
+@_rule("take")
+def _take(e: _Emitter, n: Node) -> str:
+    """Gather"""
+    return e.node("Gather", [e.x(n, 0), e.x(n, 1)], axis=int(n.attrs["axis"]))
+
+
+def _one_hot_of(e: _Emitter, indices: str, depth: int, dtype: Any) -> str:
+    """OneHot with int64 values (onnxruntime has no float64 OneHot), cast to `dtype`."""
+    out = e.node("OneHot", [indices, e.const(depth), e.const([0, 1])], axis=-1)
+    return out if np.dtype(dtype) == np.int64 else e.cast(out, dtype)
+
+
+@_rule("one_hot")
+def _one_hot(e: _Emitter, n: Node) -> str:
+    """OneHot with values (0, 1) as int64, then Cast to the dtype"""
+    return _one_hot_of(e, e.x(n, 0), int(n.attrs["depth"]), n.dtype)
+
+
+@_rule("scatter_add")
+def _scatter_add(e: _Emitter, n: Node) -> str:
+    """MatMul of g (the indices' axes moved last and flattened) with OneHot(indices), then Transpose back
+
+    g's slices summed into `size` positions: the indices' axes are moved to the end and
+    flattened (Transpose, Reshape), multiplied by the one-hot rows of the indices, and the new
+    axis moved to `axis`."""
+    g_shape = e.g.nodes[n.inputs[0]].shape
+    idx_shape = e.g.nodes[n.inputs[1]].shape
+    axis, k, nd = int(n.attrs["axis"]), len(idx_shape), len(g_shape)
+    flat = 0 if None in idx_shape else math.prod(cast(tuple[int, ...], idx_shape))
+    g = _permute(e, e.x(n, 0), [*range(axis), *range(axis + k, nd), *range(axis, axis + k)])
+    g = e.node("Reshape", [g, e.const([0] * (nd - k) + [flat or -1])])  # (a 0 copies the size there)
+    hot = _one_hot_of(e, e.node("Reshape", [e.x(n, 1), e.const([-1])]), int(n.attrs["size"]), n.dtype)
+    return _permute(e, e.node("MatMul", [g, hot]), [*range(axis), nd - k, *range(axis, nd - k)])
+
+
+def _permute(e: _Emitter, x: str, perm: list[int]) -> str:
+    """Transpose, or x itself when `perm` moves nothing."""
+    return x if perm == sorted(perm) else e.node("Transpose", [x], perm=perm)
+
+
+# ---- dropout, convolution and pooling --------------------------------------------------------
+
+@_rule("dropout")
+def _dropout(e: _Emitter, n: Node) -> str:
+    """Dropout in training mode (onnxruntime draws its own mask: the same distribution, not cgraph's mask)"""
+    ratio = e.const(float(n.attrs["rate"]), n.dtype)
+    return e.node("Dropout", [e.x(n, 0), ratio, e.const(True, np.bool_)])
+
+
+def _conv_attrs(n: Node) -> dict[str, Any]:
+    a = n.attrs
+    return {"strides": list(a["stride"]), "pads": list(a["padding"]), "dilations": list(a["dilation"]),
+            "group": int(a["groups"])}
+
+
+@_rule("conv2d")
+def _conv2d(e: _Emitter, n: Node) -> str:
+    """Conv (pads in the same order: top, left, bottom, right)"""
+    return e.node("Conv", [e.x(n, 0, n.dtype), e.x(n, 1, n.dtype)], **_conv_attrs(n))
+
+
+def _output_padding(n: Node, size: tuple, g_hw: tuple, kernel: tuple, stride: tuple, dilation: tuple) -> list[int]:
+    """ConvTranspose's output_padding that gives `size` back from conv2d's output `g_hw`."""
+    pads = n.attrs["padding"]
+    if None in size or None in g_hw or None in kernel:
+        raise OnnxError(f"{n.name} ({n.op}): the ONNX form needs static image and kernel sizes")
+    return [size[a] + pads[a] + pads[a + 2] - dilation[a] * (kernel[a] - 1) - 1 - stride[a] * (g_hw[a] - 1)
+            for a in (0, 1)]
+
+
+@_rule("conv2d_transpose")
+def _conv2d_transpose(e: _Emitter, n: Node) -> str:
+    """ConvTranspose, output_padding chosen to give `size`"""
+    a = n.attrs
+    g_hw, kernel = e.g.nodes[n.inputs[0]].shape[2:], e.g.nodes[n.inputs[1]].shape[2:]
+    pad = _output_padding(n, a["size"], g_hw, kernel, a["stride"], a["dilation"])
+    return e.node("ConvTranspose", [e.x(n, 0, n.dtype), e.x(n, 1, n.dtype)], output_padding=pad, **_conv_attrs(n))
+
+
+@_rule("conv2d_filter_grad")
+def _conv2d_filter_grad(e: _Emitter, n: Node) -> str:
+    """Conv of x's channels (as the batch) with g's (as the kernels), stride and dilation swapped, Slice, Transpose
+
+    out[o, c] = sum over n of x[n, group(o) c] correlated with g[n, o]: x reshaped to
+    (C / groups, groups * N, H, W) (grouped by N), g transposed to (O, N, Ho, Wo), one grouped
+    Conv with strides = dilation and dilations = stride, sliced to the kernel's size and
+    transposed to (O, C / groups, kh, kw)."""
+    a = n.attrs
+    x_shape = e.g.nodes[n.inputs[0]].shape
+    groups, (cg, kh, kw) = int(a["groups"]), n.shape[1:]
+    if None in x_shape[1:]:
+        raise OnnxError(f"{n.name} ({n.op}): the ONNX form needs static channels, height and width, got {x_shape}")
+    h, w = x_shape[2:]
+    x = e.node("Reshape", [e.x(n, 0, n.dtype), e.const([0, groups, cg, h, w])])
+    x = e.node("Reshape", [e.node("Transpose", [x], perm=[2, 1, 0, 3, 4]), e.const([cg, -1, h, w])])
+    k = e.node("Transpose", [e.x(n, 1, n.dtype)], perm=[1, 0, 2, 3])
+    out = e.node("Conv", [x, k], strides=list(a["dilation"]), dilations=list(a["stride"]), pads=list(a["padding"]),
+                 group=groups)
+    out = e.node("Slice", [out, e.const([0, 0]), e.const([kh, kw]), e.const([2, 3])])
+    return e.node("Transpose", [out], perm=[1, 0, 2, 3])
+
+
+def _pool_attrs(n: Node) -> dict[str, Any]:
+    a = n.attrs
+    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": list(a["padding"])}
+
+
+@_rule("max_pool2d")
+def _max_pool2d(e: _Emitter, n: Node) -> str:
+    """MaxPool"""
+    return e.node("MaxPool", [e.x(n, 0)], **_pool_attrs(n))
+
+
+@_rule("avg_pool2d")
+def _avg_pool2d(e: _Emitter, n: Node) -> str:
+    """AveragePool (count_include_pad as the attribute)"""
+    return e.node("AveragePool", [e.x(n, 0)], count_include_pad=int(n.attrs["count_include_pad"]), **_pool_attrs(n))
+
+
+def _pool_geometry(n: Node, x_shape: tuple) -> tuple[int, tuple, tuple]:
+    """Channels, (H, W) and (Ho, Wo) of a pooling node's input, all static, or OnnxError."""
+    from cgraph.ops.conv import out_size
+
+    a = n.attrs
+    if None in x_shape[1:]:
+        raise OnnxError(f"{n.name} ({n.op}): the ONNX form needs static channels, height and width, got {x_shape}")
+    hw = tuple(x_shape[2:])
+    out = tuple(out_size(hw[i], a["kernel"][i], a["stride"][i], 1, a["padding"][i], a["padding"][i + 2])
+                for i in (0, 1))
+    return int(x_shape[1]), hw, out
+
+
+def _taps_kernel(e: _Emitter, n: Node, channels: int, dtype: Any) -> str:
+    """The (C kh kw, 1, kh, kw) kernel whose channel c kh kw + k is 1 at tap k: a grouped Conv
+    with it lists each window's elements; a grouped ConvTranspose puts them back."""
+    kh, kw = n.attrs["kernel"]
+    eye = np.eye(kh * kw, dtype=dtype).reshape(kh * kw, 1, kh, kw)
+    return e.const(np.tile(eye, (channels, 1, 1, 1)), dtype)
+
+
+def _spread(e: _Emitter, n: Node, parts: str, kernel: str, channels: int, hw: tuple, out_hw: tuple) -> str:
+    """ConvTranspose (grouped by channel) of `parts` with `kernel`: each window's values added
+    back at its elements, to the image size `hw`."""
+    a = n.attrs
+    pad = _output_padding(n, hw, out_hw, a["kernel"], a["stride"], (1, 1))
+    return e.node("ConvTranspose", [parts, kernel], output_padding=pad, group=channels, **_pool_attrs(n))
+
+
+def _windows(e: _Emitter, n: Node, x: str, kernel: str, channels: int, out_hw: tuple) -> str:
+    """(N, C, kh kw, Ho, Wo): each window's elements (0 in the padding)."""
+    kh, kw = n.attrs["kernel"]
+    win = e.node("Conv", [x, kernel], group=channels, **_pool_attrs(n))
+    return e.node("Reshape", [win, e.const([0, channels, kh * kw, *out_hw])])
+
+
+def _max_share(e: _Emitter, n: Node) -> tuple[str, int, tuple, tuple, str]:
+    """(N, C, kh kw, Ho, Wo): 1/k at the k elements of each window that reach its max (inside
+    the image), else 0; also the channels, sizes and the taps kernel."""
+    from cgraph.ops.conv import _taps
+
+    a = n.attrs
+    x = e.x(n, 1, n.dtype)
+    channels, hw, out_hw = _pool_geometry(n, e.g.nodes[n.inputs[1]].shape)
+    kernel = _taps_kernel(e, n, channels, n.dtype)
+    inside = np.zeros((a["kernel"][0] * a["kernel"][1], *out_hw), n.dtype)
+    for i, j, region, _ in _taps(hw, out_hw, a["kernel"], a["stride"], a["padding"]):
+        inside[i * a["kernel"][1] + j][region[1:]] = 1
+    top = e.unsqueeze(e.node("MaxPool", [x], **_pool_attrs(n)), [2])
+    hit = e.node("Mul", [e.cast(e.node("Equal", [_windows(e, n, x, kernel, channels, out_hw), top]), n.dtype),
+                         e.const(inside, n.dtype)])
+    share = e.node("Div", [hit, e.reduce("ReduceSum", hit, [2], keepdims=True)])
+    return share, channels, hw, out_hw, kernel
+
+
+@_rule("max_pool2d_scatter")
+def _max_pool2d_scatter(e: _Emitter, n: Node) -> str:
+    """ConvTranspose of g times each window's max share (found with MaxPool, a taps Conv and Equal)"""
+    share, channels, hw, out_hw, kernel = _max_share(e, n)
+    kh, kw = n.attrs["kernel"]
+    parts = e.node("Mul", [share, e.unsqueeze(e.x(n, 0, n.dtype), [2])])
+    parts = e.node("Reshape", [parts, e.const([0, channels * kh * kw, *out_hw])])
+    return _spread(e, n, parts, kernel, channels, hw, out_hw)
+
+
+@_rule("max_pool2d_gather")
+def _max_pool2d_gather(e: _Emitter, n: Node) -> str:
+    """ReduceSum over each window of t (a taps Conv) times the window's max share"""
+    share, channels, _, out_hw, kernel = _max_share(e, n)
+    t = _windows(e, n, e.x(n, 0, n.dtype), kernel, channels, out_hw)
+    return e.reduce("ReduceSum", e.node("Mul", [share, t]), [2], keepdims=False)
+
+
+@_rule("avg_pool2d_scatter")
+def _avg_pool2d_scatter(e: _Emitter, n: Node) -> str:
+    """ConvTranspose (grouped by channel) of g divided as avg_pool2d divides, with a kernel of ones"""
+    from cgraph.ops.conv import _divisor
+
+    a = n.attrs
+    channels, hw, out_hw = _pool_geometry(n, a["shape"])
+    kh, kw = a["kernel"]
+    divisor = _divisor(hw, out_hw, a["kernel"], a["stride"], a["padding"], a["count_include_pad"], n.dtype)
+    parts = e.node("Div", [e.x(n, 0), e.const(divisor, n.dtype)])
+    return _spread(e, n, parts, e.const(np.ones((channels, 1, kh, kw)), n.dtype), channels, hw, out_hw)
 
 
 def _max_kept(e: _Emitter, x: str, axes: Any) -> str:

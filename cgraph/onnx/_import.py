@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -123,8 +123,17 @@ for _name, _fn in (("Add", ops.add), ("Sub", ops.sub), ("Mul", ops.mul), ("Div",
     RULES[_name] = _fold(_fn)
 for _name, _fn in (("Neg", ops.neg), ("Relu", ops.relu), ("Sigmoid", ops.logistic), ("Tanh", ops.tanh),
                    ("Exp", ops.exp), ("Log", ops.log), ("Sqrt", ops.sqrt), ("Abs", ops.abs),
-                   ("Sign", ops.sign), ("Sin", ops.sin), ("Cos", ops.cos), ("Softplus", ops.softplus)):
+                   ("Sign", ops.sign), ("Sin", ops.sin), ("Cos", ops.cos), ("Softplus", ops.softplus),
+                   ("Atan", ops.atan), ("Erf", ops.erf)):
     RULES[_name] = (lambda fn: lambda r, n: [fn(r.t(n.input[0]))])(_fn)
+
+
+@_rule("Clip")
+def _clip(r: _Reader, n: Any) -> list[Tensor]:
+    """Bounds as inputs (opset 11 on) or attributes (before); a missing one leaves that side open."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    lo, hi = (r.t(name) if name else at.get(key) for name, key in ((_optional(n, 1), "min"), (_optional(n, 2), "max")))
+    return [ops.clip(x, lo, hi)]
 
 
 @_rule("Pow")
@@ -294,6 +303,138 @@ def _reduction(fn: Callable[..., Tensor]) -> Rule:
 RULES["ReduceSum"] = _reduction(ops.sum)
 RULES["ReduceMean"] = _reduction(ops.mean)
 RULES["ReduceMax"] = _reduction(ops.max)
+RULES["ReduceMin"] = _reduction(ops.min)
+RULES["ReduceProd"] = _reduction(ops.prod)
+
+
+@_rule("ArgMax")
+def _argmax(r: _Reader, n: Any) -> list[Tensor]:
+    at = r.attrs(n)
+    if at.get("select_last_index", 0):
+        raise OnnxError(f"{r.where()}: select_last_index=1 is not supported (cgraph's argmax takes the first)")
+    return [ops.argmax(r.t(n.input[0]), axis=at.get("axis", 0), keepdims=bool(at.get("keepdims", 1)))]
+
+
+@_rule("CumSum")
+def _cumsum(r: _Reader, n: Any) -> list[Tensor]:
+    """The running sum; `exclusive` leaves each element out of its own sum."""
+    x, at = r.t(n.input[0]), r.attrs(n)
+    axis = int(np.asarray(r.value(n.input[1], "the axis")).reshape(()))
+    out = ops.cumsum(x, axis, reverse=bool(at.get("reverse", 0)))
+    return [ops.sub(out, x) if at.get("exclusive", 0) else out]
+
+
+# ---- gathering ------------------------------------------------------------------------------
+
+@_rule("Gather")
+def _gather(r: _Reader, n: Any) -> list[Tensor]:
+    return [ops.take(r.t(n.input[0]), r.t(n.input[1]), axis=r.attrs(n).get("axis", 0))]
+
+
+@_rule("OneHot")
+def _one_hot(r: _Reader, n: Any) -> list[Tensor]:
+    """one_hot scaled to the (off, on) values, its new axis moved to `axis`. ONNX gives a row of
+    zeros for an index out of range where cgraph raises an error."""
+    indices = r.t(n.input[0])
+    depth = int(np.asarray(r.value(n.input[1], "the depth")).reshape(()))
+    off, on = np.asarray(r.value(n.input[2], "the values"))
+    out = ops.one_hot(indices, depth, dtype=np.asarray(on).dtype)
+    if (off, on) != (0, 1):
+        out = ops.add(ops.mul(out, on - off), off)
+    axis = r.attrs(n).get("axis", -1) % out.ndim
+    if axis != out.ndim - 1:
+        out = ops.transpose(out, (*range(axis), out.ndim - 1, *range(axis, out.ndim - 1)))
+    return [out]
+
+
+# ---- convolution, pooling, dropout --------------------------------------------------------
+
+def _spatial(r: _Reader, n: Any, x: Tensor, kernel: tuple, dilations: tuple = (1, 1)) -> dict[str, Any]:
+    """Strides and pads (top, left, bottom, right) of a 2-D Conv or pooling node, its auto_pad
+    resolved (SAME_* needs the image's size)."""
+    at = r.attrs(n)
+    if x.ndim != 4:
+        raise OnnxError(f"{r.where()}: only 2-D images (N, C, H, W) are supported, got {x.ndim}-D")
+    strides = tuple(at.get("strides", (1, 1)))
+    pads = tuple(at.get("pads", (0, 0, 0, 0)))
+    mode = at.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "VALID":
+        pads = (0, 0, 0, 0)
+    elif mode in ("SAME_UPPER", "SAME_LOWER"):
+        if None in x.shape[2:]:
+            raise OnnxError(f"{r.where()}: auto_pad={mode} needs the image's size, got {x.shape}")
+        hw = cast(tuple[int, int], x.shape[2:])
+        total = [max(0, (-(-hw[a] // strides[a]) - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - hw[a])
+                 for a in (0, 1)]
+        first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
+        pads = (first[0], first[1], total[0] - first[0], total[1] - first[1])
+    return {"stride": strides, "padding": pads}
+
+
+def _bias(r: _Reader, n: Any, out: Tensor) -> Tensor:
+    b = _optional(n, 2)
+    return out if b is None else ops.add(out, ops.reshape(r.t(b), (-1, 1, 1)))
+
+
+@_rule("Conv")
+def _conv(r: _Reader, n: Any) -> list[Tensor]:
+    x, w = r.t(n.input[0]), r.t(n.input[1])
+    at = r.attrs(n)
+    dilations = tuple(at.get("dilations", (1, 1)))
+    geometry = _spatial(r, n, x, tuple(at.get("kernel_shape", w.shape[2:])), dilations)
+    out = ops.conv2d(x, w, dilation=dilations, groups=at.get("group", 1), **geometry)
+    return [_bias(r, n, out)]
+
+
+@_rule("ConvTranspose")
+def _conv_transpose(r: _Reader, n: Any) -> list[Tensor]:
+    """conv2d_transpose (the VJP of conv2d) where its input's size and the kernel's are known."""
+    from cgraph.ops.conv import conv2d_transpose, out_size
+
+    x, w = r.t(n.input[0]), r.t(n.input[1])
+    at = r.attrs(n)
+    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in at:
+        raise OnnxError(f"{r.where()}: only explicit pads are supported (no auto_pad, no output_shape)")
+    dilations = tuple(at.get("dilations", (1, 1)))
+    geometry = _spatial(r, n, x, w.shape[2:], dilations)
+    extra = tuple(at.get("output_padding", (0, 0)))
+    if None in x.shape[2:] or None in w.shape[2:]:
+        raise OnnxError(f"{r.where()}: cgraph needs the input's and the kernel's sizes, got {x.shape}, {w.shape}")
+    s, p = geometry["stride"], geometry["padding"]
+    hw, k = cast(tuple[int, int], x.shape[2:]), cast(tuple[int, int], w.shape[2:])
+    size = tuple(s[a] * (hw[a] - 1) + extra[a] + dilations[a] * (k[a] - 1) + 1 - p[a] - p[a + 2] for a in (0, 1))
+    if any(out_size(size[a], k[a], s[a], dilations[a], p[a], p[a + 2]) != hw[a] for a in (0, 1)):
+        raise OnnxError(f"{r.where()}: output_padding {extra} is not less than the stride {s}")
+    out = conv2d_transpose(x, w, size=size, dilation=dilations, groups=at.get("group", 1), **geometry)
+    return [_bias(r, n, out)]
+
+
+def _pool(fn: Callable[..., Tensor]) -> Rule:
+    def rule(r: _Reader, n: Any) -> list[Tensor]:
+        x, at = r.t(n.input[0]), r.attrs(n)
+        if at.get("ceil_mode", 0) or any(d != 1 for d in at.get("dilations", (1, 1))):
+            raise OnnxError(f"{r.where()}: ceil_mode and dilations are not supported")
+        kernel = tuple(at["kernel_shape"])
+        geometry = _spatial(r, n, x, kernel)
+        pads = geometry["padding"]
+        extra = {"count_include_pad": bool(at.get("count_include_pad", 0))} if n.op_type == "AveragePool" else {}
+        return [fn(x, kernel, geometry["stride"], pads if pads[:2] != pads[2:] else pads[:2], **extra)]
+    return rule
+
+
+RULES["MaxPool"] = _pool(ops.max_pool2d)
+RULES["AveragePool"] = _pool(ops.avg_pool2d)
+
+
+@_rule("Dropout")
+def _dropout(r: _Reader, n: Any) -> list[Tensor]:
+    """Inference form: the input itself (training_mode absent or false)."""
+    mode = _optional(n, 2)
+    if mode is not None and bool(np.asarray(r.value(mode, "training_mode"))):
+        raise OnnxError(f"{r.where()}: Dropout in training mode is not supported (cgraph's dropout draws its "
+                        "mask from a seed input)")
+    return [r.t(n.input[0])]
 
 
 def _softmax_like(fn: Callable[..., Tensor]) -> Rule:
@@ -350,6 +491,8 @@ def _unsupported(model: onnx.ModelProto) -> Counter[str]:
             training = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
             if training or any(n.output[1:]):
                 bad["BatchNormalization (training mode)"] += 1
+        elif n.op_type in ("Dropout", "MaxPool") and any(n.output[1:]):
+            bad[f"{n.op_type} (second output)"] += 1
     return bad
 
 

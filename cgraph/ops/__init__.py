@@ -8,23 +8,32 @@ from cgraph.ops.array import (
     expand_dims,
     getitem,
     matmul,
+    one_hot,
     reshape,
     squeeze,
+    take,
     transpose,
 )
+from cgraph.ops.conv import avg_pool2d, conv2d, max_pool2d
 from cgraph.ops.elementwise import (
     abs,
     add,
+    atan,
+    atan2,
     cast,
+    clip,
     cos,
     div,
     equal,
+    erf,
     exp,
+    expm1,
     greater,
     greater_equal,
     less,
     less_equal,
     log,
+    log1p,
     logistic,
     maximum,
     minimum,
@@ -45,20 +54,22 @@ from cgraph.ops.elementwise import (
 from cgraph.ops.nn import (
     batch_norm,
     binary_cross_entropy,
+    dropout,
     log_softmax,
     logsumexp,
     mse,
     softmax,
     softmax_cross_entropy,
 )
-from cgraph.ops.reduce import max, mean, sum
+from cgraph.ops.reduce import argmax, cumsum, max, mean, min, prod, sum
 from cgraph.ops.registry import NONDIFF, ZERO, Attr, OpDef, define_op, op_info
 
 __all__ = [
-    "NONDIFF", "ZERO", "Attr", "OpDef", "abs", "add", "batch_norm", "binary_cross_entropy", "broadcast_to",
-    "cast", "concat", "cos", "define_op", "div", "equal", "exp", "expand_dims", "getitem", "greater",
-    "greater_equal", "less", "less_equal", "log", "log_softmax", "logistic", "logsumexp", "matmul", "max",
-    "maximum", "mean", "minimum", "mse", "mul", "neg", "op_info", "pow", "relu", "reshape", "sign", "sin",
-    "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "sub", "sum",
-    "tanh", "transpose", "where",
+    "NONDIFF", "ZERO", "Attr", "OpDef", "abs", "add", "argmax", "atan", "atan2", "avg_pool2d", "batch_norm",
+    "binary_cross_entropy", "broadcast_to", "cast", "clip", "concat", "conv2d", "cos", "cumsum", "define_op", "div",
+    "dropout", "equal", "erf", "exp", "expand_dims", "expm1", "getitem", "greater", "greater_equal", "less",
+    "less_equal", "log", "log1p", "log_softmax", "logistic", "logsumexp", "matmul", "max", "max_pool2d", "maximum",
+    "mean", "min", "minimum", "mse", "mul", "neg", "one_hot", "op_info", "pow", "prod", "relu", "reshape", "sign",
+    "sin", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "stop_gradient", "sub",
+    "sum", "take", "tanh", "transpose", "where",
 ]

@@ -1,5 +1,6 @@
 """Ops that multiply matrices or move elements: matmul, transpose, reshape, broadcasting,
-concat, basic indexing, and the shape-only helpers the derivative rules need.
+concat, basic indexing, gathering along an axis (take, one_hot), and the shape-only helpers the
+derivative rules need.
 
 Where a derivative rule needs a shape that is only known at run time (a batch size), it uses
 `shape_like(x)`: the static shape when every size is known, else a `shape_of(x)` node, a tiny
@@ -14,12 +15,14 @@ built from `shape_of`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from cgraph.errors import BatchingError, DerivativeError, ShapeError
 from cgraph.ops.registry import (
+    DTYPES,
     INT64,
     NONDIFF,
     NUMERIC,
@@ -28,6 +31,7 @@ from cgraph.ops.registry import (
     SAME_NUMERIC,
     Arg,
     Attr,
+    DtypeRule,
     Operand,
     Unbatched,
     apply,
@@ -39,6 +43,7 @@ from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import (
     Meta,
     Shape,
+    as_dtype,
     broadcast_shapes,
     index_shape,
     normalize_axes,
@@ -110,6 +115,26 @@ def broadcast_batch(u: Tensor, ref: Tensor) -> Tensor:
     per = _shape_of(u) if None in u.shape else tuple(u.shape)
     sizes, static = batched_shape(ref, per, u.shape)
     return shaped("broadcast_to", _expand_dims(u, axes=(0,)), sizes, static)
+
+
+def sizes_of(t: Tensor, axes: Sequence[int]) -> int | Tensor:
+    """The product of t's sizes along `axes`: an int, or an int64 vector of one entry computed
+    at run time where a size is known only then."""
+    if None not in (known := [t.shape[a] for a in axes]):
+        return math.prod(known)  # type: ignore[arg-type]
+    dims, out = _shape_of(t), None
+    for a in axes:
+        piece = getitem(dims, (slice(a, a + 1),))
+        out = piece if out is None else apply("mul", out, piece)
+    return out  # type: ignore[return-value]
+
+
+def reshaped(x: Tensor, sizes: Sequence[int | Tensor]) -> Tensor:
+    """x reshaped to `sizes` (ints, or run-time int64 vectors of one entry)."""
+    if all(isinstance(d, int) for d in sizes):
+        return _reshape(x, shape=tuple(sizes))
+    parts = [d if isinstance(d, Operand) else x.graph.constant(None, np.array([d], np.int64)) for d in sizes]
+    return _reshape(x, _concat(*parts, axis=0), shape=tuple(d if isinstance(d, int) else None for d in sizes))
 
 
 def _sizes_unbatched(batched: tuple[bool, ...], op: str) -> None:
@@ -606,6 +631,187 @@ _scatter = define(
     grad_doc="JVP: the tangent scattered alike; VJP: the cotangent indexed by `index`")
 
 
+# ---- gathering along an axis: take, its VJP scatter_add, one_hot ----------------------------
+
+def _indexed_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[1] != np.int64:
+        raise ShapeError(f"indices must be int64, got {dtypes[1]}")
+    return dtypes[0]
+
+
+INDEXED = DtypeRule("the first input's dtype; the indices MUST be int64", _indexed_dtype)
+
+
+def _take_shape(a: Meta, indices: Meta, *, axis: int) -> Shape:
+    """a has at least one dimension and `axis` is in [-ndim, ndim); the result is a's shape with
+    that axis replaced by the indices' shape."""
+    (ax,) = normalize_axes(axis, a.ndim)
+    return (*a.shape[:ax], *indices.shape, *a.shape[ax + 1:])
+
+
+def _take_kernel(a: np.ndarray, indices: np.ndarray, *, axis: int) -> np.ndarray:
+    return np.take(a, indices, axis=axis)
+
+
+def _take_vjp(g: Tensor, out: Tensor, a: Tensor, indices: Tensor, *, axis: int) -> Tensor:
+    (ax,) = normalize_axes(axis, a.ndim)
+    if a.shape[ax] is None:
+        raise DerivativeError(f"{out.name} (take): the derivative needs the size of axis {ax} of {a.name} "
+                              f"known when the graph is built, got {a.shape}")
+    return _scatter_add(g, indices, axis=ax, size=a.shape[ax])
+
+
+def _scatter_add_shape(g: Meta, indices: Meta, *, axis: int, size: int) -> Shape:
+    """g has the indices' shape at axes `axis` .. `axis` + indices.ndim - 1 (where known), with
+    0 <= `axis` <= g.ndim - indices.ndim; the result is g's shape with those axes replaced by
+    one of `size`."""
+    k = indices.ndim
+    if not 0 <= axis <= g.ndim - k:
+        raise ShapeError(f"axis {axis} does not fit indices of {k} dimensions in {g.ndim} dimensions")
+    for a, b in zip(g.shape[axis:axis + k], indices.shape, strict=True):
+        if a is not None and b is not None and a != b:
+            raise ShapeError(f"values of shape {g.shape} do not match indices of shape {indices.shape} at axis {axis}")
+    return (*g.shape[:axis], size, *g.shape[axis + k:])
+
+
+def _scatter_add_kernel(g: np.ndarray, indices: np.ndarray, *, axis: int, size: int) -> np.ndarray:
+    out = np.zeros((*g.shape[:axis], size, *g.shape[axis + indices.ndim:]), g.dtype)
+    where: Any = (*(slice(None),) * axis, indices)  # the slices of g's leading axes, then the indices
+    np.add.at(out, where, g)
+    return out
+
+
+def _per_example_gather(a: Tensor, hot: Tensor, axis: int, op: str) -> Tensor:
+    """For each example b: a[b] contracted along its axis `axis` with hot[b] (B, K..., n), the
+    one-hot rows of example b's indices: (B, pre, K..., post) by one batched matmul. Needs the
+    sizes of an example known."""
+    k = hot.ndim - 2
+    if None in a.shape[1:] or None in hot.shape[1:]:
+        raise BatchingError(f"{op}: batching both the values and the indices needs an example's sizes known, got "
+                            f"{a.shape} and {hot.shape}")
+    if a.dtype == np.bool_:
+        raise BatchingError(f"{op}: batching both a bool table and its indices is not supported")
+    ax = axis + 1
+    shape = cast(tuple[int, ...], a.shape)  # an example's sizes: known (checked above)
+    pre, n, post, idx = shape[1:ax], shape[ax], shape[ax + 1:], cast(tuple[int, ...], hot.shape[1:-1])
+    rest = (*pre, *post)
+    b = sizes_of(a, (0,))
+    flat = reshaped(transpose(a, (0, *range(1, ax), *range(ax + 1, a.ndim), ax)), [b, math.prod(rest), n])
+    rows = reshaped(hot, [b, math.prod(idx), n])
+    out = matmul(flat, transpose(rows, (0, 2, 1)))                                     # (B, pre post, K)
+    out = reshaped(out, [b, *rest, *idx])
+    p = len(pre)
+    return transpose(out, (0, *range(1, 1 + p), *range(1 + len(rest), 1 + len(rest) + k), *range(1 + p, 1 + len(rest))))
+
+
+def _take_batch(batched: tuple[bool, ...], a: Tensor, indices: Tensor, *, axis: int) -> Tensor:
+    """the op itself over the batched table (its `axis` moved past the batch axis), or over the
+    batched indices (the batch axis then moved first); both batched: one_hot of each example's
+    indices contracted with its table (one batched matmul)"""
+    ax = normalize_axes(axis, a.ndim - batched[0])[0]
+    if not batched[1]:
+        return _take(a, indices, axis=ax + 1)
+    if not batched[0]:
+        out = _take(a, indices, axis=ax)
+        return out if ax == 0 else transpose(out, (ax, *(i for i in range(out.ndim) if i != ax)))
+    n = a.shape[ax + 1]
+    if n is None:
+        raise BatchingError(f"take: batching both the values and the indices needs the size of the axis, got {a.shape}")
+    return _per_example_gather(a, _one_hot(indices, depth=n, dtype=str(a.dtype)), ax, "take")
+
+
+def _take_pattern(out: Dims, a: Pattern, indices: Pattern, *, axis: int) -> Pattern:
+    """each output element may depend on every element of a's axis at its position (the
+    indices are values: not known from the graph)"""
+    ax = normalize_axes(axis, len(a.shape))[0]
+    whole = a.reduce((ax,), keepdims=True)
+    k = len(out) - len(a.shape) + 1
+    return whole.gather(np.broadcast_to(whole.index().reshape(a.shape[:ax] + (1,) * k + a.shape[ax + 1:]), out))
+
+
+def _scatter_add_batch(batched: tuple[bool, ...], g: Tensor, indices: Tensor, *, axis: int, size: int) -> Tensor:
+    """the op itself over the batched values (`axis` moved past the batch axis); with batched
+    indices, one_hot of each example's indices contracted with its values (one batched matmul)"""
+    if not batched[1]:
+        return _scatter_add(g, indices, axis=axis + 1, size=size)
+    if not batched[0]:
+        g = broadcast_batch(g, indices)
+    k = indices.ndim - 1
+    if None in g.shape[1:] or None in indices.shape[1:]:
+        raise BatchingError(f"scatter_add: batching the indices needs an example's sizes known, got {g.shape} and "
+                            f"{indices.shape}")
+    ax = axis + 1
+    pre, idx, post = g.shape[1:ax], g.shape[ax:ax + k], g.shape[ax + k:]
+    rest = (*pre, *post)
+    moved = transpose(g, (0, *range(1, ax), *range(ax + k, g.ndim), *range(ax, ax + k)))
+    b = sizes_of(g, (0,))
+    flat = reshaped(moved, [b, math.prod(rest), math.prod(idx)])  # type: ignore[arg-type]
+    hot = reshaped(_one_hot(indices, depth=size, dtype=str(g.dtype)), [b, math.prod(idx), size])  # type: ignore
+    out = reshaped(matmul(flat, hot), [b, *rest, size])  # type: ignore[list-item]   # (B, pre, post, size)
+    p = len(pre)
+    return transpose(out, (0, *range(1, 1 + p), 1 + len(rest), *range(1 + p, 1 + len(rest))))
+
+
+def _scatter_add_pattern(out: Dims, g: Pattern, indices: Pattern, *, axis: int, size: int) -> Pattern:
+    """each output element may depend on every element of g at its position along the indices'
+    axes (the indices are values: not known from the graph)"""
+    k = len(g.shape) - len(out) + 1
+    whole = g.reduce(range(axis, axis + k), keepdims=True)
+    return whole.gather(np.broadcast_to(whole.index().reshape(out[:axis] + (1,) + out[axis + 1:]), out))
+
+
+_take = define(
+    "take", _take_kernel, inputs=("a", "indices"), shape=_take_shape, dtype=INDEXED,
+    batch=_take_batch, pattern=_take_pattern,
+    attrs={"axis": Attr("int", doc="the axis gathered along")},
+    jvp=(lambda t, out, a, i, *, axis: _take(t, i, axis=axis), NONDIFF), vjp=(_take_vjp, NONDIFF),
+    doc="the slices of a at `indices` along `axis` (numpy.take, negative indices from the end; an index "
+        "out of range is an error when the graph runs); an embedding lookup is take(table, ids)",
+    grad_doc="JVP: the tangent taken alike; VJP: scatter_add of the cotangent (summed where indices repeat)")
+_scatter_add = define(
+    "scatter_add", _scatter_add_kernel, inputs=("g", "indices"), shape=_scatter_add_shape, dtype=INDEXED,
+    batch=_scatter_add_batch, pattern=_scatter_add_pattern,
+    attrs={"axis": Attr("int", minimum=0, doc="where the indices' axes start in g"),
+           "size": Attr("int", minimum=0, doc="the size of the result's axis `axis`")},
+    jvp=(lambda t, out, g, i, *, axis, size: _scatter_add(t, i, axis=axis, size=size), NONDIFF),
+    vjp=(lambda c, out, g, i, *, axis, size: _take(c, i, axis=axis), NONDIFF),
+    doc="zeros with `size` along `axis`, g's slices added at `indices` along it (summed where indices "
+        "repeat): the VJP of take",
+    grad_doc="linear in g: JVP the same op on the tangent; VJP take")
+
+
+def _one_hot_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[0] != np.int64:
+        raise ShapeError(f"indices must be int64, got {dtypes[0]}")
+    return as_dtype(attrs["dtype"])
+
+
+def _one_hot_shape(indices: Meta, *, depth: int, dtype: str) -> Shape:
+    """The indices' shape and then (`depth`,)."""
+    return (*indices.shape, depth)
+
+
+def _one_hot_kernel(indices: np.ndarray, *, depth: int, dtype: str) -> np.ndarray:
+    if indices.size and not (-depth <= indices.min() and indices.max() < depth):
+        bad = indices.min() if indices.min() < -depth else indices.max()
+        raise IndexError(f"index {bad} is out of range for depth {depth}")
+    return np.equal(np.mod(indices, depth)[..., None], np.arange(depth)).astype(dtype)
+
+
+_one_hot = define(
+    "one_hot", _one_hot_kernel, inputs=("indices",), shape=_one_hot_shape,
+    dtype=DtypeRule("the dtype named by the attribute `dtype`; the indices MUST be int64", _one_hot_dtype),
+    attrs={"depth": Attr("int", minimum=1, doc="the number of classes"),
+           "dtype": Attr("str", "float64", allowed=tuple(map(str, DTYPES)), doc="the result's dtype")},
+    jvp=(NONDIFF,), vjp=(NONDIFF,),
+    batch=rule("the op itself (its new axis is the last)",
+               lambda batched, indices, *, depth, dtype: _one_hot(indices, depth=depth, dtype=dtype)),
+    pattern=rule("each output element depends on the index it encodes (which carries no derivative)",
+                 lambda out, indices, **a: indices.gather(np.broadcast_to(indices.index()[..., None], out))),
+    doc="1 at each index along a new last axis of `depth` entries, 0 elsewhere (indices in [-depth, depth), "
+        "negative ones from the end; others are an error when the graph runs)")
+
+
 # ---- the functions users call -------------------------------------------------------------
 
 def transpose(x: Tensor, axes: Any = None) -> Tensor:
@@ -662,6 +868,27 @@ def concat(xs: Any, axis: int = 0) -> Tensor:
 def getitem(x: Tensor, index: Any) -> Tensor:
     """x[index] for basic indexing (ints, slices, None, ...); a view."""
     return _getitem(x, index=normalize_index(index))
+
+
+def take(a: Any, indices: Any, axis: int = 0) -> Tensor:
+    """The slices of a at `indices` (int64) along `axis`, as numpy.take: an embedding lookup is
+    take(table, ids). Negative indices count from the end; others out of range are an error
+    when the graph runs."""
+    from cgraph.ops.registry import graph_of
+
+    g = graph_of("take", (a, indices))
+    if not isinstance(a, Operand):
+        a = g.constant(None, a)
+    if not isinstance(indices, Operand):
+        indices = g.constant(None, np.asarray(indices, dtype=np.int64))
+    (ax,) = normalize_axes(axis, a.ndim)
+    return _take(a, indices, axis=ax)
+
+
+def one_hot(indices: Tensor, depth: int, dtype: Any = "float64") -> Tensor:
+    """Rows of the identity of size `depth` picked by `indices` (int64, in [-depth, depth)):
+    shape indices.shape + (depth,)."""
+    return _one_hot(indices, depth=int(depth), dtype=str(np.dtype(dtype)))
 
 
 def zeros_like(x: Tensor) -> Tensor:

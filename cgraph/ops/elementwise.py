@@ -8,6 +8,7 @@ elementwise rules. Unary math ops are defined by that partial derivative alone (
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from cgraph.ops.registry import (
     WHERE,
     ZERO,
     Attr,
+    Operand,
     define,
     elementwise_shape,
     involution,
@@ -119,6 +121,39 @@ def reciprocal(x: Tensor) -> Tensor:
     return div(1.0, x)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """scipy.special.erf when scipy is installed (the sparse extra); else the C library's erf,
+    as exact, one Python call per element."""
+    try:
+        from scipy.special import erf as scipy_erf  # imported when first run: `import cgraph` stays light
+    except ImportError:
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)
+    return scipy_erf(x)
+
+
+atan = _unary("atan", np.arctan, lambda x, out: reciprocal(add(1.0, square(x))), "d/dx = 1 / (1 + x ** 2)",
+              doc="the arctangent, in (-pi/2, pi/2)")
+erf = _unary("erf", _erf, lambda x, out: mul(2.0 / np.sqrt(np.pi), exp(neg(square(x)))),
+             "d/dx = 2 / sqrt(pi) * e ** -(x ** 2)", doc="the error function (scipy.special.erf, or the C "
+             "library's erf without scipy)")
+log1p = _unary("log1p", np.log1p, lambda x, out: reciprocal(add(1.0, x)), "d/dx = 1 / (1 + x)",
+               doc="log(1 + x), exact for x near 0")
+expm1 = _unary("expm1", np.expm1, lambda x, out: add(out, 1.0), "d/dx = out + 1",
+               doc="e ** x - 1, exact for x near 0")
+
+
+def _atan2_rule(num: Any) -> Any:
+    """t * d(atan2(a, b)) for the side whose partial is `num(a, b) / (a ** 2 + b ** 2)`."""
+    return lambda t, out, a, b: mul(t, div(num(a, b), add(square(a), square(b))))
+
+
+atan2 = define("atan2", np.arctan2, **_rules("atan2"), inputs=BINARY, shape=elementwise_shape, dtype=FLOAT,
+               inplace=True,
+               deriv=(_atan2_rule(lambda a, b: b), _atan2_rule(lambda a, b: neg(a))),
+               doc="the angle of the point (b, a) from the positive b axis, in [-pi, pi] (numpy.arctan2)",
+               grad_doc="d/da = b / (a ** 2 + b ** 2), d/db = -a / (a ** 2 + b ** 2)")
+
+
 # ---- maximum and minimum: ties share the derivative equally --------------------------------
 
 def _share(win: Tensor, tie: Tensor, dtype: Any) -> Tensor:
@@ -162,6 +197,32 @@ where = define("where", np.where, **_rules("where"), inputs=("cond", "a", "b"), 
                deriv=(NONDIFF, lambda t, out, c, a, b: where(c, t, 0.0), lambda t, out, c, a, b: where(c, 0.0, t)),
                doc="a where cond (a bool tensor) holds, else b",
                grad_doc="d/da = 1 where cond, else 0; d/db = 1 where not cond, else 0; none for cond")
+
+
+# ---- clip -------------------------------------------------------------------------------------
+
+def _clip_kernel(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+_clip = define(
+    "clip", _clip_kernel, **_rules("clip"), inputs=("x", "lo", "hi"), shape=elementwise_shape, dtype=NUMERIC,
+    deriv=(lambda t, out, x, lo, hi: where(greater_equal(x, lo), where(less_equal(x, hi), t, 0.0), 0.0),
+           lambda t, out, x, lo, hi: where(less(x, lo), where(less(lo, hi), t, 0.0), 0.0),
+           lambda t, out, x, lo, hi: where(greater(x, hi), t, where(less(hi, lo), t, 0.0))),
+    doc="min(max(x, lo), hi), elementwise (torch.clamp; where lo > hi, hi)",
+    grad_doc="as torch.clamp: to x where lo <= x <= hi; to lo where x < lo < hi; to hi where x > hi or hi < lo")
+
+
+def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
+    """x limited to [lo, hi] elementwise (torch.clamp): lo and hi are numbers or tensors that
+    broadcast with x; None leaves that side open."""
+    if lo is None or hi is None:
+        dtypes = [t.dtype for t in (x, lo, hi) if isinstance(t, Operand)]  # type: ignore[attr-defined]
+        big = np.inf if not dtypes or np.result_type(*dtypes).kind == "f" else np.iinfo(np.int64).max
+        lo = -big if lo is None else lo
+        hi = big if hi is None else hi
+    return _clip(x, lo, hi)
 
 
 # ---- cast and stop_gradient ----------------------------------------------------------------

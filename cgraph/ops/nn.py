@@ -1,5 +1,6 @@
 """The ops of neural networks: softmax, log_softmax, logsumexp (stable, with the max trick),
-the losses (a scalar: the mean over rows, axis 0, of a per-row sum) and batch normalisation.
+the losses (a scalar: the mean over rows, axis 0, of a per-row sum), batch normalisation and
+dropout (convolution and pooling are in cgraph.ops.conv).
 
 softmax_cross_entropy is `nll(log_softmax(u), y)`, so that its gradient reuses the forward's
 log-probabilities; binary_cross_entropy, mse and batch_norm are built from other ops.
@@ -7,16 +8,17 @@ log-probabilities; binary_cross_entropy, mse and batch_norm are built from other
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.errors import ShapeError
-from cgraph.ops.array import batch_axes
+from cgraph.errors import BatchingError, ShapeError
+from cgraph.ops.array import batch_axes, broadcast_batch
 from cgraph.ops.elementwise import add, cast, div, exp, mul, neg, softplus, sqrt, square, sub
 from cgraph.ops.reduce import REDUCE_ATTRS, count, reduce_keep, reduce_pattern, reduce_shape, sum, unreduce
 from cgraph.ops.reduce import mean as _mean
-from cgraph.ops.registry import SAME_FLOAT, Attr, DtypeRule, define, graph_of, lift, lift_all
+from cgraph.ops.registry import NONDIFF, SAME_FLOAT, Attr, DtypeRule, Operand, define, graph_of, lift, lift_all, rule
 from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
@@ -140,6 +142,82 @@ _nll_op = define(
     vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
     doc="the mean over rows (axis 0) of -sum(y * logp): cross-entropy from log-probabilities",
     grad_doc="d/dlogp = -y / rows, d/dy = -logp / rows")
+
+
+# ---- dropout: a mask that is a function of the seed ----------------------------------------
+
+def _dropout_shape(x: Meta, seed: Meta, *, rate: float) -> Shape:
+    """x's shape; the seed is a scalar (shape ()), or a vector of a seed per row (axis 0) of x;
+    0 <= `rate` < 1."""
+    if seed.ndim > 1 or (seed.ndim == 1 and (x.ndim == 0 or None not in (x.shape[0], seed.shape[0])
+                                            and x.shape[0] != seed.shape[0])):
+        raise ShapeError(f"the seed must be a scalar or one per row of x, got shape {seed.shape}")
+    if not 0.0 <= rate < 1.0:
+        raise ShapeError(f"rate must be in [0, 1), got {rate}")
+    return x.shape
+
+
+def _dropout_dtype(dtypes: Any, attrs: Any) -> np.dtype:
+    if dtypes[0].kind != "f":
+        raise ShapeError(f"needs a float input, got {dtypes[0]}")
+    if dtypes[1] != np.int64:
+        raise ShapeError(f"the seed must be int64, got {dtypes[1]}")
+    return dtypes[0]
+
+
+def _dropout_kernel(x: np.ndarray, seed: np.ndarray, *, rate: float) -> np.ndarray:
+    out = np.empty_like(x)
+    np.multiply(x, x.dtype.type(1.0 / (1.0 - rate)), out=out)
+    if seed.ndim:  # a seed per row: each row's mask as a row alone with that seed would get
+        for i, s in enumerate(seed):
+            out[i, ...][_drop(s, x.shape[1:], rate)] = 0  # (out[i, ...]: a view, also of a 0-d row)
+        return out
+    out[_drop(seed, x.shape, rate)] = 0
+    return out
+
+
+def _drop(seed: np.ndarray, shape: tuple[int, ...], rate: float) -> np.ndarray:
+    """Where the mask zeroes: uniform float64 draws of default_rng(seed) below `rate`."""
+    return np.random.default_rng(int(seed) % 2**64).random(shape) < rate
+
+
+def _dropout_batch(batched: tuple[bool, ...], x: Tensor, seed: Tensor, *, rate: float) -> Tensor:
+    """the op itself with a seed per example (the one seed repeated, if it is not batched)"""
+    if seed.ndim - batched[1] > 0:
+        raise BatchingError("dropout: a seed per row of each example cannot be batched")
+    if not batched[0]:
+        x = broadcast_batch(x, seed)
+    return _dropout(x, seed if batched[1] else broadcast_batch(seed, x), rate=rate)
+
+
+_dropout = define(
+    "dropout", _dropout_kernel, inputs=("x", "seed"), shape=_dropout_shape,
+    dtype=DtypeRule("the first input's dtype, which MUST be float64 or float32; the seed MUST be int64",
+                    _dropout_dtype),
+    attrs={"rate": Attr("float", doc="the probability that an element is zeroed, in [0, 1)")},
+    scratch=lambda x, seed, *, rate: int(np.prod(x.shape[1:] if seed.shape else x.shape)) * 9,  # the uniform
+    #                                                              draws (float64) and the mask, of x or of a row
+    batch=_dropout_batch, pattern=rule("each output element depends on its element of x (exact where kept)",
+                                       lambda out, x, seed, *, rate: x),
+    jvp=(lambda t, out, x, seed, *, rate: _dropout(t, seed, rate=rate), NONDIFF),
+    vjp=(lambda g, out, x, seed, *, rate: _dropout(g, seed, rate=rate), NONDIFF),
+    doc="x with each element zeroed with probability `rate` and the others divided by 1 - rate; the "
+        "elements zeroed are those where numpy's default_rng(seed mod 2 ** 64) draws uniform numbers "
+        "(random(), float64, one per element in C order) below `rate`: the same seed and shape give the same mask; "
+        "with a seed per row (axis 0), each row is masked as that row alone with its seed",
+    grad_doc="linear in x: the same op, with the same seed (hence the same mask), on the tangent or cotangent")
+
+
+def dropout(x: Tensor, rate: float, seed: Any, training: bool = True) -> Tensor:
+    """x with each element zeroed with probability `rate` and the others scaled by 1 / (1 - rate)
+    when `training`, else x itself. `seed` (an int64 scalar input, or an int made a constant)
+    fixes the mask: the same seed gives the same mask, in the forward sweep, the backward sweep
+    and every run; use different seeds for different layers and steps."""
+    if not training:
+        return x
+    if not isinstance(seed, Operand):
+        seed = x.graph.constant(None, np.int64(operator.index(seed)))
+    return _dropout(x, seed, rate=float(rate))
 
 
 # ---- the functions users call -------------------------------------------------------------

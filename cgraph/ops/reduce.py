@@ -1,4 +1,5 @@
-"""Reductions: sum, mean, max over axes (None, an int or a tuple), with numpy's keepdims."""
+"""Reductions: sum, mean, max, min, prod over axes (None, an int or a tuple), with numpy's
+keepdims; argmax; cumsum along an axis."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cgraph.ops.array import batch_axes, broadcast_to, expand_dims, shape_like, shift_axes
-from cgraph.ops.elementwise import cast, div, equal, mul
-from cgraph.ops.registry import MEAN, SAME, SAME_NUMERIC, ZERO, Attr, Unbatched, define, rule
-from cgraph.patterns import Dims, Pattern
+from cgraph.ops.array import batch_axes, broadcast_to, expand_dims, reshape, shape_like, shift_axes
+from cgraph.ops.elementwise import cast, div, equal, mul, where
+from cgraph.ops.registry import INT64, MEAN, NONDIFF, SAME, SAME_NUMERIC, ZERO, Attr, Unbatched, define, rule
+from cgraph.patterns import Dims, Pattern, union
 from cgraph.shapes import Meta, Shape, normalize_axes
 
 if TYPE_CHECKING:
@@ -118,20 +119,120 @@ _mean = define("mean", _mean_kernel, inputs=("x",), shape=reduce_shape, dtype=ME
                grad_doc="JVP: the mean of the tangent; VJP: the cotangent / count, broadcast back")
 
 
-def _max_share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
-    """1/k at each of the k elements that reach the max (ties share), 0 elsewhere."""
+def _share(out: Tensor, x: Tensor, axes: tuple[int, ...], keepdims: bool) -> Tensor:
+    """1/k at each of the k elements that reach the extremum `out` (ties share), 0 elsewhere."""
     hit = cast(equal(x, unreduce(out, x, axes, keepdims)), x.dtype)
     return div(hit, sum(hit, axes, keepdims=True))
 
 
-_max = define("max", _reduce_kernel(np.maximum), inputs=("x",), shape=reduce_shape, dtype=SAME, attrs=REDUCE_ATTRS,
-              batch=batch_axes("max"), pattern=reduce_pattern,
-              jvp=(lambda t, out, x, *, axes, keepdims:
-                   sum(mul(t, _max_share(out, x, axes, keepdims)), axes, keepdims),),
-              vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims),
-                                                            _max_share(out, x, axes, keepdims)),),
-              doc="the largest element over `axes` (numpy.max)",
-              grad_doc="to the elements that reach the max; where k of them tie, each gets 1/k")
+def _extremum(name: str, ufunc: np.ufunc, word: str) -> Any:
+    return define(
+        name, _reduce_kernel(ufunc), inputs=("x",), shape=reduce_shape, dtype=SAME, attrs=REDUCE_ATTRS,
+        batch=batch_axes(name), pattern=reduce_pattern,
+        jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _share(out, x, axes, keepdims)), axes, keepdims),),
+        vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), _share(out, x, axes, keepdims)),),
+        doc=f"the {word} element over `axes` (numpy.{name})",
+        grad_doc=f"to the elements that reach the {name}; where k of them tie, each gets 1/k")
+
+
+_max = _extremum("max", np.maximum, "largest")
+_min = _extremum("min", np.minimum, "smallest")
+
+
+# ---- prod: a gradient that is right where elements are zero ---------------------------------
+
+def _prod_others(x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """For each element of x, the product of the other elements of its reduction (x's shape),
+    without dividing by zero: with p the product of the nonzero elements and n the number of
+    zeros, it is p / x where n = 0; p at the zero where n = 1, 0 at the others; 0 where n > 1.
+    Written as where(zero, [n = 1] p, p / x' * q), x' = x with zeros as 1 and q the product of
+    the zero elements (1 or 0), so its own derivatives are right too wherever n <= 1."""
+    zero = equal(x, 0)
+    nonzero = where(zero, 1, x)
+    p = prod(nonzero, axes, keepdims=True)
+    n = sum(zero, axes, keepdims=True)
+    q = prod(where(zero, x, 1), axes, keepdims=True)
+    return where(zero, where(equal(n, 1), p, 0), mul(div(p, nonzero), q))
+
+
+_prod = define(
+    "prod", _reduce_kernel(np.multiply), inputs=("x",), shape=reduce_shape, dtype=SAME_NUMERIC, attrs=REDUCE_ATTRS,
+    batch=batch_axes("prod"), pattern=reduce_pattern,
+    jvp=(lambda t, out, x, *, axes, keepdims: sum(mul(t, _prod_others(x, axes)), axes, keepdims),),
+    vjp=(lambda g, out, x, *, axes, keepdims: mul(unreduce(g, x, axes, keepdims), _prod_others(x, axes)),),
+    doc="the product over `axes` (numpy.prod); a bool x is multiplied by `cg.prod` after a cast to int64",
+    grad_doc="each element's partial is the product of the others in its reduction, computed without division "
+             "where elements are zero (second derivatives too, where at most one element of a reduction is zero)")
+
+
+# ---- argmax, cumsum ---------------------------------------------------------------------------
+
+def reduce_one_axis(out: Dims, x: Pattern, *, axis: int, keepdims: bool) -> Pattern:
+    """each output element depends on the input elements along `axis` at its position"""
+    return x.reduce((axis,), keepdims)
+
+
+def _argmax_shape(x: Meta, *, axis: int, keepdims: bool) -> Shape:
+    """REDUCE of x's shape over (`axis`,)."""
+    return reduce_shape(x, axes=(axis,), keepdims=keepdims)
+
+
+def _argmax_kernel(x: np.ndarray, *, axis: int, keepdims: bool) -> np.ndarray:
+    return np.asarray(np.argmax(x, axis=axis, keepdims=keepdims), dtype=np.int64)
+
+
+_argmax = define(
+    "argmax", _argmax_kernel, inputs=("x",), shape=_argmax_shape, dtype=INT64,
+    attrs={"axis": Attr("int", doc="the axis searched"), "keepdims": Attr("bool", False)},
+    jvp=(NONDIFF,), vjp=(NONDIFF,), pattern=reduce_one_axis,
+    batch=rule("the op itself, its `axis` moved past the batch axis",
+               lambda batched, x, *, axis, keepdims: _argmax(x, axis=shift_axes(axis, x.ndim - 1)[0],
+                                                             keepdims=keepdims)),
+    doc="the index of the largest element along `axis` (numpy.argmax: the first one where several tie); int64")
+
+
+def _cumsum_shape(x: Meta, *, axis: int, reverse: bool) -> Shape:
+    """x's shape; `axis` is in [-ndim, ndim) (x has at least one dimension)."""
+    normalize_axes(axis, x.ndim)
+    return x.shape
+
+
+def _cumsum_pattern(out: Dims, x: Pattern, *, axis: int, reverse: bool) -> Pattern:
+    """each output element depends on the input elements summed into it: those at or before it
+    along `axis` (at or after it, `reverse`) (exact)"""
+    index = np.moveaxis(x.index(), axis, -1)
+    n = index.shape[-1]
+    parts = []
+    for k in range(n):  # the input element k places before (after) each output element
+        src = np.full(index.shape, -1, np.int64)
+        if reverse:
+            src[..., :n - k] = index[..., k:]
+        else:
+            src[..., k:] = index[..., :n - k]
+        parts.append(x.gather(np.moveaxis(src, -1, axis)))
+    return union(*parts) if parts else x
+
+
+def _cumsum_kernel(x: np.ndarray, *, axis: int, reverse: bool) -> np.ndarray:
+    if not reverse:
+        return np.cumsum(x, axis=axis)
+    flip = (slice(None),) * (axis % x.ndim) + (slice(None, None, -1),)
+    out = np.empty_like(x, order="C")
+    np.cumsum(x[flip], axis=axis, out=out[flip])
+    return out
+
+
+_cumsum = define(
+    "cumsum", _cumsum_kernel, inputs=("x",), shape=_cumsum_shape, dtype=SAME_NUMERIC,
+    attrs={"axis": Attr("int", doc="the axis summed along"),
+           "reverse": Attr("bool", False, doc="sum from the end: out[i] = x[i] + x[i+1] + ...")},
+    batch=rule("the op itself, its `axis` moved past the batch axis",
+               lambda batched, x, *, axis, reverse: _cumsum(x, axis=shift_axes(axis, x.ndim - 1)[0], reverse=reverse)),
+    pattern=_cumsum_pattern,
+    jvp=(lambda t, out, x, *, axis, reverse: _cumsum(t, axis=axis, reverse=reverse),),
+    vjp=(lambda g, out, x, *, axis, reverse: _cumsum(g, axis=axis, reverse=not reverse),),
+    doc="the running sum along `axis` (numpy.cumsum), from the start or (`reverse`) from the end",
+    grad_doc="JVP: the running sum of the tangent; VJP: the running sum of the cotangent the other way")
 
 
 def _reduction(op: Any, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
@@ -153,3 +254,36 @@ def mean(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
 def max(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Max over `axis` (None: all), as numpy.max; ties share the derivative."""
     return _reduction(_max, x, axis, keepdims)
+
+
+def min(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Min over `axis` (None: all), as numpy.min; ties share the derivative."""
+    return _reduction(_min, x, axis, keepdims)
+
+
+def prod(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """Product over `axis` (None: all), as numpy.prod (bools are multiplied as int64); its
+    gradient is right where elements are zero."""
+    if x.dtype == np.bool_:
+        x = cast(x, np.int64)
+    return _reduction(_prod, x, axis, keepdims)
+
+
+def argmax(x: Tensor, axis: int | None = -1, keepdims: bool = False) -> Tensor:
+    """The int64 index of the largest element along `axis` (None: of the flattened x), as
+    numpy.argmax (the first of ties); no derivative."""
+    if axis is None:
+        return _argmax(reshape(x, (-1,)), axis=0, keepdims=False)
+    (ax,) = normalize_axes(axis, x.ndim)
+    return _argmax(x, axis=ax, keepdims=bool(keepdims))
+
+
+def cumsum(x: Tensor, axis: int | None = None, reverse: bool = False) -> Tensor:
+    """The running sum along `axis` (None: of the flattened x), as numpy.cumsum (bools are
+    summed as int64); `reverse` sums from the end."""
+    if x.dtype == np.bool_:
+        x = cast(x, np.int64)
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    (ax,) = normalize_axes(axis, x.ndim)
+    return _cumsum(x, axis=ax, reverse=bool(reverse))

@@ -392,6 +392,9 @@ class OpDef:
     inplace: bool = False  # the kernel takes `out=` (a numpy ufunc): a plan may write the
     #                        result over an input that dies at that step
     identity: Identity | None = None
+    scratch: Callable[..., int] | None = None  # bytes of working memory the kernel holds while
+    #   it runs, beside its inputs and output: `scratch(*inputs, **attrs)`, the inputs anything
+    #   with `.shape` and `.dtype` (the Metas of a prediction, the arrays of a run)
     multi: bool = False  # the value is the tuple of several results (control flow): `shape`
     #                      gives their Metas, `jvp`, `save` and `vjp` follow the rules for tuples
     #                      (cgraph.control), and only `project` ops read it
@@ -467,6 +470,12 @@ class OpDef:
         attrs = dict(node.attrs)
         fn = functools.partial(self.kernel, **attrs) if attrs else self.kernel
         return _guarded(fn, node) if self.user else fn
+
+    def bind_scratch(self, node: Any) -> Callable[..., int] | None:
+        """The scratch rule of a plan's step for `node` (its attributes bound), or None."""
+        if self.scratch is None:
+            return None
+        return functools.partial(self.scratch, **node.attrs) if node.attrs else self.scratch
 
     # -- derivative rules -------------------------------------------------------------------
 

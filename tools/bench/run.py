@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-SECTIONS = ["speed", "memory", "io_throughput", "iris_training", "jacobians", "control"]
+SECTIONS = ["speed", "memory", "io_throughput", "iris_training", "jacobians", "control", "conv"]
 
 
 def main(argv: list[str]) -> int:
