@@ -389,7 +389,7 @@ SPECS += [
          out_dtype="int64"),
     Spec("argmax_keep", lambda x: cg.argmax(x, 0, keepdims=True), lambda x: np.argmax(x, 0, keepdims=True),
          [((3, 4),)], domain=("spread",), smooth=False, out_dtype="int64"),
-    Spec("argmax_flat", lambda x: cg.argmax(x, None), lambda x: np.argmax(x), [((2, 3),)], domain=("spread",),
+    Spec("argmax_flat", lambda x: cg.argmax(x, None), lambda x: np.argmax(x), [((2, 3),), ((),)], domain=("spread",),
          smooth=False, out_dtype="int64"),
     Spec("take", cg.take, lambda a, i: np.take(a, i, axis=0), [((3, 2), (4,)), ((3,), ()), ((3, 5), (2, 0))],
          domain=("real", "idx3"), nondiff_args=(1,), torch=lambda a, i: a[i]),
@@ -399,7 +399,7 @@ SPECS += [
          _adjoint(lambda a: np.take(a, _IDX, axis=1), (2, 3, 4)), [((2, 2, 3, 4),)],
          torch=lambda g: __import__("torch").zeros(2, 3, 4, dtype=g.dtype).index_add(
              1, __import__("torch").tensor(_IDX.ravel() % 3), g.reshape(2, 6, 4))),
-    Spec("one_hot", lambda i: cg.one_hot(i, 4), lambda i: np.eye(4)[i], [((5,),), ((2, 3),), ((0,),)],
+    Spec("one_hot", lambda i: cg.one_hot(i, 4), lambda i: np.eye(4)[i], [((5,),), ((2, 3),), ((0,),), ((),)],
          domain=("idx4",), smooth=False, out_dtype="float64"),
     Spec("one_hot_f32", lambda i: cg.one_hot(i, 3, "float32"), lambda i: np.eye(3, dtype=np.float32)[i],
          [((2, 2),)], domain=("idx3",), smooth=False, out_dtype="float32"),
