@@ -112,3 +112,12 @@ def test_the_same_seed_makes_the_same_files():
     assert files == [b(i) for i in range(20)]
     b.seed = 8
     assert files != [b(i) for i in range(20)]
+
+
+def test_the_model_seeds_use_every_op():
+    """The mutations start from files that hold every built-in op (in a graph or a body), so a
+    new op's attributes and kernel are fuzzed too."""
+    from cgraph.ops.registry import OPS
+
+    used = {n.op for data in fuzz.model_seeds() for h in fuzz.graphs_in(fuzz.cg.loads(data)) for n in h.nodes.values()}
+    assert {name for name, op in OPS.items() if not op.user} - used == set()
