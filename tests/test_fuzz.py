@@ -134,3 +134,17 @@ def test_the_onnx_seeds_import():
         except fuzz.cg.onnx.OnnxError as e:
             assert "cannot import: Shape" in str(e) or "Loop (1), Scan (1)" in str(e), e
     assert loaded == {"mlp", "images", "ops12", "ops13", "ops18"}
+
+
+def test_a_loop_that_runs_on_is_stopped_and_counted_apart(monkeypatch):
+    """A mutated trip count or condition may make a loop run on: that is the model's meaning, so
+    the run is stopped after LOOP_SECONDS and counted as such, not as a hang."""
+    monkeypatch.setattr(fuzz, "LOOP_SECONDS", 0.3)
+    g = fuzz.cg.Graph("forever")
+    a = g.input("a", (2,))
+    g.output("loss", fuzz.cg.sum(fuzz.cg.while_loop(lambda c: fuzz.cg.sum(c) > -1.0, lambda c: c + 1.0, a)))
+    start = time.monotonic()
+    outcomes = dict((what, good) for what, good, _ in fuzz.exercise(g, draw=False))
+    assert outcomes["run: a loop still running after 0.3 s, stopped"] is True
+    assert all(outcomes.values()) and time.monotonic() - start < 10
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
