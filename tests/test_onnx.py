@@ -555,6 +555,55 @@ def test_import_errors(tmp_path):
         cg.onnx.load(f16)
 
 
+def _relu_model(**props):
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="act")], [_vi("x", [2])], [_vi("y", [2])],
+                   [numpy_helper.from_array(np.ones(2), "w")])
+    helper.set_model_props(model, props)
+    return model
+
+
+def _import_error(data) -> str:
+    with pytest.raises(cg.onnx.OnnxError) as err:
+        cg.onnx.load(data)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_malformed_models_raise_only_onnx_errors_naming_the_part():
+    """What mutated files found: each is one OnnxError line naming the initializer, node or
+    metadata at fault, never KeyError, ValueError, JSONDecodeError or UnicodeDecodeError."""
+    model = _relu_model()
+    model.graph.initializer[0].data_type = 64  # no ONNX type
+    assert _import_error(model.SerializeToString()).startswith("ONNX initializer 'w': ")
+    model = _relu_model()
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.double_data.extend([1.0, 2.0, 3.0])  # three numbers for dims (2,)
+    assert _import_error(model.SerializeToString()).startswith("ONNX initializer 'w': ")
+    for text in ("", "{", '{"a": 1}', "[1, 2]"):
+        msg = _import_error(_relu_model(**{"cgraph.constants": text}).SerializeToString())
+        assert msg.startswith("ONNX metadata_props 'cgraph.constants' must be a JSON list of names")
+    # strings that are not UTF-8 (protobuf can only make them by editing the bytes)
+    model = _relu_model(note="NOTE")
+    model.graph.name = "onnx-graph"
+    data = model.SerializeToString()
+    for field, where in ((b"NOTE", "metadata_props 'note' is not UTF-8 text"),
+                         (b"onnx-graph", "the graph name is not UTF-8 text"),
+                         (b"\x01y", "ONNX output b'\\xff': output name must be a non-empty string")):
+        assert data.count(field) == (1 if field != b"\x01y" else 2)
+        assert where in _import_error(data.replace(field, field[:-1] + b"\xff"))
+    g = cg.onnx.load(data.replace(b"act", b"\xff\xfe\xfd"))  # a node's own name is only for messages
+    assert cg.loads(cg.dumps(g)).metadata == {"note": "NOTE"}
+
+
+def test_an_imported_model_saves_loads_and_draws(tmp_path):
+    g = cg.onnx.load(_relu_model(note="✓"))
+    h = cg.loads(cg.dumps(g))
+    assert h.metadata == {"note": "✓"} and list(h.nodes) == list(g.nodes)
+    cg.render(h, tmp_path / "m.svg")
+    assert (tmp_path / "m.svg").read_bytes().startswith(b"<?xml")
+
+
 # ---- the optional dependency -----------------------------------------------------------
 
 def test_core_imports_without_onnx():

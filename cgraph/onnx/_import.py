@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 import cgraph.ops as ops
-from cgraph.errors import CgraphError, OnnxError
+from cgraph.errors import CgraphError, OnnxError, one_line
 from cgraph.graph import DTYPES, Graph, Tensor
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
@@ -46,6 +46,8 @@ class _Reader:
         self.env: dict[str, Tensor] = {}
         self.static: dict[str, np.ndarray] = {}
         self.node: Any = None  # the ONNX node being imported, for messages
+        self.index = 0  # its position in the graph
+        self.part = "ONNX model"  # the part being read when there is no node: an initializer, an input...
 
     def t(self, name: str) -> Tensor:
         """The Tensor of ONNX value `name`; a constant value becomes a cgraph constant the
@@ -78,7 +80,12 @@ class _Reader:
 
     def where(self) -> str:
         n = self.node
-        return f"ONNX node {n.name or n.output[0]!r} ({n.op_type})" if n is not None else "ONNX model"
+        if n is None:
+            return self.part
+        try:
+            return f"ONNX node {n.name or n.output[0]!r} ({n.op_type})"
+        except Exception:  # noqa: BLE001  (a name that is not UTF-8, no outputs: say where it is instead)
+            return f"ONNX node {self.index}"
 
 
 Rule = Callable[[_Reader, Any], list[Tensor]]
@@ -490,51 +497,91 @@ def _unsupported(model: onnx.ModelProto) -> Counter[str]:
 
 
 def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
-    """The cgraph Graph of an ONNX ModelProto (see `load`)."""
-    onnx = require()
+    """The cgraph Graph of an ONNX ModelProto (see `load`). Anything wrong with the model is
+    one OnnxError line naming the node or the part of the model at fault."""
+    r = _Reader(Graph(name or "onnx"), 1)
+    try:
+        return _read_model(r, model, name)
+    except OnnxError as err:
+        raise OnnxError(one_line(str(err))) from None
+    except CgraphError as err:
+        raise OnnxError(one_line(f"{r.where()}: {err}")) from None
+    except Exception as err:  # protobuf and onnx meeting malformed input (bad UTF-8, unknown types...)
+        raise OnnxError(one_line(f"{r.where()}: {_first_line(err)}")) from None
+
+
+def _first_line(err: BaseException, kind: bool = True) -> str:
+    """The first line of an exception's message (at most 200 characters), after its type."""
+    lines = str(err).strip().splitlines()
+    text = lines[0][:200] if lines else ""
+    return f"{type(err).__name__}: {text}" if kind or not text else text
+
+
+def _text(value: Any, what: str) -> str:
+    """A string of the model, which must be UTF-8 text (ONNX says so; cgraph files need it)."""
+    if not isinstance(value, str):
+        raise OnnxError(f"{what} is not UTF-8 text: {value!r:.80}")
+    return value
+
+
+def _read_model(r: _Reader, model: onnx.ModelProto, name: str | None) -> Graph:
+    onnx = r.onnx
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        raise OnnxError(f"not a valid ONNX model: {str(err).strip().splitlines()[0]}") from None
+    except Exception as err:  # ValidationError, and what the checker's C++ raises on stranger input
+        raise OnnxError(f"not a valid ONNX model: {_first_line(err, kind=False)}") from None
     bad = _unsupported(model)
     if bad:
         listed = ", ".join(f"{op} ({k})" for op, k in sorted(bad.items(), key=lambda kv: (-kv[1], kv[0])))
         raise OnnxError(f"ONNX model {model.graph.name!r} uses ops cgraph cannot import: {listed}")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
-    props = {p.key: p.value for p in model.metadata_props}
-    constants = set(json.loads(props.pop(CONSTANTS_KEY, "[]")))
-    frozen = set(json.loads(props.pop(FROZEN_KEY, "[]")))
+    r.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    r.part = "ONNX metadata_props"
+    props = {_text(p.key, "a metadata_props key"): _text(p.value, f"metadata_props {p.key!r}")
+             for p in model.metadata_props}
+    constants = _names(props.pop(CONSTANTS_KEY, "[]"), CONSTANTS_KEY)
+    frozen = _names(props.pop(FROZEN_KEY, "[]"), FROZEN_KEY)
     frozen |= {nm for n in model.graph.node if n.op_type == "BatchNormalization" for nm in n.input[3:5]}
 
     graph = model.graph
-    g = Graph(name or graph.name or "onnx")
+    g = r.g
+    g.name = name or _text(graph.name, "the graph name") or "onnx"
     g.metadata.update(props)
-    r = _Reader(g, opset)
-    r.static = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for t in graph.initializer:
+        r.part = f"ONNX initializer {t.name!r}"
+        r.static[t.name] = onnx.numpy_helper.to_array(t)
     for vi in graph.input:
+        r.part = f"ONNX input {vi.name!r}"
         if vi.name not in r.static:
             r.env[vi.name] = _input(g, vi)
     for iname, value in r.static.items():
+        r.part = f"ONNX initializer {iname!r}"
         if iname not in constants and value.dtype in (np.float32, np.float64):
             r.env[iname] = g.param(iname, value, trainable=iname not in frozen)
-    for n in graph.node:
+    for r.index, n in enumerate(graph.node):
         r.node = n
         if n.op_type == "Constant":
             r.static[n.output[0]] = _constant_value(r, n)
             continue
-        try:
-            outs = RULES[n.op_type](r, n)
-        except OnnxError:
-            raise
-        except CgraphError as err:
-            raise OnnxError(f"{r.where()}: {err}") from None
+        outs = RULES[n.op_type](r, n)
         for out_name, t in zip(n.output, outs, strict=False):
             if out_name:
                 r.env[out_name] = t
     r.node = None
     for vi in graph.output:
+        r.part = f"ONNX output {vi.name!r}"
         g.output(vi.name, r.t(vi.name))
     return g
+
+
+def _names(text: str, key: str) -> set[str]:
+    """The names listed in cgraph's metadata `key`: a JSON list of strings."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise OnnxError(f"ONNX metadata_props {key!r} must be a JSON list of names, not {text!r:.80}")
+    return set(names)
 
 
 def _input(g: Graph, vi: Any) -> Tensor:
@@ -562,5 +609,5 @@ def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None =
         raise
     except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
         raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
-                        f"({type(err).__name__}: {str(err).strip()[:200]})") from None
+                        f"({_first_line(err)})") from None
     return from_model(model, name)
