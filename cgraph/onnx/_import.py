@@ -26,6 +26,7 @@ from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
+    np_to_onnx_type,
     onnx_to_np_type,
     registrar,
     require,
@@ -1106,14 +1107,104 @@ def _constant_value(r: _Reader, n: Any) -> np.ndarray:
                     f"(got {', '.join(at)})")
 
 
+def _import_node(r: _Reader, n: Any) -> None:
+    """Import one ONNX node: by its rule, or, for an operator ONNX defines as a function of
+    others (Attention...), node by node through the function's body."""
+    r.node = n
+    if n.op_type == "Constant":
+        r.static[n.output[0]] = _constant_value(r, n)
+        return
+    if n.op_type not in RULES:
+        body, opset = _function_body(r, n)
+        outer = r.opset
+        r.opset = opset
+        try:
+            for inner in body:
+                if inner.op_type not in IMPORTABLE and not _has_function(inner.op_type, opset, inner.domain):
+                    raise OnnxError(f"{r.where()}: its ONNX function uses {inner.op_type}, which cgraph cannot import")
+                _import_node(r, inner)
+        finally:
+            r.opset, r.node = outer, n
+        return
+    try:
+        outs = RULES[n.op_type](r, n)
+    except OnnxError:
+        raise
+    except CgraphError as err:
+        raise OnnxError(f"{r.where()}: {err}") from None
+    for out_name, t in zip(n.output, outs, strict=False):
+        if out_name:
+            r.env[out_name] = t
+
+
+def _has_function(op_type: str, opset: int, domain: str = "") -> bool:
+    """Whether ONNX defines the operator (at this opset) as a function of other operators."""
+    defs = require("onnx.defs")
+    try:
+        schema = defs.get_schema(op_type, opset, domain)
+    except Exception:  # noqa: BLE001 - onnx raises its SchemaError for an unknown operator
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def _function_body(r: _Reader, n: Any) -> tuple[list[Any], int]:
+    """The nodes of the ONNX function that defines node n's operator, its inputs, outputs and
+    attribute references bound to the node's (internal values renamed apart), and the opset
+    they are written for."""
+    onnx = r.onnx
+    schema = onnx.defs.get_schema(n.op_type, r.opset, n.domain)
+    node = onnx.NodeProto()
+    node.CopyFrom(n)
+    given = {a.name for a in node.attribute}
+    for name, attr in schema.attributes.items():
+        if name not in given and attr.default_value.name:
+            node.attribute.append(attr.default_value)
+    fn = onnx.FunctionProto()
+    if schema.has_function:
+        fn.ParseFromString(schema.function_body.SerializeToString())
+    else:
+        types = [onnx.helper.make_tensor_type_proto(np_to_onnx_type(t.dtype), list(t.shape))
+                 for t in (r.t(i) for i in node.input if i)]
+        fn.ParseFromString(schema.get_context_dependent_function(node.SerializeToString(),
+                                                                 [t.SerializeToString() for t in types]))
+    opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), r.opset)
+    prefix = f"{n.name or n.output[0]}\x00{n.op_type}/"
+    names = {formal: (n.input[i] if i < len(n.input) else "") for i, formal in enumerate(fn.input)}
+    names.update({formal: n.output[i] for i, formal in enumerate(fn.output) if i < len(n.output) and n.output[i]})
+    attrs = {a.name: a for a in node.attribute}
+    body = []
+    for inner in fn.node:
+        if any(a.type == onnx.AttributeProto.GRAPH for a in inner.attribute):
+            raise OnnxError(f"{r.where()}: its ONNX function has subgraphs, which cgraph cannot import")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(inner)
+        del copy.input[:], copy.output[:], copy.attribute[:]
+        copy.input.extend(names.get(v, prefix + v) if v else "" for v in inner.input)
+        copy.output.extend(names.get(v, prefix + v) if v else "" for v in inner.output)
+        for a in inner.attribute:
+            if a.ref_attr_name:
+                if a.ref_attr_name in attrs:
+                    bound = onnx.AttributeProto()
+                    bound.CopyFrom(attrs[a.ref_attr_name])
+                    bound.name = a.name
+                    copy.attribute.append(bound)
+            else:
+                copy.attribute.append(a)
+        copy.name = prefix + (inner.name or inner.output[0])
+        body.append(copy)
+    return body, opset
+
+
 def _unsupported(model: onnx.ModelProto) -> Counter[str]:
-    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own)."""
+    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own); an
+    operator that ONNX defines as a function of others is imported through its body."""
     bad: Counter[str] = Counter()
     onnx = require()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
     for n in model.graph.node:
         if n.domain not in ("", "ai.onnx"):
             bad[f"{n.domain}:{n.op_type}"] += 1
-        elif n.op_type not in IMPORTABLE:
+        elif n.op_type not in IMPORTABLE and not _has_function(n.op_type, opset):
             bad[n.op_type] += 1
         elif n.op_type == "BatchNormalization":
             training = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
@@ -1153,19 +1244,7 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
         if iname not in constants and value.dtype in (np.float32, np.float64):
             r.env[iname] = g.param(iname, value, trainable=iname not in frozen)
     for n in graph.node:
-        r.node = n
-        if n.op_type == "Constant":
-            r.static[n.output[0]] = _constant_value(r, n)
-            continue
-        try:
-            outs = RULES[n.op_type](r, n)
-        except OnnxError:
-            raise
-        except CgraphError as err:
-            raise OnnxError(f"{r.where()}: {err}") from None
-        for out_name, t in zip(n.output, outs, strict=False):
-            if out_name:
-                r.env[out_name] = t
+        _import_node(r, n)
     r.node = None
     for vi in graph.output:
         t = r.t(vi.name)
