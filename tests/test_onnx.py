@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from onnx_backend import retyped as _retyped
 from specs import COMPARISONS, build_graph, case_id, cases
 
 import cgraph as cg
@@ -32,29 +33,6 @@ def run_ort(model, feeds):
 
 # onnxruntime's CPU provider has these operators in float32 only (no float64 kernels)
 ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "AveragePool", "Erf", "Atan"}
-
-
-def _retyped(model, to):
-    """A copy of a model computing in `to` (TensorProto.FLOAT or DOUBLE) where it used the other
-    float type: initializers, constants, inputs, outputs and casts."""
-    was = TensorProto.DOUBLE if to == TensorProto.FLOAT else TensorProto.FLOAT
-    dtype = np.float32 if to == TensorProto.FLOAT else np.float64
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for t in m.graph.initializer:
-        if t.data_type == was:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name))
-    for vi in [*m.graph.input, *m.graph.output]:
-        if vi.type.tensor_type.elem_type == was:
-            vi.type.tensor_type.elem_type = to
-    for node in m.graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == was:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(dtype), a.t.name))
-            elif node.op_type == "Cast" and a.name == "to" and a.i == was:
-                a.i = to
-    del m.graph.value_info[:]
-    return m
 
 
 def ort_outputs(model, feeds, dtype):
