@@ -956,14 +956,17 @@ def _rms_norm(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Trilu")
 def _trilu(r: _Reader, n: Any) -> list[Tensor]:
-    """x where the constant mask of the upper (or lower) triangle from diagonal k holds, else 0."""
+    """x where column - row >= k (upper) or <= k (lower), else 0; k a constant or fed at run time."""
     x = r.t(n.input[0])
-    k = int(np.asarray(r.value(n.input[1], "k")).reshape(())) if _optional(n, 1) else 0
     rows, cols = x.shape[-2:]
     if rows is None or cols is None:
         raise OnnxError(f"{r.where()}: cgraph needs the matrix sizes, got {x.shape}")
-    tri = np.triu if r.attrs(n).get("upper", 1) else np.tril
-    mask = r.g.constant(None, tri(np.ones((rows, cols), bool), k))
+    name = _optional(n, 1)
+    k: Any = 0 if name is None else r.known(name)
+    k = ops.cast(ops.reshape(r.t(cast(str, name)), ()), np.int64) if k is None else int(np.asarray(k).reshape(()))
+    offset = _int64(r, np.arange(cols)[None, :] - np.arange(rows)[:, None])
+    upper = r.attrs(n).get("upper", 1)
+    mask = ops.greater_equal(offset, k) if upper else ops.less_equal(offset, k)
     return [ops.where(mask, x, np.zeros((), x.dtype))]
 
 
