@@ -136,12 +136,13 @@ def _im2col(x: np.ndarray, kernel: tuple, out_hw: tuple, stride: tuple, padding:
     return buf
 
 
-def _col2im(buf: np.ndarray, shape: tuple, stride: tuple, padding: tuple, dilation: tuple) -> np.ndarray:
-    """The adjoint of _im2col: a column buffer (C, kh, kw, N, Ho, Wo) summed back into zeros of
-    the image's `shape` (N, C, H, W)."""
+def _col2im(buf: np.ndarray, shape: tuple, stride: tuple, padding: tuple, dilation: tuple,
+            images_first: bool = False) -> np.ndarray:
+    """The adjoint of _im2col: a column buffer (C, kh, kw, N, Ho, Wo), or (N, C, kh, kw, Ho, Wo)
+    `images_first`, summed back into zeros of the image's `shape` (N, C, H, W)."""
     out = np.zeros(shape, buf.dtype)
-    cols = buf.transpose(3, 0, 1, 2, 4, 5)
-    for i, j, region, taps in _taps(shape[2:], buf.shape[4:], buf.shape[1:3], stride, padding, dilation):
+    cols = buf if images_first else buf.transpose(3, 0, 1, 2, 4, 5)
+    for i, j, region, taps in _taps(shape[2:], cols.shape[4:], cols.shape[2:4], stride, padding, dilation):
         out[taps] += cols[:, :, i, j][region]
     return out
 
@@ -401,14 +402,16 @@ def _transpose_kernel(g: np.ndarray, w: np.ndarray, *, stride: tuple, padding: t
     _, Cg, kh, kw = w.shape
     dtype = np.result_type(g, w)
     w2 = w.astype(dtype, copy=False).reshape(groups, Co // groups, Cg * kh * kw).transpose(0, 2, 1)
-    cols = _matmul_groups(w2, _by_channel(g, groups, dtype), np.empty((groups, Cg * kh * kw, N * Ho * Wo), dtype))
-    return _col2im(cols.reshape(Cg * groups, kh, kw, N, Ho, Wo), (N, Cg * groups, *size), stride, padding, dilation)
+    # each image's columns from its own product with g as it lies (NCHW): no copy of g
+    cols = np.matmul(w2, g.astype(dtype, copy=False).reshape(N, groups, Co // groups, Ho * Wo))
+    return _col2im(cols.reshape(N, Cg * groups, kh, kw, Ho, Wo), (N, Cg * groups, *size), stride, padding, dilation,
+                   images_first=True)
 
 
 def _transpose_scratch(g: Any, w: Any, **attrs: Any) -> int:
-    """A channels-first copy of g, and the column buffer."""
+    """The column buffer (and a copy of g in the result's dtype when g's differs)."""
     dtype = np.result_type(g.dtype, w.dtype)
-    return _nbytes(g.shape, dtype) + \
+    return (_nbytes(g.shape, dtype) if np.dtype(g.dtype) != dtype else 0) + \
         _col_bytes(Meta((g.shape[0], w.shape[1] * attrs["groups"]), dtype), w, g.shape[2:], dtype)
 
 
