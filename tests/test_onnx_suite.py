@@ -47,7 +47,7 @@ COMPOSED = ["test_layer_normalization_4d_axis1", "test_nllloss_NCd1_weight", "te
             "test_split_equal_parts_2d", "test_mod_mixed_sign_float64", "test_globalaveragepool",
             "test_conv_with_strides_padding", "test_prelu_broadcast", "test_rms_normalization_2d_axis1", "test_selu",
             "test_softsign", "test_gelu_tanh_1", "test_averagepool_2d_precomputed_pads", "test_depthtospace_example",
-            "test_reduce_sum_square_do_not_keepdims_example"]
+            "test_reduce_sum_square_do_not_keepdims_example", "test_unsqueeze_three_axes"]
 
 
 @pytest.mark.parametrize("name", COMPOSED)

@@ -299,7 +299,21 @@ def _squeeze(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Unsqueeze")
 def _unsqueeze(r: _Reader, n: Any) -> list[Tensor]:
-    return [ops.expand_dims(r.t(n.input[0]), tuple(_axes(r, n, 1) or ()))]
+    """Axes of size 1 inserted; with axes fed at run time, a reshape to the sizes that puts them
+    there (the input's sizes, in order, elsewhere)."""
+    x = r.t(n.input[0])
+    name = _optional(n, 1) if "axes" not in r.attrs(n) else None
+    if name is None or r.known(name) is not None:
+        return [ops.expand_dims(x, tuple(_axes(r, n, 1) or ()))]
+    axes = _sizes(r, name, "the axes")
+    m = x.ndim + cast(int, axes.shape[0])
+    axes = ops.where(ops.less(axes, 0), ops.add(axes, m), axes)
+    new = ops.greater(ops.sum(ops.cast(ops.equal(ops.expand_dims(axes, 1), _int64(r, np.arange(m)[None, :])),
+                                       np.int64), 0), 0)
+    at = ops.sub(ops.cumsum(ops.cast(_not(new), np.int64)), 1)  # the input axis each output axis shows
+    pick = ops.equal(ops.expand_dims(at, 1), _int64(r, np.arange(x.ndim)[None, :]))
+    sizes = ops.sum(ops.where(pick, ops.expand_dims(_shape_of(x), 0), 0), 1) if x.ndim else _int64(r, np.zeros(m))
+    return [ops.reshape(x, ops.where(new, 1, sizes))]
 
 
 def _shape_of(x: Tensor) -> Tensor:
