@@ -110,7 +110,7 @@ class Graph(Drawable, Subgraph):
         if dtype is None and not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float64)
         if not np.issubdtype(arr.dtype, np.floating):
-            raise ShapeError(f"param {name!r}: params must be float32 or float64, not {arr.dtype}")
+            raise ShapeError(f"param {name!r}: params must be floats (float64, float32, float16), not {arr.dtype}")
         arr = arr.astype(as_dtype(arr.dtype), copy=False)
         _check_overflow(name, src, arr)
         attrs = {} if trainable else {"trainable": False}
@@ -121,7 +121,7 @@ class Graph(Drawable, Subgraph):
         if name is None:
             name = self.fresh_name("const").rsplit("/", 1)[-1]
         arr = np.array(value, dtype=dtype, copy=True)
-        if dtype is None and arr.dtype.kind in "iu":
+        if dtype is None and arr.dtype.kind in "iu" and arr.dtype not in DTYPES:
             arr = arr.astype(np.int64)
         elif dtype is None and arr.dtype.kind == "f" and arr.dtype not in DTYPES:
             arr = arr.astype(np.float64)
@@ -516,7 +516,7 @@ class Tensor(Operand):
 
     @property
     def dtype(self) -> np.dtype:
-        """The element type (float64, float32, int64 or bool)."""
+        """The element type (one of cgraph.shapes.DTYPES)."""
         return self.node.dtype
 
     @property

@@ -39,10 +39,11 @@ from cgraph.version import __version__
 __all__ = ["FORMAT_VERSION", "INLINE_LIMIT", "READER_VERSION", "ModelFile", "dumps", "load", "loads",
            "read_model", "save"]
 
-FORMAT_VERSION = 3  # the FormatVersion this module writes
-READER_VERSION = 3  # the newest min_reader_version this module can read
+FORMAT_VERSION = 4  # the FormatVersion this module writes
+READER_VERSION = 4  # the newest min_reader_version this module can read
 MIN_READER_VERSION = 1  # what files written by this module need, unless they hold control flow
 CONTROL_FLOW_VERSION = 3  # what files with control flow (subgraphs, tuples of results) need
+NARROW_DTYPES_VERSION = 4  # what files with a float16, int32, int16, int8 or uint8 tensor or node need
 INLINE_LIMIT = 16 * 2**20  # tensors stay inline (plain protobuf) while they total at most this
 INLINE_REST = 2**20  # past it, the largest go to the payload until those left total at most this
 ALIGN = 64  # the payload section starts at a multiple of this (Model.padding)
@@ -60,7 +61,14 @@ _DTYPES: dict[np.dtype, pb.DataType] = {
     np.dtype(np.float32): pb.DATA_TYPE_FLOAT32,
     np.dtype(np.int64): pb.DATA_TYPE_INT64,
     np.dtype(np.bool_): pb.DATA_TYPE_BOOL,
+    np.dtype(np.float16): pb.DATA_TYPE_FLOAT16,
+    np.dtype(np.int32): pb.DATA_TYPE_INT32,
+    np.dtype(np.int16): pb.DATA_TYPE_INT16,
+    np.dtype(np.int8): pb.DATA_TYPE_INT8,
+    np.dtype(np.uint8): pb.DATA_TYPE_UINT8,
 }
+_NARROW = frozenset(_DTYPES.values()) - {pb.DATA_TYPE_FLOAT64, pb.DATA_TYPE_FLOAT32, pb.DATA_TYPE_INT64,
+                                        pb.DATA_TYPE_BOOL}  # the dtypes of version 4
 _FROM_CODE: dict[int, np.dtype] = {code: dt for dt, code in _DTYPES.items()}
 _NODE_FROM_CODE = {**_FROM_CODE, pb.DATA_TYPE_TUPLE: TUPLE}  # a node may be a tuple of results
 
@@ -170,7 +178,15 @@ def _encode(g: Graph, inline_limit: int) -> tuple[pb.Model, list[tuple[pb.Payloa
             payload.append((msg.payload, arr))
         else:
             msg.raw_data = arr.tobytes()
+    if any(msg.dtype in _NARROW for msg, _ in slots) or _uses_narrow(model.graph):
+        model.min_reader_version = max(model.min_reader_version, NARROW_DTYPES_VERSION)
     return model, payload
+
+
+def _uses_narrow(msg: pb.Graph) -> bool:
+    """Whether a node of the graph or of a subgraph has a dtype of version 4."""
+    return any(n.dtype in _NARROW or any(a.value.HasField("graph") and _uses_narrow(a.value.graph) for a in n.attr)
+               for n in msg.node)
 
 
 def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str,
@@ -229,7 +245,7 @@ def _dtype_code(dtype: np.dtype, what: str, node: bool = False) -> pb.DataType:
         return pb.DATA_TYPE_TUPLE
     code = _DTYPES.get(np.dtype(dtype).newbyteorder("="))
     if code is None:
-        raise GraphError(f"cannot save {what}: dtype {dtype} is not one of float64, float32, int64, bool")
+        raise GraphError(f"cannot save {what}: dtype {dtype} is not one of {', '.join(str(d) for d in _DTYPES)}")
     return code
 
 
@@ -523,7 +539,7 @@ def _check_graph_msg(graph: pb.Graph, where: str, body: bool) -> None:
                     or any(d.HasField("none") for d in node.shape.dim):
                 raise _Fail(f"{at}: the node's shape and dtype differ from its value's")
             if node.op == "param" and _FROM_CODE.get(v.dtype, np.dtype(np.float64)).kind != "f":
-                raise _Fail(f"{at}: params must be float32 or float64, not {_FROM_CODE[v.dtype]}")
+                raise _Fail(f"{at}: params must be floats, not {_FROM_CODE[v.dtype]}")
         if node.HasField("trainable") and node.op != "param":
             raise _Fail(f"{at}: only params have a trainable flag")
         if leaf and (node.input or node.attr):

@@ -1,7 +1,8 @@
 """Static shapes and dtypes: what shape rules see of a value, and the rules many ops share.
 
 A static shape is a tuple of sizes, `None` for a size known only at run time (a batch size).
-The supported dtypes are float64, float32, int64 and bool. This module sits below the op
+The supported dtypes are float64, float32, float16, int64, int32, int16, int8, uint8 and bool
+(bfloat16 is not one: numpy has no such dtype). This module sits below the op
 registry and the graph, so both can use it without importing each other.
 """
 
@@ -15,7 +16,8 @@ import numpy as np
 from cgraph.errors import ShapeError
 
 Shape = tuple[int | None, ...]
-DTYPES = tuple(np.dtype(d) for d in ("float64", "float32", "int64", "bool"))
+DTYPES = tuple(np.dtype(d) for d in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+                                      "bool"))
 TUPLE = np.dtype(object)  # the dtype of a node whose value is the tuple of its results (control flow)
 
 
@@ -46,7 +48,7 @@ def nbytes(meta: Meta) -> int:
 
 
 def as_dtype(dtype: Any) -> np.dtype:
-    """The numpy dtype for `dtype`, if cgraph supports it (float64, float32, int64, bool)."""
+    """The numpy dtype for `dtype`, if cgraph supports it (one of DTYPES)."""
     try:
         dt = np.dtype(dtype)
     except TypeError as e:

@@ -15,7 +15,8 @@ from google.protobuf.message import DecodeError
 
 from cgraph._proto import cgraph_pb2 as pb
 
-READER_VERSION = 3  # version 2 adds Model.padding (ignored) and crc32 always present; 3 control flow
+READER_VERSION = 4  # version 2 adds Model.padding (ignored) and crc32 always present; 3 control flow;
+#                    4 the dtypes float16, int32, int16, int8, uint8
 FOOTER_SIZE = 30
 MAGIC = b"CGPB"
 
@@ -40,23 +41,38 @@ def _fail(msg: str):
 # dtypes
 
 F64, F32, I64, BOOL = "float64", "float32", "int64", "bool"
-DTYPES = {pb.DATA_TYPE_FLOAT64: F64, pb.DATA_TYPE_FLOAT32: F32, pb.DATA_TYPE_INT64: I64, pb.DATA_TYPE_BOOL: BOOL}
-ITEMSIZE = {F64: 8, F32: 4, I64: 8, BOOL: 1}
-FLOATS = (F64, F32)
+F16, I32, I16, I8, U8 = "float16", "int32", "int16", "int8", "uint8"  # format version 4
+DTYPES = {pb.DATA_TYPE_FLOAT64: F64, pb.DATA_TYPE_FLOAT32: F32, pb.DATA_TYPE_INT64: I64, pb.DATA_TYPE_BOOL: BOOL,
+          pb.DATA_TYPE_FLOAT16: F16, pb.DATA_TYPE_INT32: I32, pb.DATA_TYPE_INT16: I16, pb.DATA_TYPE_INT8: I8,
+          pb.DATA_TYPE_UINT8: U8}
+ITEMSIZE = {F64: 8, F32: 4, I64: 8, BOOL: 1, F16: 2, I32: 4, I16: 2, I8: 1, U8: 1}
+FLOATS = (F64, F32, F16)
 
-_ORDER = [BOOL, I64, F32, F64]
-_PROMOTE = {
-    (BOOL, BOOL): BOOL, (BOOL, I64): I64, (BOOL, F32): F32, (BOOL, F64): F64,
-    (I64, I64): I64, (I64, F32): F64, (I64, F64): F64,
-    (F32, F32): F32, (F32, F64): F64,
-    (F64, F64): F64,
-}
+
+def _promote_table() -> dict[tuple[str, str], str]:
+    """PROMOTE as docs/ops.md's table states it (row dtype, column dtype) -> result."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "ops.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| | bool |"))
+    cols = [c.strip() for c in lines[start].strip("|").split("|")][1:]
+    table = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("| **"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for col, cell in zip(cols, cells[1:], strict=True):
+            table[cells[0].strip("*"), col] = cell
+    return table
+
+
+_PROMOTE = _promote_table()
 
 
 def promote(*dts: str) -> str:
     out = dts[0]
     for d in dts[1:]:
-        out = _PROMOTE.get((out, d)) or _PROMOTE[(d, out)]
+        out = _PROMOTE[(out, d)]
     return out
 
 
@@ -881,6 +897,8 @@ CONV = {"stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0)), "dilation": (
 POOL = {"kernel": (INTS, _REQ), "stride": (INTS, (1, 1)), "padding": (INTS, (0, 0, 0, 0))}
 _op("atan erf expm1 log1p", (1, 1), {}, d_promote_f, _same)
 _op("atan2", (2, 2), {}, d_promote_f, _bcast)
+_op("ceil floor round", (1, 1), {}, d_promote_nb, _same)
+_op("mod", (2, 2), {"fmod": (BOOLT, False)}, d_promote_nb, _bcast)
 _op("clip", (3, 3), {}, d_promote_nb, s_bcast3)
 _op("min", (1, 1), RED, d_first, s_reduce)
 _op("prod", (1, 1), RED, d_first_nb, s_reduce)
@@ -1064,7 +1082,7 @@ MINIMUM = {("result", "index"): 0, ("scan", "carries"): 0, ("scan", "slices"): 0
            ("conv2d_filter_grad", "groups"): 1, ("one_hot", "depth"): 1, ("scatter_add", "axis"): 0,
            ("scatter_add", "size"): 0}
 
-CAST_DTYPES = (F64, F32, I64, BOOL)
+CAST_DTYPES = (F64, F32, I64, BOOL, F16, I32, I16, I8, U8)
 LEAVES = ("input", "param", "constant")
 
 

@@ -361,6 +361,11 @@ UNARY0 = [(UNARY,), ((),), ((0, 3),)]
 SPECS += [
     Spec("atan", cg.atan, np.arctan, UNARY0, torch=_t("torch.atan")),
     Spec("atan2", cg.atan2, np.arctan2, [*BIN, ((0,), ())], torch=_t("torch.atan2")),
+    Spec("floor", cg.floor, np.floor, [(UNARY,)], domain=("spread",), torch=_t("torch.floor")),
+    Spec("ceil", cg.ceil, np.ceil, [(UNARY,)], domain=("spread",), torch=_t("torch.ceil")),
+    Spec("round", cg.round, np.round, [(UNARY,)], domain=("spread",), torch=_t("torch.round")),
+    Spec("mod", cg.mod, np.mod, BIN, domain=("real", "pos"), torch=_t("torch.remainder")),
+    Spec("fmod", lambda a, b: cg.mod(a, b, fmod=True), np.fmod, BIN, domain=("real", "pos"), torch=_t("torch.fmod")),
     Spec("erf", cg.erf, lambda x: np.vectorize(math.erf)(x) if np.size(x) else np.asarray(x), UNARY0,
          torch=_t("torch.erf")),
     Spec("log1p", cg.log1p, np.log1p, UNARY0, domain=("pos",), torch=_t("torch.log1p")),

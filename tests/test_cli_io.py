@@ -37,7 +37,7 @@ def model(tmp_path) -> Path:
 def test_info_lists_everything(model, capsys):
     assert main(["info", str(model)]) == 0
     out = capsys.readouterr().out
-    assert "format version 3" in out and "written by cgraph" in out and "plain protobuf" in out
+    assert "format version 4" in out and "written by cgraph" in out and "plain protobuf" in out
     assert "x  (None, 3) float64" in out
     assert "logits  (None, 3) float64" in out and "p  (None, 3) float64" in out
     assert "params (3, 704 bytes)" in out  # 384 + 128 + 192
@@ -51,7 +51,7 @@ def test_info_lists_everything(model, capsys):
 
 def test_check_ok(model, capsys):
     assert main(["check", str(model)]) == 0
-    assert "ok (format version 3" in capsys.readouterr().out
+    assert "ok (format version 4" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "missing", "empty"])

@@ -142,7 +142,7 @@ def tweaks(a: pb.AttrValue) -> list[tuple[str, pb.AttrValue]]:
     elif field == "b":
         variant("flip", lambda b: setattr(b, "b", not b.b))
     elif field == "s":
-        for s in ("float64", "float32", "int64", "bool", "float16", "", "Float64"):
+        for s in ("float64", "float32", "int64", "bool", "float16", "uint16", "", "Float64"):
             variant(f"s={s}", lambda b, s=s: setattr(b, "s", s))
     elif field == "ints":
         items = a.ints.item
@@ -704,7 +704,7 @@ def random_case(op, rng):
         elif name == "axis":
             attrs[name] = int(rng.integers(-n - 1, n + 1))
         elif name == "dtype":
-            attrs[name] = str(rng.choice(DTYPES + ["float16"]))
+            attrs[name] = str(rng.choice(DTYPES + ["float16", "uint16"]))
         elif name == "index":
             attrs[name] = random_index(rng, n)
         elif name == "shape":
@@ -763,7 +763,7 @@ def encode_attr(v: pb.AttrValue, value) -> None:
                         setattr(s, f, getattr(e, f))
 
 
-CODE = {"float64": 1, "float32": 2, "int64": 3, "bool": 4}
+CODE = {"float64": 1, "float32": 2, "int64": 3, "bool": 4, "float16": 6, "int32": 7, "int16": 8, "int8": 9, "uint8": 10}
 
 
 def one_op_file(op, metas, attrs, dtype, shape) -> bytes:

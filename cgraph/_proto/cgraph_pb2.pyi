@@ -13,6 +13,7 @@ class FormatVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FORMAT_VERSION_1: _ClassVar[FormatVersion]
     FORMAT_VERSION_2: _ClassVar[FormatVersion]
     FORMAT_VERSION_3: _ClassVar[FormatVersion]
+    FORMAT_VERSION_4: _ClassVar[FormatVersion]
 
 class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -22,16 +23,27 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_INT64: _ClassVar[DataType]
     DATA_TYPE_BOOL: _ClassVar[DataType]
     DATA_TYPE_TUPLE: _ClassVar[DataType]
+    DATA_TYPE_FLOAT16: _ClassVar[DataType]
+    DATA_TYPE_INT32: _ClassVar[DataType]
+    DATA_TYPE_INT16: _ClassVar[DataType]
+    DATA_TYPE_INT8: _ClassVar[DataType]
+    DATA_TYPE_UINT8: _ClassVar[DataType]
 FORMAT_VERSION_UNSPECIFIED: FormatVersion
 FORMAT_VERSION_1: FormatVersion
 FORMAT_VERSION_2: FormatVersion
 FORMAT_VERSION_3: FormatVersion
+FORMAT_VERSION_4: FormatVersion
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT64: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_INT64: DataType
 DATA_TYPE_BOOL: DataType
 DATA_TYPE_TUPLE: DataType
+DATA_TYPE_FLOAT16: DataType
+DATA_TYPE_INT32: DataType
+DATA_TYPE_INT16: DataType
+DATA_TYPE_INT8: DataType
+DATA_TYPE_UINT8: DataType
 
 class Model(_message.Message):
     __slots__ = ("format_version", "min_reader_version", "producer_name", "producer_version", "metadata", "graph", "state", "padding", "footer")

@@ -136,6 +136,27 @@ for _op, _onnx_op in (("neg", "Neg"), ("exp", "Exp"), ("log", "Log"), ("sqrt", "
     RULES[_op] = _unary(_onnx_op)
 
 
+def _rounding(onnx_op: str) -> Rule:
+    """An ONNX operator of float inputs; an int input is its own result."""
+    return _documented(lambda e, n: e.node(onnx_op, [e.x(n, 0)]) if n.dtype.kind == "f"
+                       else e.node("Identity", [e.x(n, 0)]), f"{onnx_op} (Identity for ints)")
+
+
+for _op, _onnx_op in (("floor", "Floor"), ("ceil", "Ceil"), ("round", "Round")):
+    RULES[_op] = _rounding(_onnx_op)
+
+
+@_rule("mod")
+def _mod(e: _Emitter, n: Node) -> str:
+    """Mod, the inputs cast to the output's dtype; a float remainder with b's sign is a - b * Floor(a / b)
+
+    (ONNX's Mod takes floats only with fmod=1.)"""
+    a, b = e.x(n, 0, n.dtype), e.x(n, 1, n.dtype)
+    if n.dtype.kind == "f" and not n.attrs["fmod"]:
+        return e.node("Sub", [a, e.node("Mul", [b, e.node("Floor", [e.node("Div", [a, b])])])])
+    return e.node("Mod", [a, b], fmod=int(n.attrs["fmod"]))
+
+
 @_rule("log1p")
 def _log1p(e: _Emitter, n: Node) -> str:
     """Log(1 + x)"""

@@ -105,6 +105,12 @@ square = _unary("square", np.square, lambda x, out: mul(2.0, x), "d/dx = 2 x", d
 abs = _unary("abs", np.abs, lambda x, out: sign(x), "d/dx = sign(x) (0 at 0)", dtype=NUMERIC,  # noqa: A001
              doc="|x|; its derivative at 0 is taken as 0 (sign(0))")
 sign = _unary("sign", np.sign, ZERO, "zero", dtype=NUMERIC, doc="-1, 0 or 1 as x is negative, zero or positive")
+floor = _unary("floor", np.floor, ZERO, "zero (it jumps at the integers)", dtype=NUMERIC,
+               doc="the largest integer not above x (numpy.floor; an int x is itself)")
+ceil = _unary("ceil", np.ceil, ZERO, "zero (it jumps at the integers)", dtype=NUMERIC,
+              doc="the smallest integer not below x (numpy.ceil; an int x is itself)")
+round = _unary("round", np.round, ZERO, "zero (it jumps halfway between integers)", dtype=NUMERIC,  # noqa: A001
+               doc="the nearest integer, halves to the even one (numpy.round, ONNX's Round; an int x is itself)")
 sin = _unary("sin", np.sin, lambda x, out: cos(x), "d/dx = cos(x)", doc="the sine")
 cos = _unary("cos", np.cos, lambda x, out: neg(sin(x)), "d/dx = -sin(x)", doc="the cosine")
 tanh = _unary("tanh", np.tanh, lambda x, out: sub(1.0, square(out)), "d/dx = 1 - out ** 2",
@@ -152,6 +158,23 @@ atan2 = define("atan2", np.arctan2, **_rules("atan2"), inputs=BINARY, shape=elem
                deriv=(_atan2_rule(lambda a, b: b), _atan2_rule(lambda a, b: neg(a))),
                doc="the angle of the point (b, a) from the positive b axis, in [-pi, pi] (numpy.arctan2)",
                grad_doc="d/da = b / (a ** 2 + b ** 2), d/db = -a / (a ** 2 + b ** 2)")
+
+
+def _mod_kernel(a: np.ndarray, b: np.ndarray, *, fmod: bool) -> np.ndarray:
+    return np.fmod(a, b) if fmod else np.mod(a, b)
+
+
+def _mod_shape(a: Any, b: Any, *, fmod: bool) -> Any:
+    """BROADCAST of the inputs' shapes."""
+    return elementwise_shape(a, b)
+
+
+mod = define("mod", _mod_kernel, **_rules("mod"), inputs=BINARY, shape=_mod_shape, dtype=NUMERIC,
+             attrs={"fmod": Attr("bool", False, doc="the remainder takes a's sign (C's fmod) instead of b's")},
+             deriv=(lambda t, out, a, b, *, fmod: t, lambda t, out, a, b, *, fmod: mul(t, div(sub(out, a), b))),
+             doc="the remainder of a / b: with b's sign (numpy.mod, Python's %), or with `fmod` a's (numpy.fmod)",
+             grad_doc="d/da = 1, d/db = (out - a) / b, i.e. -floor(a / b) (-trunc(a / b) with fmod); it jumps "
+                      "where a / b is an integer")
 
 
 # ---- maximum and minimum: ties share the derivative equally --------------------------------
@@ -219,8 +242,9 @@ def clip(x: Any, lo: Any = None, hi: Any = None) -> Tensor:
     broadcast with x; None leaves that side open."""
     if lo is None or hi is None:
         dtypes = [t.dtype for t in (x, lo, hi) if isinstance(t, Operand)]  # type: ignore[attr-defined]
-        big = np.inf if not dtypes or np.result_type(*dtypes).kind == "f" else np.iinfo(np.int64).max
-        lo = -big if lo is None else lo
+        dt = np.result_type(*dtypes) if dtypes else np.dtype(np.float64)
+        big = np.inf if dt.kind == "f" else np.iinfo(dt).max
+        lo = (-big if dt.kind == "f" else np.iinfo(dt).min) if lo is None else lo
         hi = big if hi is None else hi
     return _clip(x, lo, hi)
 
@@ -237,7 +261,7 @@ _cast = define("cast", lambda x, *, dtype: x.astype(dtype), **_rules("cast"), in
 
 
 def cast(x: Any, dtype: Any) -> Tensor:
-    """x converted to `dtype` (float64, float32, int64 or bool)."""
+    """x converted to `dtype` (one of cgraph.shapes.DTYPES)."""
     return _cast(x, dtype=str(np.dtype(dtype)))
 
 

@@ -137,7 +137,7 @@ def _nll_pattern(out: Dims, logp: Pattern, y: Pattern) -> Pattern:
 
 _nll_op = define(
     "nll", _nll, inputs=("logp", "y"), shape=_rows_shape, batch=_nll_batch, pattern=_nll_pattern,
-    dtype=DtypeRule("logp's dtype, which MUST be float64 or float32; y MUST NOT be bool", _nll_dtype),
+    dtype=DtypeRule("logp's dtype, which MUST be a float; y MUST NOT be bool", _nll_dtype),
     jvp=(lambda t, out, logp, y: _per_row(t, y, logp), lambda t, out, logp, y: _per_row(t, logp, logp)),
     vjp=(lambda g, out, logp, y: _scaled(y, g, logp), lambda g, out, logp, y: _scaled(logp, g, logp)),
     doc="the mean over rows (axis 0) of -sum(y * logp): cross-entropy from log-probabilities",

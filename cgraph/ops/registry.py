@@ -314,12 +314,12 @@ def _not_bool_first(dtypes: Sequence[np.dtype], attrs: Mapping[str, Any]) -> np.
 
 PROMOTE = DtypeRule("the inputs' result type (PROMOTE)", lambda d, a: np.result_type(*d))
 NUMERIC = DtypeRule("the inputs' result type (PROMOTE), which MUST NOT be bool", _numeric)
-FLOAT = DtypeRule("the inputs' result type (PROMOTE), which MUST be float64 or float32", _float)
+FLOAT = DtypeRule("the inputs' result type (PROMOTE), which MUST be a float (float64, float32, float16)", _float)
 COMPARE = DtypeRule("bool (the inputs may have any dtypes)", lambda d, a: np.dtype(bool))
 SAME = DtypeRule("the first input's dtype", lambda d, a: d[0])
 SAME_NUMERIC = DtypeRule("the first input's dtype, which MUST NOT be bool", _not_bool_first)
-SAME_FLOAT = DtypeRule("the first input's dtype, which MUST be float64 or float32", _float_first)
-MEAN = DtypeRule("the first input's dtype if it is float64 or float32, else float64",
+SAME_FLOAT = DtypeRule("the first input's dtype, which MUST be a float (float64, float32, float16)", _float_first)
+MEAN = DtypeRule("the first input's dtype if it is a float, else float64",
                  lambda d, a: d[0] if d[0].kind == "f" else np.dtype(np.float64))
 INT64 = DtypeRule("int64", lambda d, a: np.dtype(np.int64))
 CAST = DtypeRule("the dtype named by the attribute `dtype`", lambda d, a: as_dtype(a["dtype"]))
@@ -795,7 +795,7 @@ def lift(graph: Any, value: Any, like: np.dtype | None = None) -> Any:
     if isinstance(value, bool):
         dtype = np.dtype(bool)
     elif isinstance(value, int):
-        dtype = like if like is not None and like.kind in "fi" else np.dtype(np.int64)
+        dtype = like if like is not None and like.kind in "fiu" else np.dtype(np.int64)
     elif isinstance(value, float):
         dtype = like if like is not None and like.kind == "f" else np.dtype(np.float64)
     else:
