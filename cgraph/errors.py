@@ -4,6 +4,16 @@ exception a caller would otherwise catch (ValueError, ImportError)."""
 
 from __future__ import annotations
 
+import re
+
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks (which names may hold) written as escapes: messages of
+    errors about files stay one line whatever the file holds."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class CgraphError(Exception):
     """Base class of every error cgraph raises on purpose."""

@@ -104,12 +104,15 @@ class Graph(Drawable, Subgraph):
         """A value stored in the graph (copied) that `set_param` can change; float64 unless
         given float32. `trainable=False` marks state that training updates by other means
         than gradients (batch norm's running statistics): `fit` leaves it out of `wrt`."""
-        arr = np.array(value, dtype=dtype, copy=True)
+        src = _param_source(name, value)
+        with np.errstate(over="ignore"):
+            arr = np.array(src, dtype=dtype, copy=True)
         if dtype is None and not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float64)
         if not np.issubdtype(arr.dtype, np.floating):
             raise ShapeError(f"param {name!r}: params must be floats (float64, float32, float16), not {arr.dtype}")
         arr = arr.astype(as_dtype(arr.dtype), copy=False)
+        _check_overflow(name, src, arr)
         attrs = {} if trainable else {"trainable": False}
         return self._add_leaf("param", name, arr.shape, arr.dtype, arr, attrs)
 
@@ -162,7 +165,7 @@ class Graph(Drawable, Subgraph):
         node = self._nodes.get(name)
         if node is None or node.op != "param":
             raise GraphError(f"{name!r} is not a param of graph {self.name!r}")
-        arr = value if type(value) is np.ndarray else np.asarray(value)
+        arr = _param_source(name, value)
         if arr.shape != node.shape:
             raise ShapeError(
                 f"param {name!r}: new value has shape {format_shape(arr.shape)}, "
@@ -171,7 +174,10 @@ class Graph(Drawable, Subgraph):
         if arr.dtype == node.dtype:
             arr = arr.copy()
         elif np.can_cast(arr.dtype, node.dtype, "same_kind"):
-            arr = arr.astype(node.dtype)
+            with np.errstate(over="ignore"):
+                new = arr.astype(node.dtype)
+            _check_overflow(name, arr, new)
+            arr = new
         else:
             raise ShapeError(f"param {name!r}: cannot cast {arr.dtype} to {node.dtype}")
         arr.flags.writeable = False
@@ -454,6 +460,23 @@ def _check_name(name: Any, what: str) -> None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise GraphError(f"{what} name {name!r} is not valid Unicode text") from None
+
+
+def _param_source(name: str, value: Any) -> np.ndarray:
+    """A value given for param `name`, as an array: a Tensor has no value before a run."""
+    if isinstance(value, Tensor):
+        raise GraphError(f"param {name!r}: the value must be an array or a number, not tensor {value.name!r} "
+                         "(a tensor has values only in a run: take them from an executor's results)")
+    return value if type(value) is np.ndarray else np.asarray(value)
+
+
+def _check_overflow(name: str, value: np.ndarray, cast: np.ndarray) -> None:
+    """Finite numbers of `value` that became inf in param `name`'s dtype (1e40 as float32)."""
+    if value.dtype != cast.dtype and value.dtype.kind in "fiu":
+        bad = np.isinf(cast) & np.isfinite(value)
+        if bad.any():
+            raise ShapeError(f"param {name!r}: {value[bad].flat[0].item()!r} overflows {cast.dtype} (whose largest "
+                             f"value is {np.finfo(cast.dtype).max:.4g})")
 
 
 def _describe(metas: Sequence[Node]) -> str:

@@ -11,19 +11,17 @@ any problem is a `GraphFormatError` of one line, never another exception, a hang
 allocation larger than the file justifies. Tensor bytes are copied once, from the file into
 the arrays the graph keeps (or not at all, with `mmap=True`), and checksummed piece by piece
 on the way in and out. Saving is atomic: a temporary file in the same folder, flushed to
-disk, then renamed over the target.
+disk, then renamed over the target (`cgraph.files`).
 """
 
 from __future__ import annotations
 
 import mmap as _mmap
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import networkx as nx
@@ -31,7 +29,8 @@ import numpy as np
 from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, at memory speed (zlib's runs at a fifth of it)
 
 from cgraph._proto import cgraph_pb2 as pb
-from cgraph.errors import CgraphError, GraphFormatError
+from cgraph.errors import CgraphError, GraphFormatError, one_line
+from cgraph.files import replace_file
 from cgraph.graph import LEAF_OPS, Graph, GraphError, format_shape
 from cgraph.ops.registry import Subgraph, get_op
 from cgraph.shapes import TUPLE
@@ -50,8 +49,10 @@ INLINE_REST = 2**20  # past it, the largest go to the payload until those left t
 ALIGN = 64  # the payload section starts at a multiple of this (Model.padding)
 MAGIC = b"CGPB"
 FOOTER_SIZE = 30
+MAX_NESTING = 24  # bodies inside bodies: each adds 4 messages, and protobuf parsers stop at 100
 _FOOTER_TAG = b"\x7a\x1c"  # Model field 15, length-delimited, 28 bytes
 _MAX_NDIM = 64  # numpy's limit
+_MAX_MESSAGE = 2**31 - 1  # protobuf's limit on a message's size
 _PIECE = 16 * 2**20  # payload tensors are read and written in pieces of this size: large enough
                      # to keep a disk busy, small enough to be checksummed while in the CPU's cache
 
@@ -76,21 +77,10 @@ _NODE_FROM_CODE = {**_FROM_CODE, pb.DATA_TYPE_TUPLE: TUPLE}  # a node may be a t
 
 def save(g: Graph, path: str | os.PathLike[str], *, inline_limit: int = INLINE_LIMIT) -> None:
     """Write `g` (nodes, params, constants, outputs, metadata, state) to `path`, atomically:
-    a crash or error midway leaves any previous file at `path` as it was."""
+    a crash or error midway leaves any previous file at `path` as it was. A symbolic link is
+    followed, and an existing file keeps its permissions (see `cgraph.files.replace_file`)."""
     model, payload = _encode(g, inline_limit)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 minus the umask
-    try:
-        with open(fd, "wb") as f:
-            _write_file(f, model, payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    replace_file(path, lambda f: _write_file(f, model, payload))
 
 
 def dumps(g: Graph, *, inline_limit: int = INLINE_LIMIT) -> bytes:
@@ -127,7 +117,12 @@ def load(path: str | os.PathLike[str], *, mmap: bool = False) -> Graph:
 
 def loads(data: bytes | bytearray | memoryview) -> Graph:
     """The graph in `data` (the bytes of a model file)."""
-    return _read(_BytesSource(data), "").graph
+    try:
+        view = memoryview(data)
+    except TypeError:
+        hint = ": for a file, use cg.load(path)" if isinstance(data, (str, os.PathLike)) else ""
+        raise TypeError(f"cg.loads takes the bytes of a model file, not {type(data).__name__}{hint}") from None
+    return _read(_BytesSource(view), "").graph
 
 
 @dataclass(frozen=True)
@@ -194,9 +189,13 @@ def _uses_narrow(msg: pb.Graph) -> bool:
                for n in msg.node)
 
 
-def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str) -> bool:
-    """Fill `msg` with `g`, adding its stored tensors (depth first) to `slots`; returns whether
-    it holds control flow (a reader of version 2 is needed)."""
+def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarray]], where: str,
+                  depth: int = 0) -> bool:
+    """Fill `msg` with `g` (a body `depth` graphs down), adding its stored tensors (depth first)
+    to `slots`; returns whether it holds control flow (a reader of version 2 is needed)."""
+    if depth > MAX_NESTING:  # a file no protobuf reader would parse: refused before it is written
+        raise GraphError(f"{where.removesuffix(': ')}: bodies nested {depth} deep; a file holds at most "
+                         f"{MAX_NESTING} (protobuf readers parse at most 100 nested messages)")
     msg.SetInParent()
     msg.name = g.name
     control = False
@@ -216,7 +215,7 @@ def _encode_graph(msg: pb.Graph, g: Graph, slots: list[tuple[pb.Tensor, np.ndarr
         for k, v in attrs.items():
             at = f"node {node.name!r} ({node.op}) attribute {k!r}"
             if isinstance(v, Graph):
-                _encode_graph(n.attr.add(name=k).value.graph, v, slots, f"{where}{at}: ")
+                _encode_graph(n.attr.add(name=k).value.graph, v, slots, f"{where}{at}: ", depth + 1)
                 control = True
             else:
                 _encode_attr(n.attr.add(name=k).value, v, at)
@@ -313,20 +312,6 @@ def _write(f: BinaryIO, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[f.write(view):]
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows opening a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _encode_shape(msg: pb.Shape, shape: tuple[int | None, ...]) -> None:
@@ -436,10 +421,8 @@ class _FileSource:
 def _read(src: _BytesSource | _FileSource, where: str) -> ModelFile:
     try:
         return _read_checked(src)
-    except _Fail as e:
-        raise GraphFormatError(f"{where}{e}") from None
-    except CgraphError as e:  # shape inference while rebuilding: one line already
-        raise GraphFormatError(f"{where}{e}") from None
+    except (_Fail, CgraphError) as e:  # CgraphError: shape inference while rebuilding
+        raise GraphFormatError(one_line(f"{where}{e}")) from None
 
 
 def _read_checked(src: _BytesSource | _FileSource) -> ModelFile:
@@ -474,6 +457,9 @@ def _check_framing(src: _BytesSource | _FileSource) -> tuple[bytes, int]:
     m_len = int.from_bytes(tail[8:16], "little")
     p_len = int.from_bytes(tail[17:25], "little")
     crc = int.from_bytes(tail[26:30], "little")
+    if m_len > _MAX_MESSAGE:  # refused before reading: no protobuf parser takes a message this long
+        raise _Fail(f"corrupted: the footer claims a message section of {m_len} bytes, more than protobuf's "
+                    f"limit of {_MAX_MESSAGE} (2 GiB - 1)")
     if m_len + p_len + FOOTER_SIZE != size:
         raise _Fail(f"truncated or corrupted: the footer describes {m_len + p_len + FOOTER_SIZE} bytes "
                     f"(message {m_len}, payload {p_len}, footer {FOOTER_SIZE}), the file has {size}")

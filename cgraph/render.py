@@ -18,6 +18,8 @@ import dataclasses
 import itertools
 import math
 import os
+import re
+import subprocess
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,6 +33,7 @@ import numpy as np
 
 from cgraph.checkpoint import RECOMPUTE, MemoryPlan
 from cgraph.errors import RenderError, RenderWarning
+from cgraph.files import replace_file
 from cgraph.graph import Drawable, Graph, Node, format_shape
 from cgraph.schedule import Plan
 from cgraph.tracing import Trace, trace
@@ -42,6 +45,9 @@ LONG_EDGE_RANKS = 25  # ranks crossed by all edges together, per allowed box, be
 STRAIGHT_EDGES_FROM = 2_000  # ranks crossed beyond which edges are drawn straight (routing
 #                              curves around thousands of virtual nodes takes dot minutes)
 INSTALL_HINT = "install Graphviz (apt-get install graphviz, brew install graphviz)"
+LABEL_CHARS = 80  # characters of a label's line; the full name is in the tooltip
+TOOLTIP_CHARS = 4000  # characters of a tooltip or id: dot refuses strings past 16 KiB
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _STYLE: dict[str, dict[str, str]] = {
     "input": {"shape": "ellipse", "style": "filled", "fillcolor": "#dbeafe", "color": "#1d4ed8"},
@@ -59,9 +65,20 @@ _PLAN_STYLE: dict[str, dict[str, str]] = {
 }
 
 
+def _shown(text: str, limit: int = LABEL_CHARS) -> str:
+    """`text` as DOT can carry it: control characters as escapes (`\\x00`, `\\n`), at most
+    `limit` characters (the middle cut out: names differ at their ends as often as at their
+    starts), backslashes escaped, `&` kept from starting an entity and `<...>` from being HTML."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    if len(text) > limit:
+        head = (limit - 1) - (limit - 1) // 2
+        text = text[:head] + "…" + text[len(text) - (limit - 1) // 2:]
+    return graphviz.escape(text.replace("&", "&amp;"))
+
+
 def _label(*lines: str) -> str:
-    """A multi-line label: each line escaped by the graphviz package, joined by DOT's `\\n`."""
-    return graphviz.nohtml("\\n".join(graphviz.escape(line) for line in lines))
+    """A multi-line label: each line as `_shown`, joined by DOT's `\\n`."""
+    return graphviz.nohtml("\\n".join(_shown(line) for line in lines))
 
 
 def summarize(value: Any) -> str:
@@ -287,8 +304,8 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
     layout = {"nslimit": "3", "nslimit1": "3"}
     if cost > STRAIGHT_EDGES_FROM:
         layout["splines"] = "line"
-    dot = graphviz.Digraph(name=g.name, graph_attr={"rankdir": rankdir, "label": _label(*title), "labelloc": "t",
-                                                    "fontname": "Helvetica", **layout},
+    dot = graphviz.Digraph(name=_shown(g.name), graph_attr={"rankdir": rankdir, "label": _label(*title),
+                                                            "labelloc": "t", "fontname": "Helvetica", **layout},
                            node_attr={"fontname": "Helvetica", "fontsize": "11"},
                            edge_attr={"color": "#6b7280", "arrowsize": "0.7"})
     # Each drawn box: its DOT id, its scope (the cluster it sits in), label and attributes.
@@ -302,7 +319,8 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
             folded[key].append(node)
             continue
         item[node.name] = ident = f"n{node.index}"
-        attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=graphviz.escape(node.name))
+        full = _shown(node.name, TOOLTIP_CHARS)
+        attrs = dict(_STYLE[node.op if node.is_leaf else "op"], id=full, tooltip=full)
         if node.name in outputs:
             attrs.update(peripheries="2", penwidth="1.5")
         if node.name in states:
@@ -320,7 +338,7 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
         top = ", ".join(f"{c} {op}" for op, c in ops[:4]) + (", ..." if len(ops) > 4 else "")
         label = _label(key, f"{len(nodes)} nodes", top)
         scope = () if key.startswith("#") else _scope(key)
-        members[scope].append((ident, label, dict(_STYLE["fold"], id=graphviz.escape(f"fold:{key}"))))
+        members[scope].append((ident, label, dict(_STYLE["fold"], id=_shown(f"fold:{key}", TOOLTIP_CHARS))))
 
     children: dict[tuple[str, ...], set[tuple[str, ...]]] = defaultdict(set)
     for scope in list(members):
@@ -358,7 +376,7 @@ def digraph(g: Graph, options: RenderOptions | None = None, **changes: Any) -> g
             if src in keys or node.name in keys:
                 bundled[a, b] += 1
             else:
-                dot.edge(a, b, tooltip=_label(f"{src} -> {node.name} (input {i})"))
+                dot.edge(a, b, tooltip=_shown(f"{src} -> {node.name} (input {i})", TOOLTIP_CHARS))
     for (a, b), count in bundled.items():
         dot.edge(a, b, **({"label": str(count), "penwidth": "1.5"} if count > 1 else {}))
     return dot
@@ -435,19 +453,28 @@ def svg(obj: Graph | Plan | MemoryPlan | Trace, options: RenderOptions | None = 
     else:
         g = obj
     dot = digraph(g, options, **changes)
-    return _pipe(dot, "svg", g.name).decode()
+    return _pipe(_source(dot), "svg", g.name).decode()
 
 
-def _pipe(dot: graphviz.Digraph, fmt: str, name: str) -> bytes:
-    """`dot` run on the source: the drawing's bytes in format `fmt`, or RenderError."""
+def _source(dot: graphviz.Digraph) -> bytes:
+    return dot.source.encode("utf-8", "replace")  # (a graph's own name may hold lone surrogates)
+
+
+def _pipe(source: bytes, fmt: str, name: str) -> bytes:
+    """What Graphviz's `dot -T<fmt>` makes of `source`, or RenderError. subprocess.run waits for
+    the process whatever happens (an error, a closed pipe, Ctrl-C): none is left behind."""
     try:
-        return dot.pipe(format=fmt, quiet=True)
-    except graphviz.ExecutableNotFound:
+        proc = subprocess.run(["dot", f"-T{fmt}"], input=source, capture_output=True, check=False)
+    except FileNotFoundError:
         raise RenderError(f"writing {fmt} needs the Graphviz 'dot' program, which was not found: "
                           f"{INSTALL_HINT}; or write .dot") from None
-    except graphviz.CalledProcessError as e:
-        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise RenderError(f"Graphviz 'dot' failed on graph {name!r}: {err[-1] if err else e}") from None
+    except OSError as e:
+        raise RenderError(f"cannot run Graphviz 'dot' for graph {name!r:.80}: {e}") from None
+    if proc.returncode:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {proc.returncode}"]
+        err = next((line for line in lines if line.startswith("Error")), lines[-1])
+        raise RenderError(f"Graphviz 'dot' failed on graph {name!r:.80}: {err[:300]}")
+    return proc.stdout
 
 
 Drawable._drawer = svg  # Jupyter's picture of graphs, plans and traces (see Drawable)
@@ -472,12 +499,9 @@ def render(g: Graph, path: str | os.PathLike[str], *, format: str | None = None,
     Graphviz's `dot` program; .dot does not. Returns the path written."""
     fmt = format_of(path, format)
     dot = digraph(g, options, **changes)
-    data = dot.source.encode() if fmt == "dot" else _pipe(dot, fmt, g.name)
-    out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return out
+    data = _source(dot) if fmt == "dot" else _pipe(_source(dot), fmt, g.name)
+    replace_file(path, lambda f: f.write(data))
+    return Path(path)
 
 
 __all__ = ["FORMATS", "RenderError", "RenderOptions", "RenderWarning", "digraph", "format_of", "render", "summarize",

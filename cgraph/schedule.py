@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cgraph.codegen import Runner, compile_plan
-from cgraph.errors import CgraphError, ShapeError
+from cgraph.errors import CgraphError, FeedError, ShapeError
 from cgraph.graph import Drawable, Graph, Meta, Node, format_shape
 from cgraph.memory import Ledger, account, tally
 from cgraph.ops.registry import LEAF_OPS, get_op
@@ -308,7 +308,7 @@ def run_plan(plan: Plan, leaves: Sequence[Any], stats: Stats,
         outs, peak, _ = plan.runner(leaves, updates)
     except Exception as e:
         if ran:  # a param has changed already: the step cannot be run again to name the node
-            if isinstance(e, CgraphError):
+            if isinstance(e, (CgraphError, FloatingPointError)):  # (a numeric error under np.seterr)
                 raise
             raise ShapeError(f"{plan.graph.name}: a step after an update failed: {type(e).__name__}: {e}") from e
         return interpret_plan(plan, dict(zip(plan.leaves, leaves, strict=True)), stats, updates)
@@ -333,6 +333,7 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
     values, the peak bytes, the bytes alive at the end)."""
     books = Ledger()
     live = peak = 0
+    leaf_values = dict(values)  # (the values dict drops leaves once read: kept to name feeds in errors)
     for step in plan.steps:
         name, op, fn, args, view, free, inplace, update, _, multi, scratch = step
         ins = [values[a] for a in args]
@@ -347,8 +348,8 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
         except CgraphError:
             raise
         except Exception as e:  # a size known only at run time disagrees, or numpy refused
-            shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(args, ins, strict=True))
-            raise ShapeError(f"{name} ({op}): {type(e).__name__}: {e} [inputs: {shapes}]") from None
+            fed = {n: np.shape(v) for n, v in leaf_values.items() if plan.graph.nodes[n].op == "input"}
+            raise _failure(plan, step, ins, e, fed) from None
         values[name] = out
         shares = bool(view and ins[0].ndim and np.may_share_memory(out, ins[0]))
         added = books.record(step, out.sizes if multi else out.nbytes, shares)
@@ -359,6 +360,37 @@ def interpret_run(plan: Plan, values: dict[str, Any], updates: Sequence[Callable
             del values[f]
             live -= books.release(f)
     return tuple(values[t] for t in plan.targets), peak, live
+
+
+def _failure(plan: Plan, step: Step, ins: list[Any], e: Exception, fed: Mapping[str, tuple[int, ...]]) -> Exception:
+    """What a kernel's failure means, naming the node: a numeric error stays what it is (under
+    np.seterr(all="raise")); the op's shape rule refusing the run-time shapes of its inputs is
+    a FeedError naming the feeds of run-time sizes that lead there (`fed`: each input leaf's
+    shape); anything else a ShapeError."""
+    where = f"{step.name} ({step.op})"
+    shapes = ", ".join(f"{a} {format_shape(np.shape(v))}" for a, v in zip(step.args, ins, strict=True))
+    if isinstance(e, FloatingPointError):
+        return FloatingPointError(f"{where}: {e} [inputs: {shapes}]")
+    graph = plan.graph
+    opdef = get_op(step.op)
+    attrs = dict(graph.nodes[step.name].attrs)
+    if opdef.shape_arg and len(ins) > 1:
+        attrs["shape"] = tuple(int(d) for d in np.asarray(ins[1]).reshape(-1))
+    try:
+        opdef.infer(*[Meta(np.shape(v), np.asarray(v).dtype) for v in ins], **attrs)
+        refused = ""
+    except Exception as err:  # noqa: BLE001  (the rule's own words, whatever it raised)
+        refused = str(err) or type(err).__name__
+    ancestors = graph.needed_by([step.name])
+    feeds = [f"{n!r} {format_shape(s)}" for n, s in fed.items()
+             if n in ancestors and None in graph.nodes[n].shape]
+    if not refused or not feeds:
+        return ShapeError(f"{where}: {type(e).__name__}: {e} [inputs: {shapes}]")
+    if len(feeds) == 1:
+        return FeedError(f"feed {feeds[0]} does not fit {where}: {refused} [inputs: {shapes}]")
+    listed = ", ".join(feeds[:-1]) + f" and {feeds[-1]}"
+    return FeedError(f"the run-time sizes of feeds {listed} do not fit together: {where}: {refused} "
+                     f"[inputs: {shapes}]")
 
 
 __all__ = ["Plan", "Stats", "Step", "account", "tally", "concrete_shapes", "interpret_plan", "interpret_run",

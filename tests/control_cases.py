@@ -162,8 +162,40 @@ def nested() -> Case:
     return Case("nested", g, {"x": rng.normal(size=(4, 3))}, ref, ["W", "s", "x"])
 
 
+def scalars() -> Case:
+    """Control flow on 0-d values only: a scan of a 0-d carry over a vector (0-d slices), a cond
+    of 0-d operands, a while_loop of a 0-d carry and counter."""
+    g = cg.Graph("scalars")
+    u, xs = g.input("u", ()), g.input("xs", (5,))
+    w = g.param("w", np.array(0.8))
+
+    def step(c, xt):
+        c2 = cg.tanh(c * w + xt)
+        return c2, c2 * xt
+
+    cT, ys = cg.scan(step, u, xs)
+    y = cg.cond(cT > 0.0, lambda a, b: a * b * w, lambda a, b: cg.sin(a) - b, cT, u)
+    r, i = cg.while_loop(lambda c: c[1] < 3, lambda c: (c[0] * 0.5 + w * u, c[1] + 1), (y, g.constant("i0", 0)),
+                         max_trips=5)
+    g.output("loss", r + cg.sum(ys) * cT)
+    g.output("trips", i)
+
+    def ref(f, p):
+        c, ys = f["u"], []
+        for t in range(5):
+            c = np.tanh(c * p["w"] + f["xs"][t])
+            ys.append(c * f["xs"][t])
+        y = c * f["u"] * p["w"] if c > 0 else np.sin(c) - f["u"]
+        for _ in range(3):
+            y = y * 0.5 + p["w"] * f["u"]
+        return {"loss": y + np.sum(ys) * c, "trips": np.array(3)}
+
+    feeds = {"u": np.array(0.3), "xs": np.random.default_rng(4).normal(size=5)}
+    return Case("scalars", g, feeds, ref, ["u", "xs", "w"])
+
+
 def all_cases() -> list[Case]:
-    return [rnn(), rnn(reverse=True), tuple_scan(), branch(), newton(), nested()]
+    return [rnn(), rnn(reverse=True), tuple_scan(), branch(), newton(), nested(), scalars()]
 
 
 def params_of(g: cg.Graph) -> dict[str, np.ndarray]:

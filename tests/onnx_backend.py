@@ -60,6 +60,29 @@ class CgraphBackend(onnx.backend.base.Backend):
         return device == "CPU"
 
 
+def retyped(model: onnx.ModelProto, to: int) -> onnx.ModelProto:
+    """A copy of a model computing in `to` (onnx.TensorProto.FLOAT or DOUBLE) where it used the
+    other float type: initializers, constants, inputs, outputs and casts."""
+    was = onnx.TensorProto.DOUBLE if to == onnx.TensorProto.FLOAT else onnx.TensorProto.FLOAT
+    dtype = np.float32 if to == onnx.TensorProto.FLOAT else np.float64
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for t in m.graph.initializer:
+        if t.data_type == was:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(dtype), t.name))
+    for vi in [*m.graph.input, *m.graph.output]:
+        if vi.type.tensor_type.elem_type == was:
+            vi.type.tensor_type.elem_type = to
+    for node in m.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == was:
+                a.t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(a.t).astype(dtype), a.t.name))
+            elif node.op_type == "Cast" and a.name == "to" and a.i == was:
+                a.i = to
+    del m.graph.value_info[:]
+    return m
+
+
 def suite() -> dict[str, tuple[str, Callable[[], None]]]:
     """Every CPU test of the suite: name -> (category, a function that runs it). The light
     real models write their reference data under ONNX_HOME, pointed at a temporary folder."""

@@ -42,17 +42,17 @@ class Spec:
             elif kind == "onehot":
                 a = np.eye(shape[-1])[rng.integers(0, shape[-1], shape[:-1])]
             elif kind == "bool":
-                out.append(rng.random(shape) > 0.5)
+                out.append(np.asarray(rng.random(shape) > 0.5))
                 continue
             elif kind.startswith("idx"):
                 n = int(kind[3:])
-                out.append(rng.integers(-n, n, shape))
+                out.append(np.asarray(rng.integers(-n, n, shape)))
                 continue
             elif kind == "spread":  # well separated values: no ties for max, no kinks near 0
                 a = rng.permutation(np.arange(int(np.prod(shape)), dtype=float)).reshape(shape) * 0.1 - 0.35
             else:
                 a = rng.normal(size=shape)
-            out.append(np.asarray(a).astype(dtype))
+            out.append(np.asarray(a).astype(dtype))  # 0-d: an array, not a numpy scalar
         return out
 
 
@@ -80,7 +80,8 @@ def _t(name):
 
 
 UNARY = (3, 4)
-BIN = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 3), (4, 1)), ((), (2, 3))]
+SCALAR = ((),)  # a 0-d input: every op that takes one is tested on it
+BIN = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 3), (4, 1)), ((), (2, 3)), ((), ())]
 
 SPECS: list[Spec] = [
     Spec("add", cg.add, np.add, BIN, torch=_t("torch.add")),
@@ -88,48 +89,52 @@ SPECS: list[Spec] = [
     Spec("mul", cg.mul, np.multiply, BIN, torch=_t("torch.mul")),
     Spec("div", cg.div, np.divide, BIN, domain=("real", "pos"), torch=_t("torch.div")),
     Spec("pow", cg.pow, np.power, BIN, domain=("pos", "real"), torch=_t("torch.pow")),
-    Spec("pow_const", lambda x: x ** 3, lambda x: x ** 3, [(UNARY,)], torch=lambda x: x ** 3),
-    Spec("neg", cg.neg, np.negative, [(UNARY,), ((),)], torch=_t("torch.neg")),
-    Spec("exp", cg.exp, np.exp, [(UNARY,)], torch=_t("torch.exp")),
-    Spec("log", cg.log, np.log, [(UNARY,)], domain=("pos",), torch=_t("torch.log")),
-    Spec("sqrt", cg.sqrt, np.sqrt, [(UNARY,)], domain=("pos",), torch=_t("torch.sqrt")),
-    Spec("square", cg.square, np.square, [(UNARY,)], torch=_t("torch.square")),
-    Spec("abs", cg.abs, np.abs, [(UNARY,)], domain=("spread",), torch=_t("torch.abs")),
-    Spec("sin", cg.sin, np.sin, [(UNARY,)], torch=_t("torch.sin")),
-    Spec("cos", cg.cos, np.cos, [(UNARY,)], torch=_t("torch.cos")),
-    Spec("tanh", cg.tanh, np.tanh, [(UNARY,)], torch=_t("torch.tanh")),
-    Spec("logistic", cg.logistic, _np_logistic, [(UNARY,), ((5,),)], torch=_t("torch.sigmoid")),
-    Spec("relu", cg.relu, lambda x: np.maximum(x, 0), [(UNARY,)], domain=("spread",), torch=_t("torch.relu")),
-    Spec("softplus", cg.softplus, lambda x: np.log1p(np.exp(x)), [(UNARY,)],
+    Spec("pow_const", lambda x: x ** 3, lambda x: x ** 3, [(UNARY,), SCALAR], torch=lambda x: x ** 3),
+    Spec("neg", cg.neg, np.negative, [(UNARY,), SCALAR], torch=_t("torch.neg")),
+    Spec("exp", cg.exp, np.exp, [(UNARY,), SCALAR], torch=_t("torch.exp")),
+    Spec("log", cg.log, np.log, [(UNARY,), SCALAR], domain=("pos",), torch=_t("torch.log")),
+    Spec("sqrt", cg.sqrt, np.sqrt, [(UNARY,), SCALAR], domain=("pos",), torch=_t("torch.sqrt")),
+    Spec("square", cg.square, np.square, [(UNARY,), SCALAR], torch=_t("torch.square")),
+    Spec("abs", cg.abs, np.abs, [(UNARY,), SCALAR], domain=("spread",), torch=_t("torch.abs")),
+    Spec("sin", cg.sin, np.sin, [(UNARY,), SCALAR], torch=_t("torch.sin")),
+    Spec("cos", cg.cos, np.cos, [(UNARY,), SCALAR], torch=_t("torch.cos")),
+    Spec("tanh", cg.tanh, np.tanh, [(UNARY,), SCALAR], torch=_t("torch.tanh")),
+    Spec("logistic", cg.logistic, _np_logistic, [(UNARY,), ((5,),), SCALAR], torch=_t("torch.sigmoid")),
+    Spec("relu", cg.relu, lambda x: np.maximum(x, 0), [(UNARY,), SCALAR], domain=("spread",), torch=_t("torch.relu")),
+    Spec("softplus", cg.softplus, lambda x: np.log1p(np.exp(x)), [(UNARY,), SCALAR],
          torch=_t("torch.nn.functional.softplus")),
-    Spec("maximum", cg.maximum, np.maximum, BIN[:3], torch=_t("torch.maximum")),
-    Spec("minimum", cg.minimum, np.minimum, BIN[:3], torch=_t("torch.minimum")),
-    Spec("where", lambda c, a, b: cg.where(c, a, b), np.where, [((3, 4), (3, 4), (4,))],
+    Spec("maximum", cg.maximum, np.maximum, BIN[:3] + BIN[4:], torch=_t("torch.maximum")),
+    Spec("minimum", cg.minimum, np.minimum, BIN[:3] + BIN[4:], torch=_t("torch.minimum")),
+    Spec("where", lambda c, a, b: cg.where(c, a, b), np.where, [((3, 4), (3, 4), (4,)), ((), (), ()), ((), (2,), ())],
          domain=("bool",), nondiff_args=(0,), torch=_t("torch.where")),
     Spec("matmul", cg.matmul, np.matmul, [((3, 4), (4, 5)), ((2, 3, 4), (4, 2)), ((2, 1, 3, 4), (3, 4, 2))],
          torch=_t("torch.matmul")),
-    Spec("transpose", cg.transpose, np.transpose, [((3, 4),), ((2, 3, 4),)],
-         torch=lambda x: x.permute(*reversed(range(x.ndim)))),
+    Spec("transpose", cg.transpose, np.transpose, [((3, 4),), ((2, 3, 4),), SCALAR],
+         torch=lambda x: x.permute(tuple(reversed(range(x.ndim))))),
     Spec("transpose_axes", lambda x: cg.transpose(x, (1, 0, 2)), lambda x: np.transpose(x, (1, 0, 2)),
          [((2, 3, 4),)], torch=lambda x: x.permute(1, 0, 2)),
     Spec("reshape", lambda x: cg.reshape(x, (4, -1)), lambda x: np.reshape(x, (4, -1)), [((2, 6),), ((2, 3, 2),)],
          torch=lambda x: x.reshape(4, -1)),
+    Spec("reshape_scalar", lambda x: cg.reshape(cg.reshape(x, (1, -1)) * 2.0, ()),
+         lambda x: np.reshape(np.reshape(x, (1, -1)) * 2.0, ()), [SCALAR],
+         torch=lambda x: (x.reshape(1, -1) * 2).reshape(())),
     Spec("broadcast_to", lambda x: cg.broadcast_to(x, (2, 3, 4)), lambda x: np.broadcast_to(x, (2, 3, 4)),
-         [((3, 1),), ((4,),)], torch=lambda x: x.broadcast_to(2, 3, 4)),
+         [((3, 1),), ((4,),), SCALAR], torch=lambda x: x.broadcast_to(2, 3, 4)),
     Spec("concat", lambda a, b: cg.concat([a, b], axis=1), lambda a, b: np.concatenate([a, b], axis=1),
          [((2, 3), (2, 4))], torch=lambda a, b: __import__("torch").cat([a, b], 1)),
-    Spec("sum", cg.sum, np.sum, [((3, 4),)], torch=_t("torch.sum")),
+    Spec("sum", cg.sum, np.sum, [((3, 4),), SCALAR], torch=_t("torch.sum")),
     Spec("sum_axis", lambda x: cg.sum(x, axis=1), lambda x: np.sum(x, axis=1), [((3, 4),), ((2, 3, 4),)],
          torch=lambda x: x.sum(1)),
     Spec("sum_keep", lambda x: cg.sum(x, axis=(0, 2), keepdims=True), lambda x: np.sum(x, (0, 2), keepdims=True),
          [((2, 3, 4),)], torch=lambda x: x.sum((0, 2), keepdim=True)),
-    Spec("mean", cg.mean, np.mean, [((3, 4),)], torch=_t("torch.mean")),
+    Spec("mean", cg.mean, np.mean, [((3, 4),), SCALAR], torch=_t("torch.mean")),
     Spec("mean_axis", lambda x: cg.mean(x, axis=-1, keepdims=True), lambda x: np.mean(x, -1, keepdims=True),
          [((3, 4),)], torch=lambda x: x.mean(-1, keepdim=True)),
-    Spec("max", cg.max, np.max, [((3, 4),)], domain=("spread",), torch=_t("torch.amax")),
+    Spec("max", cg.max, np.max, [((3, 4),), SCALAR], domain=("spread",), torch=_t("torch.amax")),
     Spec("max_axis", lambda x: cg.max(x, axis=0), lambda x: np.max(x, 0), [((3, 4),)], domain=("spread",),
          torch=lambda x: x.amax(0)),
     Spec("getitem", lambda x: x[1:3], lambda x: x[1:3], [((4, 3),)], torch=lambda x: x[1:3]),
+    Spec("getitem_scalar", lambda x: x[None, ...], lambda x: x[None, ...], [SCALAR], torch=lambda x: x[None, ...]),
     Spec("getitem_mixed", lambda x: x[:, 1, None, ::2], lambda x: x[:, 1, None, ::2], [((2, 3, 5),)],
          torch=lambda x: x[:, 1, None, ::2]),
     Spec("softmax", cg.softmax, _np_softmax, [((3, 4),)], torch=lambda x: x.softmax(-1)),
@@ -160,7 +165,7 @@ SPECS: list[Spec] = [
          torch=lambda x, g, b: __import__("torch").nn.functional.batch_norm(
              x, None, None, g, b, training=True, eps=1e-5)),
     Spec("batch_norm_eval", lambda x, g, b, m, v: cg.batch_norm(x, g, b, training=False, mean=m, var=v),
-         lambda x, g, b, m, v: g * (x - m) / np.sqrt(v + 1e-5) + b, [((6, 3), (3,), (3,), (3,), (3,))],
+         lambda x, g, b, m, v: g * (x - m) / np.sqrt(v + 1e-5) + b, [((6, 3), (3,), (3,), (3,), (3,)), ((),) * 5],
          domain=("real", "real", "real", "real", "pos")),
 ]
 
@@ -389,7 +394,7 @@ SPECS += [
          out_dtype="int64"),
     Spec("argmax_keep", lambda x: cg.argmax(x, 0, keepdims=True), lambda x: np.argmax(x, 0, keepdims=True),
          [((3, 4),)], domain=("spread",), smooth=False, out_dtype="int64"),
-    Spec("argmax_flat", lambda x: cg.argmax(x, None), lambda x: np.argmax(x), [((2, 3),)], domain=("spread",),
+    Spec("argmax_flat", lambda x: cg.argmax(x, None), lambda x: np.argmax(x), [((2, 3),), ((),)], domain=("spread",),
          smooth=False, out_dtype="int64"),
     Spec("take", cg.take, lambda a, i: np.take(a, i, axis=0), [((3, 2), (4,)), ((3,), ()), ((3, 5), (2, 0))],
          domain=("real", "idx3"), nondiff_args=(1,), torch=lambda a, i: a[i]),
@@ -399,7 +404,7 @@ SPECS += [
          _adjoint(lambda a: np.take(a, _IDX, axis=1), (2, 3, 4)), [((2, 2, 3, 4),)],
          torch=lambda g: __import__("torch").zeros(2, 3, 4, dtype=g.dtype).index_add(
              1, __import__("torch").tensor(_IDX.ravel() % 3), g.reshape(2, 6, 4))),
-    Spec("one_hot", lambda i: cg.one_hot(i, 4), lambda i: np.eye(4)[i], [((5,),), ((2, 3),), ((0,),)],
+    Spec("one_hot", lambda i: cg.one_hot(i, 4), lambda i: np.eye(4)[i], [((5,),), ((2, 3),), ((0,),), ((),)],
          domain=("idx4",), smooth=False, out_dtype="float64"),
     Spec("one_hot_f32", lambda i: cg.one_hot(i, 3, "float32"), lambda i: np.eye(3, dtype=np.float32)[i],
          [((2, 2),)], domain=("idx3",), smooth=False, out_dtype="float32"),

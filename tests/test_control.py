@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from control_cases import all_cases, branch, nested, newton, params_of, rnn, tuple_scan
+from control_cases import all_cases, branch, nested, newton, params_of, rnn, scalars, tuple_scan
 
 import cgraph as cg
 from cgraph.autodiff import jvp_graph, vjp_graph
@@ -63,7 +63,8 @@ def test_rnn_gradients_against_torch():
         np.testing.assert_allclose(grads[w], p[w].grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [rnn(), nested(), newton(), branch()], ids=["rnn", "nested", "while", "cond"])
+@pytest.mark.parametrize("case", [rnn(), nested(), newton(), branch(), scalars()],
+                         ids=["rnn", "nested", "while", "cond", "scalars"])
 def test_second_order_both_ways(case):
     """The Hessian through the loop: forward over reverse (Hessian-vector products) against
     differences of gradients, and reverse over reverse checked against finite differences."""
@@ -97,7 +98,7 @@ def _grad_with_param(g, w, x):
         g.set_param(w, old)
 
 
-CASES_FEEDS = {c.graph.name: c.feeds for c in [rnn(), nested(), newton(), branch()]}
+CASES_FEEDS = {c.graph.name: c.feeds for c in [rnn(), nested(), newton(), branch(), scalars()]}
 
 
 def test_hessian_of_a_loss_through_a_scan_matches_torch():
@@ -116,6 +117,48 @@ def test_hessian_of_a_loss_through_a_scan_matches_torch():
 
     ref = torch.autograd.functional.hessian(loss, p["W"]).numpy()
     np.testing.assert_allclose(H, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_control_flow_on_0d_values_matches_torch():
+    """Gradient and Hessian of the 0-d case (scan, cond and while_loop of 0-d values) against
+    torch's autograd of the same loop."""
+    torch = pytest.importorskip("torch")
+    c = scalars()
+    wrt = ["u", "xs", "w"]
+    p = {k: torch.tensor(v) for k, v in {**params_of(c.graph), **c.feeds}.items()}
+
+    def loss(u, xs, w):
+        h, ys = u, []
+        for t in range(5):
+            h = torch.tanh(h * w + xs[t])
+            ys.append(h * xs[t])
+        y = h * u * w if h > 0 else torch.sin(h) - u
+        for _ in range(3):
+            y = y * 0.5 + w * u
+        return y + torch.stack(ys).sum() * h
+
+    args = tuple(p[k] for k in wrt)
+    ref_grads = torch.autograd.functional.jacobian(loss, args)
+    _, grads = cg.ReverseMode(c.graph, "loss", wrt).grad(c.feeds)
+    for k, r in zip(wrt, ref_grads, strict=True):
+        np.testing.assert_allclose(grads[k], r.numpy(), rtol=1e-12, atol=1e-12)
+    gg = cg.gradient_graph(c.graph, "loss", ["u"])
+    H = cg.jacobian(gg, c.feeds, "grad/u", "u", mode="forward")
+    ref = torch.autograd.functional.hessian(lambda u: loss(u, p["xs"], p["w"]), p["u"]).numpy()
+    np.testing.assert_allclose(H, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_onnx_export_of_values_and_gradients_matches_onnxruntime(case):
+    """Each case and its gradient graph as ONNX (If, Scan, Loop), run by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    for g in (case.graph, cg.gradient_graph(case.graph, "loss", case.wrt)):
+        session = ort.InferenceSession(cg.onnx.to_model(g).SerializeToString(), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        got = session.run(None, {k: v for k, v in case.feeds.items() if k in names})
+        want = cg.Evaluator(g).run(case.feeds)
+        for o, v in zip(session.get_outputs(), got, strict=True):
+            np.testing.assert_allclose(v, want[o.name], rtol=1e-12, atol=1e-12, err_msg=f"{g.name} {o.name}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -338,6 +381,27 @@ def test_budgets_bound_the_peak_keep_the_gradients_and_are_monotone():
     rb = cg.ReverseMode(c.graph, "loss", c.wrt, memory_budget=smallest)
     rb.grad(c.feeds)
     assert rb.stats.peak_bytes <= smallest and rb.memory_plan.scans[0].stored == 1
+
+
+def test_bodies_nest_as_deep_as_a_file_holds_and_deeper_is_refused_by_save(tmp_path):
+    """Protobuf readers parse at most 100 nested messages: 24 bodies in bodies save and load;
+    25 are refused by save in one line, leaving no file, rather than written unreadable."""
+    def nested_conds(depth):
+        g = cg.Graph("deep")
+        a = g.input("a", (2,))
+
+        def f(u, d):
+            return u * 2.0 if d == 0 else cg.cond(cg.sum(u) > 0, lambda v: f(v, d - 1), lambda v: v - 1.0, u)
+        g.output("y", f(a, depth))
+        return g
+
+    g = nested_conds(cg.io.MAX_NESTING)
+    back = cg.loads(cg.dumps(g))
+    np.testing.assert_array_equal(cg.Evaluator(back).run({"a": np.ones(2)})["y"], np.full(2, 2.0))
+    with pytest.raises(cg.GraphError, match=r"^cannot save graph 'deep': node 'cond' .* bodies nested 25 deep; "
+                                            r"a file holds at most 24 \(protobuf") as e:
+        cg.save(nested_conds(cg.io.MAX_NESTING + 1), tmp_path / "deep.pb")
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
 
 
 def test_a_budgeted_plan_saves_loads_and_draws():

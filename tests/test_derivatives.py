@@ -174,6 +174,17 @@ def test_broadcast_gradients_with_run_time_sizes():
     assert cg.gradcheck(g, {"x": X}, of="loss", wrt=["b"]) < 1e-8
 
 
+def test_a_wrt_name_given_twice_is_refused_everywhere():
+    g = cg.Graph()
+    x = g.input("x", (3,))
+    g.param("V", np.ones(3))
+    g.output("l", cg.sum(x * g["V"]))
+    for make in (lambda w: cg.ReverseMode(g, "l", w), lambda w: cg.ForwardMode(g, ["l"], w),
+                 lambda w: cg.gradient_graph(g, "l", w), lambda w: cg.gradcheck(g, {"x": np.ones(3)}, "l", w)):
+        with pytest.raises(cg.DerivativeError, match="wrt 'V' is given twice"):
+            make(["V", "x", "V"])
+
+
 def test_gradcheck_reports_a_kink():
     g = cg.Graph()
     x = g.input("x", (2,))

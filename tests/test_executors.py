@@ -68,12 +68,46 @@ def test_feed_errors():
     assert out["y"].dtype == np.float64
 
 
-def test_run_time_size_conflict_names_the_node():
-    g = cg.Graph()
-    a, b = g.input("a", (None,)), g.input("b", (None,))
+def test_run_time_size_conflicts_name_the_feeds_and_the_node():
+    """Feeds whose run-time sizes cannot go together are a FeedError naming them (and the node
+    whose shape rule refuses them), in every executor; a kernel failing for another reason is
+    a ShapeError naming the node."""
+    g = cg.Graph("m")
+    a, b = g.input("a", (None, 3)), g.input("b", (None, 3))
+    c = g.input("c", (None, 3))
     g.output("s", a + b)
-    with pytest.raises(cg.ShapeError, match=r"add \(add\): ValueError.*\[inputs: a \(3,\), b \(4,\)\]"):
-        cg.Evaluator(g).run({"a": np.ones(3), "b": np.ones(4)})
+    g.output("loss", cg.sum(cg.reshape(a, (-1,)) * cg.reshape(b, (-1,))))
+    g.output("r", cg.reshape(c, (-1, 2)))
+    feeds = {"a": np.ones((5, 3)), "b": np.ones((3, 3)), "c": np.ones((4, 3))}
+    both = r"the run-time sizes of feeds 'a' \(5, 3\) and 'b' \(3, 3\) do not fit together: "
+    with pytest.raises(cg.FeedError, match=both + r"add \(add\): shapes \(5, 3\) and \(3, 3\) do not broadcast "
+                                             r"\[inputs: a \(5, 3\), b \(3, 3\)\]"):
+        cg.Evaluator(g, outputs=["s"]).run(feeds)
+    with pytest.raises(cg.FeedError, match=both + r"mul \(mul\)"):
+        cg.ReverseMode(g, "loss", ["a"]).grad(feeds)
+    with pytest.raises(cg.FeedError, match=both):
+        cg.ForwardMode(g, ["loss"], ["b"]).jvp(feeds, {})
+    with pytest.raises(cg.FeedError, match=r"^feed 'c' \(5, 3\) does not fit reshape_2 \(reshape\): cannot reshape "
+                                           r"15 "):
+        cg.Evaluator(g, outputs=["r"]).run({**feeds, "c": np.ones((5, 3))})
+    assert cg.Evaluator(g, outputs=["r"]).run(feeds)["r"].shape == (6, 2)
+
+    fussy = cg.define_op("test/fussy", kernel=lambda x: x if x.size < 4 else np.sqrt(-np.ones(-1)),
+                         infer=lambda x: (x.shape, x.dtype), inputs=1)
+    h = cg.Graph()
+    h.output("y", fussy(h.input("x", (None,))))
+    with pytest.raises(cg.ShapeError, match=r"fussy \(test/fussy\): ValueError: .*\[inputs: x \(5,\)\]"):
+        cg.Evaluator(h).run({"x": np.ones(5)})
+
+
+def test_numeric_errors_under_seterr_raise_stay_what_they_are():
+    g = cg.Graph()
+    g.output("y", cg.log(g.input("x", (2,))))
+    with np.errstate(all="raise"):
+        with pytest.raises(FloatingPointError, match=r"^log \(log\): divide by zero encountered in log \[inputs: "
+                                                     r"x \(2,\)\]"):
+            cg.Evaluator(g).run({"x": np.array([0.0, 1.0])})
+    np.testing.assert_array_equal(cg.Evaluator(g).run({"x": np.array([1.0, 1.0])})["y"], [0.0, 0.0])
 
 
 @pytest.mark.parametrize("n", [8, 32, 128])

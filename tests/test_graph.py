@@ -55,6 +55,24 @@ def test_params_are_read_only_views_and_set_param_checks():
         g.set_param("V", np.zeros((3, 2)))
     with pytest.raises(cg.GraphError, match="not a param"):
         g.set_param("nope", 1.0)
+    x = g.input("x", (2, 3))
+    with pytest.raises(cg.GraphError, match="param 'V': the value must be an array or a number, not tensor 'x'"):
+        g.set_param("V", x)
+    with pytest.raises(cg.GraphError, match="param 'W': the value must be an array or a number, not tensor 'x'"):
+        g.param("W", x)
+
+
+def test_values_that_overflow_a_params_dtype_are_refused():
+    g = cg.Graph()
+    g.param("p", np.ones(2, np.float32))
+    with pytest.raises(cg.ShapeError, match=r"param 'p': 1e\+40 overflows float32 \(whose largest value is "
+                                            r"3.403e\+38\)"):
+        g.set_param("p", np.array([1e40, 1.0]))
+    with pytest.raises(cg.ShapeError, match=r"param 'q': -1e\+300 overflows float32"):
+        g.param("q", [1.0, -1e300], dtype="float32")
+    assert g.params["p"].tolist() == [1.0, 1.0]
+    g.set_param("p", np.array([np.inf, 3e38]))  # inf stays inf; the largest float32s fit
+    assert g.params["p"][0] == np.inf and g.params["p"][1] == np.float32(3e38)
 
 
 def test_shape_errors_at_build_name_node_op_and_shapes():
@@ -67,6 +85,9 @@ def test_shape_errors_at_build_name_node_op_and_shapes():
         a + b
     with pytest.raises(cg.ShapeError, match="reshape"):
         cg.reshape(b, (3, 7))
+    with pytest.raises(cg.ShapeError, match=r"cannot reshape a multiple of 3 elements into \(7,\)"):
+        cg.reshape(a, (7,))  # no run-time size makes 3 * n equal 7
+    assert cg.reshape(a, (6,)).shape == (6,) and cg.reshape(a, (-1,)).shape == (None,)
     with pytest.raises(cg.ShapeError, match="axis 2 is out of range"):
         cg.sum(b, axis=2)
     with pytest.raises(cg.ShapeError, match="only basic indexing"):

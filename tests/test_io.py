@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -494,6 +495,11 @@ def test_bad_attributes():
         m = decoded(g)
         mutate(m.graph.node[1])
         assert expected in load_error(reframe(m))
+    m = decoded(g)  # a name with line breaks: the message stays one line (what fuzzing found)
+    m.graph.node[1].name = m.graph.output[0].node = "sum\nof\u2028rows"
+    m.graph.node[1].attr[0].value.s = "rows"
+    assert load_error(reframe(m)) == ("sum\\nof\\u2028rows (sum): attribute 'axes' must be a tuple of ints, "
+                                      "got str 'rows'")
 
 
 def test_bad_bool_bytes_and_params_that_are_not_float():
@@ -520,6 +526,24 @@ def test_payload_ranges_must_tile_the_payload():
     assert "cover" in load_error(reframe(m, payload + b"\x00" * 8))
     m.graph.node[1].value.payload.crc32 ^= 1
     assert "CRC-32" in load_error(reframe(m, payload))
+
+
+def test_a_message_past_protobufs_limit_is_refused_from_the_footer(tmp_path):
+    """A 3 GiB message section (a sparse file) is refused before a byte of it is read."""
+    path = tmp_path / "huge.pb"
+    m_len = 3 * 2**30
+    with open(path, "wb") as f:
+        f.truncate(m_len)
+        f.seek(m_len)
+        f.write(spec_footer(m_len, 0, 0))
+    tracemalloc.start()
+    try:
+        with pytest.raises(cg.GraphFormatError, match=r"claims a message section of 3221225472 bytes, more than "
+                                                     r"protobuf's limit of 2147483647"):
+            cg.load(path)
+        assert tracemalloc.get_traced_memory()[1] < 2**20, "nothing of the message was read"
+    finally:
+        tracemalloc.stop()
 
 
 def test_a_tensor_claiming_1e12_elements_allocates_nothing(tmp_path):
@@ -564,6 +588,16 @@ def test_a_tensor_claiming_1e12_elements_allocates_nothing(tmp_path):
     assert lines[0].startswith("inline.pb GraphFormatError") and "8000000000000 bytes" in lines[0]
     assert lines[1].startswith("payload.pb GraphFormatError")
     assert lines[2] == "limit active"
+
+
+def test_loads_takes_bytes():
+    data = cg.dumps(small_model())
+    for wrong, hint in (("model.pb", ": for a file, use cg.load"), (Path("model.pb"), ": for a file"), (3, "")):
+        with pytest.raises(TypeError, match=f"^cg.loads takes the bytes of a model file, not "
+                                            f"{type(wrong).__name__}{hint}"):
+            cg.loads(wrong)
+    for ok in (bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        assert list(cg.loads(ok).nodes) == list(small_model().nodes)
 
 
 def test_missing_file_is_an_os_error(tmp_path):
@@ -639,7 +673,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cio, "_write", failing_write)
     g, _ = batch_graph()
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="m.pb': no space"):
         cg.save(g, path)
     assert calls and path.read_bytes() == before
     with pytest.raises(OSError):

@@ -240,7 +240,7 @@ def test_sparse_jacobians_and_hessians_of_random_graphs_equal_the_dense_ones(g, 
     X = np.random.default_rng(n).normal(size=(n, 4))
     try:
         cg.Evaluator(g).run({"x": X})
-    except cg.ShapeError:
+    except (cg.ShapeError, cg.FeedError):  # sizes that a batch of n rows cannot fit
         return
     for wrt in ("x", "w"):
         feeds = {"x": X}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 CGRAPH = Path(__file__).resolve().parent.parent / "cgraph"
 LAYERS = [
-    {"errors", "shapes", "memory", "version", "patterns"},
+    {"errors", "shapes", "memory", "version", "patterns", "files"},
     {"ops.registry"},
     {"graph"},
     {"ops", "ops.array", "ops.elementwise", "ops.reduce", "ops.nn", "ops.conv"},

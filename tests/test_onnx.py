@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from onnx_backend import retyped as _retyped
 from specs import COMPARISONS, build_graph, case_id, cases
 
 import cgraph as cg
@@ -32,29 +33,6 @@ def run_ort(model, feeds):
 
 # onnxruntime's CPU provider has these operators in float32 only (no float64 kernels)
 ORT_FLOAT32_ONLY = {"Conv", "ConvTranspose", "AveragePool", "Erf", "Atan"}
-
-
-def _retyped(model, to):
-    """A copy of a model computing in `to` (TensorProto.FLOAT or DOUBLE) where it used the other
-    float type: initializers, constants, inputs, outputs and casts."""
-    was = TensorProto.DOUBLE if to == TensorProto.FLOAT else TensorProto.FLOAT
-    dtype = np.float32 if to == TensorProto.FLOAT else np.float64
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for t in m.graph.initializer:
-        if t.data_type == was:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name))
-    for vi in [*m.graph.input, *m.graph.output]:
-        if vi.type.tensor_type.elem_type == was:
-            vi.type.tensor_type.elem_type = to
-    for node in m.graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == was:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(dtype), a.t.name))
-            elif node.op_type == "Cast" and a.name == "to" and a.i == was:
-                a.i = to
-    del m.graph.value_info[:]
-    return m
 
 
 def ort_outputs(model, feeds, dtype):
@@ -547,6 +525,55 @@ def test_import_errors(tmp_path):
                   [_vi("y", [2], TensorProto.BFLOAT16)])
     with pytest.raises(cg.onnx.OnnxError, match="input 'x': element type 16"):  # numpy has no bfloat16
         cg.onnx.load(bf16)
+
+
+def _relu_model(**props):
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="act")], [_vi("x", [2])], [_vi("y", [2])],
+                   [numpy_helper.from_array(np.ones(2), "w")])
+    helper.set_model_props(model, props)
+    return model
+
+
+def _import_error(data) -> str:
+    with pytest.raises(cg.onnx.OnnxError) as err:
+        cg.onnx.load(data)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_malformed_models_raise_only_onnx_errors_naming_the_part():
+    """What mutated files found: each is one OnnxError line naming the initializer, node or
+    metadata at fault, never KeyError, ValueError, JSONDecodeError or UnicodeDecodeError."""
+    model = _relu_model()
+    model.graph.initializer[0].data_type = 64  # no ONNX type
+    assert _import_error(model.SerializeToString()).startswith("ONNX initializer 'w': ")
+    model = _relu_model()
+    w = model.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.double_data.extend([1.0, 2.0, 3.0])  # three numbers for dims (2,)
+    assert _import_error(model.SerializeToString()).startswith("ONNX initializer 'w': ")
+    for text in ("", "{", '{"a": 1}', "[1, 2]"):
+        msg = _import_error(_relu_model(**{"cgraph.constants": text}).SerializeToString())
+        assert msg.startswith("ONNX metadata_props 'cgraph.constants' must be a JSON list of names")
+    # strings that are not UTF-8 (protobuf can only make them by editing the bytes)
+    model = _relu_model(note="NOTE")
+    model.graph.name = "onnx-graph"
+    data = model.SerializeToString()
+    for field, where in ((b"NOTE", "metadata_props 'note' is not UTF-8 text"),
+                         (b"onnx-graph", "the graph name is not UTF-8 text"),
+                         (b"\x01y", "ONNX output b'\\xff': output name must be a non-empty string")):
+        assert data.count(field) == (1 if field != b"\x01y" else 2)
+        assert where in _import_error(data.replace(field, field[:-1] + b"\xff"))
+    g = cg.onnx.load(data.replace(b"act", b"\xff\xfe\xfd"))  # a node's own name is only for messages
+    assert cg.loads(cg.dumps(g)).metadata == {"note": "NOTE"}
+
+
+def test_an_imported_model_saves_loads_and_draws(tmp_path):
+    g = cg.onnx.load(_relu_model(note="✓"))
+    h = cg.loads(cg.dumps(g))
+    assert h.metadata == {"note": "✓"} and list(h.nodes) == list(g.nodes)
+    cg.render(h, tmp_path / "m.svg")
+    assert (tmp_path / "m.svg").read_bytes().startswith(b"<?xml")
 
 
 # ---- the optional dependency -----------------------------------------------------------

@@ -3,6 +3,7 @@ annotations equal the executors' values and the lecture's closed forms."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import pytest
 
 import cgraph as cg
 from cgraph.autodiff import NODE_ADJOINT, NODE_TANGENT, NODE_VALUE, Seed, jvp_graph, vjp_graph
-from cgraph.render import RenderError, RenderWarning, summarize
+from cgraph.render import RenderError, RenderWarning, _pipe, summarize
 from cgraph.render import svg as svg_of
 
 pydot = pytest.importorskip("pydot")  # in the dev extra
@@ -125,6 +126,57 @@ def test_awkward_names_are_escaped():
     G = parse(cg.to_dot(g))
     assert set(G.nodes) == set(g.nodes)
     assert set((u, v) for u, v, _ in G.edges) == {('a "quoted" <b> \\ name', "add"), ("s:1/x:y", "add")}
+
+
+def _children() -> list[int]:
+    """This process's child processes, zombies included (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                out.append(int(d.name))
+    return out
+
+
+ODD = ["\x00", "a\x00b", "a\nb", "\\", "a\\", "\\N", "\\G", '"', "<b>x</b>", "<<b>x</b>>", "\u202e", "\x7f\x1f",
+       "{", "]", "->", ";", "\U0001F600", "\ufeff", "&amp;", "é" * 9000, "x" * 10**6]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists child processes from /proc")
+@pytest.mark.parametrize("name", ODD, ids=[repr(n[:12]) + (f"-{len(n)}" if len(n) > 12 else "") for n in ODD])
+def test_odd_and_long_names_draw_and_leave_no_process_behind(tmp_path, name):
+    """Every name draws: control characters shown as escapes, long ones cut in the label (the
+    full name, up to 4000 characters, in the tooltip), never a crash or a `dot` left running."""
+    g = cg.Graph(name)
+    x = g.input(name, (2,))
+    with g.scope("s" + name.replace("/", "")):
+        y = cg.exp(x)
+    g.output(name, y)
+    before = _children()
+    svg = cg.render(g, tmp_path / "g.svg")
+    assert _children() == before
+    root = ET.parse(svg).getroot()
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert max(map(len, texts)) <= 80
+    shown = name.replace("\x00", "\\x00").replace("\n", "\\n").replace("\x7f", "\\x7f").replace("\x1f", "\\x1f")
+    if len(shown) <= 80:
+        assert shown in texts
+    else:
+        assert any(t == shown[:40] + "…" + shown[-39:] for t in texts)
+        titles = [a.get("{http://www.w3.org/1999/xlink}title") for a in root.iter("{http://www.w3.org/2000/svg}a")]
+        assert any(t and len(t) == 4000 and t.startswith(shown[:1999]) for t in titles)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="lists child processes from /proc")
+def test_dot_failing_midway_leaves_no_process_behind():
+    before = _children()
+    with pytest.raises(RenderError, match="Graphviz 'dot' failed on graph 'g': .*syntax error"):
+        _pipe(b"digraph { a [label=\"" + b"x" * 2**24, "svg", "g")  # dot stops reading early
+    assert _children() == before
 
 
 def test_svg_png_pdf_and_dot_files(tmp_path):

@@ -252,6 +252,8 @@ def _stop_gradient(e: _Emitter, n: Node) -> str:
 @_rule("transpose")
 def _transpose(e: _Emitter, n: Node) -> str:
     """Transpose (perm = axes)"""
+    if not n.attrs["axes"]:  # a 0-d value: ONNX cannot type an empty perm attribute
+        return e.node("Identity", [e.x(n, 0)])
     return e.node("Transpose", [e.x(n, 0)], perm=[int(a) for a in n.attrs["axes"]])
 
 
@@ -445,8 +447,15 @@ def _one_hot_of(e: _Emitter, indices: str, depth: int, dtype: Any) -> str:
 
 @_rule("one_hot")
 def _one_hot(e: _Emitter, n: Node) -> str:
-    """OneHot with values (0, 1) as int64, then Cast to the dtype"""
-    return _one_hot_of(e, e.x(n, 0), int(n.attrs["depth"]), n.dtype)
+    """OneHot with values (0, 1) as int64, then Cast to the dtype
+
+    ONNX's OneHot needs indices of rank >= 1: a 0-d index is reshaped to (1,) and the row back
+    to (depth,)."""
+    depth = int(n.attrs["depth"])
+    if e.g.nodes[n.inputs[0]].shape:
+        return _one_hot_of(e, e.x(n, 0), depth, n.dtype)
+    row = _one_hot_of(e, e.node("Reshape", [e.x(n, 0), e.const([1])]), depth, n.dtype)
+    return e.node("Reshape", [row, e.const([depth])])
 
 
 @_rule("scatter_add")

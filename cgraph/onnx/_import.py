@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 import cgraph.ops as ops
-from cgraph.errors import CgraphError, OnnxError
+from cgraph.errors import CgraphError, OnnxError, one_line
 from cgraph.graph import DTYPES, Graph, Tensor
 from cgraph.onnx._common import (
     CONSTANTS_KEY,
     FROZEN_KEY,
     STOP_GRADIENT_DOC,
+    np_to_onnx_type,
     onnx_to_np_type,
     registrar,
     require,
@@ -49,6 +50,8 @@ class _Reader:
         self.static: dict[str, np.ndarray] = {}
         self.folded: dict[str, np.ndarray | None] = {}  # cgraph node -> its value if known before any run
         self.node: Any = None  # the ONNX node being imported, for messages
+        self.index = 0  # its position in the graph
+        self.part = "ONNX model"  # the part being read when there is no node: an initializer, an input...
 
     def t(self, name: str) -> Tensor:
         """The Tensor of ONNX value `name`; a constant value becomes a cgraph constant the
@@ -105,7 +108,12 @@ class _Reader:
 
     def where(self) -> str:
         n = self.node
-        return f"ONNX node {n.name or n.output[0]!r} ({n.op_type})" if n is not None else "ONNX model"
+        if n is None:
+            return self.part
+        try:
+            return f"ONNX node {n.name or n.output[0]!r} ({n.op_type})"
+        except Exception:  # noqa: BLE001  (a name that is not UTF-8, no outputs: say where it is instead)
+            return f"ONNX node {self.index}"
 
 
 Rule = Callable[[_Reader, Any], list[Tensor]]
@@ -298,7 +306,21 @@ def _squeeze(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Unsqueeze")
 def _unsqueeze(r: _Reader, n: Any) -> list[Tensor]:
-    return [ops.expand_dims(r.t(n.input[0]), tuple(_axes(r, n, 1) or ()))]
+    """Axes of size 1 inserted; with axes fed at run time, a reshape to the sizes that puts them
+    there (the input's sizes, in order, elsewhere)."""
+    x = r.t(n.input[0])
+    name = _optional(n, 1) if "axes" not in r.attrs(n) else None
+    if name is None or r.known(name) is not None:
+        return [ops.expand_dims(x, tuple(_axes(r, n, 1) or ()))]
+    axes = _sizes(r, name, "the axes")
+    m = x.ndim + cast(int, axes.shape[0])
+    axes = ops.where(ops.less(axes, 0), ops.add(axes, m), axes)
+    new = ops.greater(ops.sum(ops.cast(ops.equal(ops.expand_dims(axes, 1), _int64(r, np.arange(m)[None, :])),
+                                       np.int64), 0), 0)
+    at = ops.sub(ops.cumsum(ops.cast(_not(new), np.int64)), 1)  # the input axis each output axis shows
+    pick = ops.equal(ops.expand_dims(at, 1), _int64(r, np.arange(x.ndim)[None, :]))
+    sizes = ops.sum(ops.where(pick, ops.expand_dims(_shape_of(x), 0), 0), 1) if x.ndim else _int64(r, np.zeros(m))
+    return [ops.reshape(x, ops.where(new, 1, sizes))]
 
 
 def _shape_of(x: Tensor) -> Tensor:
@@ -955,14 +977,17 @@ def _rms_norm(r: _Reader, n: Any) -> list[Tensor]:
 
 @_rule("Trilu")
 def _trilu(r: _Reader, n: Any) -> list[Tensor]:
-    """x where the constant mask of the upper (or lower) triangle from diagonal k holds, else 0."""
+    """x where column - row >= k (upper) or <= k (lower), else 0; k a constant or fed at run time."""
     x = r.t(n.input[0])
-    k = int(np.asarray(r.value(n.input[1], "k")).reshape(())) if _optional(n, 1) else 0
     rows, cols = x.shape[-2:]
     if rows is None or cols is None:
         raise OnnxError(f"{r.where()}: cgraph needs the matrix sizes, got {x.shape}")
-    tri = np.triu if r.attrs(n).get("upper", 1) else np.tril
-    mask = r.g.constant(None, tri(np.ones((rows, cols), bool), k))
+    name = _optional(n, 1)
+    k: Any = 0 if name is None else r.known(name)
+    k = ops.cast(ops.reshape(r.t(cast(str, name)), ()), np.int64) if k is None else int(np.asarray(k).reshape(()))
+    offset = _int64(r, np.arange(cols)[None, :] - np.arange(rows)[:, None])
+    upper = r.attrs(n).get("upper", 1)
+    mask = ops.greater_equal(offset, k) if upper else ops.less_equal(offset, k)
     return [ops.where(mask, x, np.zeros((), x.dtype))]
 
 
@@ -1103,25 +1128,92 @@ def _constant_value(r: _Reader, n: Any) -> np.ndarray:
                     f"(got {', '.join(at)})")
 
 
-def read_nodes(r: _Reader, nodes: Any) -> None:
-    """Import ONNX `nodes` in order, each by its rule, into the reader's environment (the
-    model's graph, or a control-flow body's)."""
-    outer = r.node
-    for n in nodes:
-        r.node = n
-        if n.op_type == "Constant":
-            r.static[n.output[0]] = _constant_value(r, n)
-            continue
+def _import_node(r: _Reader, n: Any) -> None:
+    """Import one ONNX node: by its rule, or, for an operator ONNX defines as a function of
+    others (Attention...), node by node through the function's body."""
+    r.node = n
+    if n.op_type == "Constant":
+        r.static[n.output[0]] = _constant_value(r, n)
+        return
+    if n.op_type not in RULES:
+        body, opset = _function_body(r, n)
+        outer = r.opset
+        r.opset = opset
         try:
-            outs = RULES[n.op_type](r, n)
-        except OnnxError:
-            raise
-        except CgraphError as err:
-            raise OnnxError(f"{r.where()}: {err}") from None
-        for out_name, t in zip(n.output, outs, strict=False):
-            if out_name:
-                r.env[out_name] = t
-    r.node = outer
+            for inner in body:
+                if inner.op_type not in IMPORTABLE and not _has_function(inner.op_type, opset, inner.domain):
+                    raise OnnxError(f"{r.where()}: its ONNX function uses {inner.op_type}, which cgraph cannot import")
+                _import_node(r, inner)
+        finally:
+            r.opset, r.node = outer, n
+        return
+    try:
+        outs = RULES[n.op_type](r, n)
+    except OnnxError:
+        raise
+    except CgraphError as err:
+        raise OnnxError(f"{r.where()}: {err}") from None
+    for out_name, t in zip(n.output, outs, strict=False):
+        if out_name:
+            r.env[out_name] = t
+
+
+def _has_function(op_type: str, opset: int, domain: str = "") -> bool:
+    """Whether ONNX defines the operator (at this opset) as a function of other operators."""
+    defs = require("onnx.defs")
+    try:
+        schema = defs.get_schema(op_type, opset, domain)
+    except Exception:  # noqa: BLE001 - onnx raises its SchemaError for an unknown operator
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def _function_body(r: _Reader, n: Any) -> tuple[list[Any], int]:
+    """The nodes of the ONNX function that defines node n's operator, its inputs, outputs and
+    attribute references bound to the node's (internal values renamed apart), and the opset
+    they are written for."""
+    onnx = r.onnx
+    schema = onnx.defs.get_schema(n.op_type, r.opset, n.domain)
+    node = onnx.NodeProto()
+    node.CopyFrom(n)
+    given = {a.name for a in node.attribute}
+    for name, attr in schema.attributes.items():
+        if name not in given and attr.default_value.name:
+            node.attribute.append(attr.default_value)
+    fn = onnx.FunctionProto()
+    if schema.has_function:
+        fn.ParseFromString(schema.function_body.SerializeToString())
+    else:
+        types = [onnx.helper.make_tensor_type_proto(np_to_onnx_type(t.dtype), list(t.shape))
+                 for t in (r.t(i) for i in node.input if i)]
+        fn.ParseFromString(schema.get_context_dependent_function(node.SerializeToString(),
+                                                                 [t.SerializeToString() for t in types]))
+    opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), r.opset)
+    prefix = f"{n.name or n.output[0]}\x00{n.op_type}/"
+    names = {formal: (n.input[i] if i < len(n.input) else "") for i, formal in enumerate(fn.input)}
+    names.update({formal: n.output[i] for i, formal in enumerate(fn.output) if i < len(n.output) and n.output[i]})
+    attrs = {a.name: a for a in node.attribute}
+    body = []
+    for inner in fn.node:
+        if any(a.type == onnx.AttributeProto.GRAPH for a in inner.attribute):
+            raise OnnxError(f"{r.where()}: its ONNX function has subgraphs, which cgraph cannot import")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(inner)
+        del copy.input[:], copy.output[:], copy.attribute[:]
+        copy.input.extend(names.get(v, prefix + v) if v else "" for v in inner.input)
+        copy.output.extend(names.get(v, prefix + v) if v else "" for v in inner.output)
+        for a in inner.attribute:
+            if a.ref_attr_name:
+                if a.ref_attr_name in attrs:
+                    bound = onnx.AttributeProto()
+                    bound.CopyFrom(attrs[a.ref_attr_name])
+                    bound.name = a.name
+                    copy.attribute.append(bound)
+            else:
+                copy.attribute.append(a)
+        copy.name = prefix + (inner.name or inner.output[0])
+        body.append(copy)
+    return body, opset
 
 
 def _all_nodes(graph: Any) -> Any:
@@ -1135,14 +1227,16 @@ def _all_nodes(graph: Any) -> Any:
 
 
 def _unsupported(model: onnx.ModelProto) -> Counter[str]:
-    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own), bodies
-    included."""
+    """Nodes cgraph cannot import, bodies included, by op (with the domain when it is not
+    ONNX's own); an operator that ONNX defines as a function of others is imported through its
+    body."""
     bad: Counter[str] = Counter()
     onnx = require()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
     for n in _all_nodes(model.graph):
         if n.domain not in ("", "ai.onnx"):
             bad[f"{n.domain}:{n.op_type}"] += 1
-        elif n.op_type not in IMPORTABLE:
+        elif n.op_type not in IMPORTABLE and not _has_function(n.op_type, opset):
             bad[n.op_type] += 1
         elif n.op_type == "BatchNormalization":
             training = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
@@ -1154,35 +1248,71 @@ def _unsupported(model: onnx.ModelProto) -> Counter[str]:
 
 
 def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
-    """The cgraph Graph of an ONNX ModelProto (see `load`)."""
-    onnx = require()
+    """The cgraph Graph of an ONNX ModelProto (see `load`). Anything wrong with the model is
+    one OnnxError line naming the node or the part of the model at fault."""
+    r = _Reader(Graph(name or "onnx"), 1)
+    try:
+        return _read_model(r, model, name)
+    except OnnxError as err:
+        raise OnnxError(one_line(str(err))) from None
+    except CgraphError as err:
+        raise OnnxError(one_line(f"{r.where()}: {err}")) from None
+    except Exception as err:  # protobuf and onnx meeting malformed input (bad UTF-8, unknown types...)
+        raise OnnxError(one_line(f"{r.where()}: {_first_line(err)}")) from None
+
+
+def _first_line(err: BaseException, kind: bool = True) -> str:
+    """The first line of an exception's message (at most 200 characters), after its type."""
+    lines = str(err).strip().splitlines()
+    text = lines[0][:200] if lines else ""
+    return f"{type(err).__name__}: {text}" if kind or not text else text
+
+
+def _text(value: Any, what: str) -> str:
+    """A string of the model, which must be UTF-8 text (ONNX says so; cgraph files need it)."""
+    if not isinstance(value, str):
+        raise OnnxError(f"{what} is not UTF-8 text: {value!r:.80}")
+    return value
+
+
+def _read_model(r: _Reader, model: onnx.ModelProto, name: str | None) -> Graph:
+    onnx = r.onnx
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as err:
-        raise OnnxError(f"not a valid ONNX model: {str(err).strip().splitlines()[0]}") from None
+    except Exception as err:  # ValidationError, and what the checker's C++ raises on stranger input
+        raise OnnxError(f"not a valid ONNX model: {_first_line(err, kind=False)}") from None
     bad = _unsupported(model)
     if bad:
         listed = ", ".join(f"{op} ({k})" for op, k in sorted(bad.items(), key=lambda kv: (-kv[1], kv[0])))
         raise OnnxError(f"ONNX model {model.graph.name!r} uses ops cgraph cannot import: {listed}")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
-    props = {p.key: p.value for p in model.metadata_props}
-    constants = set(json.loads(props.pop(CONSTANTS_KEY, "[]")))
-    frozen = set(json.loads(props.pop(FROZEN_KEY, "[]")))
+    r.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    r.part = "ONNX metadata_props"
+    props = {_text(p.key, "a metadata_props key"): _text(p.value, f"metadata_props {p.key!r}")
+             for p in model.metadata_props}
+    constants = _names(props.pop(CONSTANTS_KEY, "[]"), CONSTANTS_KEY)
+    frozen = _names(props.pop(FROZEN_KEY, "[]"), FROZEN_KEY)
     frozen |= {nm for n in model.graph.node if n.op_type == "BatchNormalization" for nm in n.input[3:5]}
 
     graph = model.graph
-    g = Graph(name or graph.name or "onnx")
+    g = r.g
+    g.name = name or _text(graph.name, "the graph name") or "onnx"
     g.metadata.update(props)
-    r = _Reader(g, opset)
-    r.static = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for t in graph.initializer:
+        r.part = f"ONNX initializer {t.name!r}"
+        r.static[t.name] = onnx.numpy_helper.to_array(t)
     for vi in graph.input:
+        r.part = f"ONNX input {vi.name!r}"
         if vi.name not in r.static:
             r.env[vi.name] = _input(g, vi)
     for iname, value in r.static.items():
+        r.part = f"ONNX initializer {iname!r}"
         if iname not in constants and value.dtype in (np.float32, np.float64):
             r.env[iname] = g.param(iname, value, trainable=iname not in frozen)
-    read_nodes(r, graph.node)
+    for r.index, n in enumerate(graph.node):
+        _import_node(r, n)
+    r.node = None
     for vi in graph.output:
+        r.part = f"ONNX output {vi.name!r}"
         t = r.t(vi.name)
         want = onnx_to_np_type(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else None
         if want is not None and t.dtype != want:  # never a result of another dtype than the model's
@@ -1196,6 +1326,17 @@ def from_model(model: onnx.ModelProto, name: str | None = None) -> Graph:
                             f"import gives {t.shape}")
         g.output(vi.name, t)
     return g
+
+
+def _names(text: str, key: str) -> set[str]:
+    """The names listed in cgraph's metadata `key`: a JSON list of strings."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise OnnxError(f"ONNX metadata_props {key!r} must be a JSON list of names, not {text!r:.80}")
+    return set(names)
 
 
 def _input(g: Graph, vi: Any) -> Tensor:
@@ -1223,10 +1364,10 @@ def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None =
         raise
     except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
         raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
-                        f"({type(err).__name__}: {str(err).strip()[:200]})") from None
+                        f"({_first_line(err)})") from None
     return from_model(model, name)
 
 
-from cgraph.onnx import _import_control  # noqa: E402, F401  (If, Loop and Scan: their bodies are read by read_nodes)
+from cgraph.onnx import _import_control  # noqa: E402, F401  (If, Loop and Scan, whose bodies are read by _import_node)
 
 IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}

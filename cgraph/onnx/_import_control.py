@@ -23,7 +23,7 @@ from cgraph.control import cond, scan, while_loop
 from cgraph.errors import OnnxError
 from cgraph.graph import Tensor
 from cgraph.onnx._common import registrar
-from cgraph.onnx._import import RULES, _optional, _Reader, read_nodes
+from cgraph.onnx._import import RULES, _import_node, _optional, _Reader
 
 _rule = registrar(RULES)
 
@@ -57,7 +57,8 @@ def _read_body(r: _Reader, body: Any, values: list[Tensor]) -> list[Tensor]:
         raise OnnxError(f"{r.where()}: its body {body.name!r} takes {len(body.input)} inputs, "
                         f"the node gives {len(values)}")
     s = _BodyReader(r, body, {vi.name: v for vi, v in zip(body.input, values, strict=True)})
-    read_nodes(s, body.node)
+    for n in body.node:
+        _import_node(s, n)
     s.node = None
     return [s.t(o.name) for o in body.output]
 
