@@ -1115,9 +1115,6 @@ for _name in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
     RULES[_name] = _one_dimensional(RULES[_name])
 
 
-IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
-
-
 def _constant_value(r: _Reader, n: Any) -> np.ndarray:
     at = r.attrs(n)
     numpy_helper = r.onnx.numpy_helper
@@ -1219,13 +1216,24 @@ def _function_body(r: _Reader, n: Any) -> tuple[list[Any], int]:
     return body, opset
 
 
+def _all_nodes(graph: Any) -> Any:
+    """The nodes of an ONNX graph and of the bodies its nodes hold (If's branches, Loop's and
+    Scan's bodies), depth first."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            for body in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(body)
+
+
 def _unsupported(model: onnx.ModelProto) -> Counter[str]:
-    """Nodes cgraph cannot import, by op (with the domain when it is not ONNX's own); an
-    operator that ONNX defines as a function of others is imported through its body."""
+    """Nodes cgraph cannot import, bodies included, by op (with the domain when it is not
+    ONNX's own); an operator that ONNX defines as a function of others is imported through its
+    body."""
     bad: Counter[str] = Counter()
     onnx = require()
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
-    for n in model.graph.node:
+    for n in _all_nodes(model.graph):
         if n.domain not in ("", "ai.onnx"):
             bad[f"{n.domain}:{n.op_type}"] += 1
         elif n.op_type not in IMPORTABLE and not _has_function(n.op_type, opset):
@@ -1358,3 +1366,8 @@ def load(path: str | PathLike[str] | bytes | onnx.ModelProto, name: str | None =
         raise OnnxError(f"{path if not isinstance(path, bytes) else 'bytes'}: not an ONNX model "
                         f"({_first_line(err)})") from None
     return from_model(model, name)
+
+
+from cgraph.onnx import _import_control  # noqa: E402, F401  (If, Loop and Scan, whose bodies are read by _import_node)
+
+IMPORTABLE: frozenset[str] = frozenset(RULES) | {"Constant"}
