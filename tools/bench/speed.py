@@ -361,6 +361,7 @@ def overhead_table() -> None:
               f"{(t3 - t0) / len(gg) * 1e6:.0f} us per gradient node); compile {t4 - t3:.2f}")
     g = scalar_chain(10**4)
     ev = cg.Evaluator(g)
+    ev.plan.runner  # noqa: B018  (the compiled code's overhead: a plan this large would be interpreted at first)
     x = np.array(0.5)
     t_run = best_time(lambda: ev.run({"x": x}), repeat=5)
 
