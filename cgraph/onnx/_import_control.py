@@ -34,7 +34,6 @@ class _BodyReader(_Reader):
 
     def __init__(self, outer: _Reader, body: Any, given: dict[str, Tensor]) -> None:
         super().__init__(outer.g, outer.opset)
-        self.outer = outer
         self.body_of = outer.where()
         self.env = {**outer.env, **given}
         self.static = {k: v for k, v in outer.static.items() if k not in given}
